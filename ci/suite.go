@@ -1,0 +1,59 @@
+package ci
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Fuzzer names a fuzz target that the suite runs briefly.
+type Fuzzer struct {
+	Pkg, Name string
+}
+
+// Fuzzers are run for FuzzTime each by Test, after the unit tests have run
+// their seed corpora.
+var Fuzzers = []Fuzzer{
+	{"./nbd", "FuzzHandshake"},
+	{"./nbd", "FuzzTransmission"},
+}
+
+// FuzzTime is how long Test fuzzes each target.
+const FuzzTime = 10 * time.Second
+
+// Lint fails when gofmt would change a file, or go vet or staticcheck
+// reports anything.
+func Lint(ctx context.Context, run Runner, w io.Writer) error {
+	var out bytes.Buffer
+	if err := run(ctx, &out, w, "gofmt", "-l", "."); err != nil {
+		return fmt.Errorf("lint: %w", err)
+	}
+	if s := strings.TrimSpace(out.String()); s != "" {
+		return fmt.Errorf("lint: gofmt would change:\n%s", s)
+	}
+	if err := run(ctx, w, w, "go", "vet", "./..."); err != nil {
+		return fmt.Errorf("lint: %w", err)
+	}
+	if err := run(ctx, w, w, "go", "tool", "staticcheck", "./..."); err != nil {
+		return fmt.Errorf("lint: %w", err)
+	}
+	fmt.Fprintln(w, "lint: gofmt, go vet and staticcheck are clean")
+	return nil
+}
+
+// Test runs every package's tests, then each fuzzer for FuzzTime.
+func Test(ctx context.Context, run Runner, w io.Writer) error {
+	if err := run(ctx, w, w, "go", "test", "-count=1", "-timeout=80m", "./..."); err != nil {
+		return fmt.Errorf("test: %w", err)
+	}
+	for _, f := range Fuzzers {
+		args := []string{"test", "-run=^$", "-fuzz=^" + f.Name + "$", "-fuzztime=" + FuzzTime.String(), f.Pkg}
+		if err := run(ctx, w, w, "go", args...); err != nil {
+			return fmt.Errorf("test: fuzz %s: %w", f.Name, err)
+		}
+	}
+	return nil
+}

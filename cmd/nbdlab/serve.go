@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/nbdlab/nbdlab/nbd"
+)
+
+const serveUsage = "[--listen ADDR]... [--tls-cert FILE --tls-key FILE [--tls-ca FILE]] [-v] NAME=SPEC..."
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", serveUsage, stderr)
+	var listen stringList
+	fs.Var(&listen, "listen", "`ADDR` to listen on: HOST:PORT or unix:PATH; repeatable (default 127.0.0.1:10809)")
+	cert := fs.String("tls-cert", "", "TLS certificate `FILE` (PEM); makes TLS mandatory")
+	key := fs.String("tls-key", "", "TLS private key `FILE` (PEM)")
+	ca := fs.String("tls-ca", "", "CA `FILE` (PEM): require client certificates signed by it")
+	verbose := fs.Bool("v", false, "trace every request")
+	grace := fs.Duration("shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long to wait for requests in flight")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, `usage: nbdlab serve %s
+
+Serve one or more exports over NBD (fixed newstyle, structured replies,
+base:allocation block status, TLS). SPEC is file:PATH (a regular file or a
+block device) or mem:SIZE (sparse, in memory), followed by ,ro for read-only
+or ,cow to keep writes aside and never modify the base. The first export
+also answers the empty export name.
+
+flags:
+`, serveUsage)
+		fs.PrintDefaults()
+	}
+	specs, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(specs) == 0 {
+		return usagef("no exports given")
+	}
+	if len(listen) == 0 {
+		listen = stringList{fmt.Sprintf("127.0.0.1:%d", nbd.DefaultPort)}
+	}
+	var exports []*nbd.Export
+	seen := map[string]bool{}
+	for _, a := range specs {
+		spec, err := nbd.ParseExportSpec(a)
+		if err != nil {
+			return usageError{err.Error()}
+		}
+		if seen[spec.Name] {
+			return usagef("export name %q given twice", spec.Name)
+		}
+		seen[spec.Name] = true
+		e, closer, err := spec.Open()
+		if err != nil {
+			return err
+		}
+		defer closer.Close()
+		exports = append(exports, e)
+	}
+	tlsConfig, err := loadTLS(*cert, *key, *ca)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	srv := &nbd.Server{Exports: exports, TLSConfig: tlsConfig, Logger: log}
+	lns, err := nbd.ListenAll(listen)
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, len(lns))
+	for _, l := range lns {
+		log.Info("listening", "addr", nbd.ListenerName(l))
+		go func() { errc <- srv.Serve(l) }()
+	}
+	for _, e := range exports {
+		log.Info("export", "name", e.Name, "size", e.Backend.Size(), "read_only", e.ReadOnly)
+	}
+	select {
+	case err := <-errc:
+		srv.Close()
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: finishing requests in flight")
+	sctx, cancel := context.WithTimeout(context.Background(), *grace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// loadTLS builds the server's TLS configuration from PEM files.
+func loadTLS(cert, key, ca string) (*tls.Config, error) {
+	if cert == "" && key == "" && ca == "" {
+		return nil, nil
+	}
+	if cert == "" || key == "" {
+		return nil, usagef("--tls-cert and --tls-key go together")
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("load TLS certificate %s and key %s: %w", cert, key, err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("read TLS CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("TLS CA %s: no PEM certificates in it", ca)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}

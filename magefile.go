@@ -1,0 +1,37 @@
+//go:build mage
+
+// Build targets. Each is a thin call into the project's packages; run them
+// with "go run mage.go TARGET" (no mage install needed).
+package main
+
+import (
+	"context"
+	"os"
+
+	"github.com/magefile/mage/mg"
+	"github.com/magefile/mage/sh"
+
+	"github.com/nbdlab/nbdlab/ci"
+)
+
+// Deps installs every Debian package the tests and benchmarks use.
+func Deps(ctx context.Context) error {
+	return ci.Deps(ctx, ci.Exec, os.Stdout, ci.Packages)
+}
+
+// Lint runs gofmt, go vet and staticcheck.
+func Lint(ctx context.Context) error {
+	return ci.Lint(ctx, ci.Exec, os.Stdout)
+}
+
+// Test installs what is needed, lints, and runs the whole suite.
+func Test(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps)
+	mg.CtxDeps(ctx, Lint)
+	return ci.Test(ctx, ci.Exec, os.Stdout)
+}
+
+// Build builds the nbdlab binary into ./bin.
+func Build() error {
+	return sh.RunV("go", "build", "-o", "bin/nbdlab", "./cmd/nbdlab")
+}

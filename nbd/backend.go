@@ -1,0 +1,107 @@
+package nbd
+
+import (
+	"errors"
+	"io"
+	"syscall"
+)
+
+// Backend is the storage behind an export. ReadAt and WriteAt are called
+// concurrently from many goroutines, never beyond Size.
+type Backend interface {
+	io.ReaderAt
+	io.WriterAt
+	// Size is the export size in bytes; it does not change while serving.
+	Size() int64
+	// Sync makes every completed write durable.
+	Sync() error
+}
+
+// Trimmer is a Backend that can discard a range (NBD_CMD_TRIM). After a
+// trim the range reads as zeroes.
+type Trimmer interface {
+	Trim(off, n int64) error
+}
+
+// ZeroFlags qualify a Zero call.
+type ZeroFlags struct {
+	// NoHole asks that the range stay allocated (NBD_CMD_FLAG_NO_HOLE).
+	NoHole bool
+	// Fast asks to fail with ENOTSUP rather than write zeroes slowly
+	// (NBD_CMD_FLAG_FAST_ZERO).
+	Fast bool
+}
+
+// Zeroer is a Backend that can zero a range without a data payload
+// (NBD_CMD_WRITE_ZEROES). A backend without it gets zero-filled writes.
+type Zeroer interface {
+	Zero(off, n int64, flags ZeroFlags) error
+}
+
+// Extent is a run of bytes with the same base:allocation state.
+type Extent struct {
+	Length int64
+	Flags  uint32 // StateHole, StateZero
+}
+
+// Extenter is a Backend that knows which ranges are allocated. Extents
+// describes a prefix of [off, off+n), at least one byte of it, in order.
+// A backend without it reports everything as allocated data.
+type Extenter interface {
+	Extents(off, n int64) ([]Extent, error)
+}
+
+// Cacher is a Backend that can prefetch a range (NBD_CMD_CACHE).
+type Cacher interface {
+	Cache(off, n int64) error
+}
+
+// FUAWriter is a Backend that can make one write durable without a whole
+// Sync (NBD_CMD_FLAG_FUA). A backend without it gets WriteAt then Sync.
+type FUAWriter interface {
+	WriteAtFUA(p []byte, off int64) (int, error)
+}
+
+// errnoOf maps a backend error to the value sent on the wire.
+func errnoOf(err error) Errno {
+	var chooser interface{ Errno() Errno }
+	if errors.As(err, &chooser) {
+		return chooser.Errno()
+	}
+	var se syscall.Errno
+	if errors.As(err, &se) {
+		switch se {
+		case syscall.EPERM, syscall.EROFS, syscall.EACCES:
+			return EPERM
+		case syscall.ENOMEM:
+			return ENOMEM
+		case syscall.EINVAL:
+			return EINVAL
+		case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG:
+			return ENOSPC
+		case syscall.EOVERFLOW:
+			return EOVERFLOW
+		case syscall.ENOTSUP:
+			return ENOTSUP
+		case syscall.ESHUTDOWN:
+			return ESHUTDOWN
+		}
+	}
+	return EIO
+}
+
+// zeroBuf is a shared read-only page of zeroes for zero-filled writes.
+var zeroBuf = make([]byte, 1<<20)
+
+// writeZeroes zero-fills [off, off+n) with plain writes.
+func writeZeroes(w io.WriterAt, off, n int64) error {
+	for n > 0 {
+		chunk := min(n, int64(len(zeroBuf)))
+		if _, err := w.WriteAt(zeroBuf[:chunk], off); err != nil {
+			return err
+		}
+		off += chunk
+		n -= chunk
+	}
+	return nil
+}

@@ -1,0 +1,160 @@
+package nbd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// Export is one named export of a Server.
+type Export struct {
+	Name        string
+	Description string
+	Backend     Backend
+	ReadOnly    bool
+}
+
+// flags returns the transmission flags advertised for the export.
+func (e *Export) flags(structured bool) TransmissionFlags {
+	f := FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagCanMultiConn | FlagSendCache
+	if e.ReadOnly {
+		f |= FlagReadOnly
+	} else {
+		f |= FlagSendWriteZeroes | FlagSendFastZero
+		if _, ok := e.Backend.(Trimmer); ok {
+			f |= FlagSendTrim
+		}
+	}
+	if structured {
+		f |= FlagSendDF
+	}
+	return f
+}
+
+// ExportSpec is a parsed NAME=SPEC export argument.
+type ExportSpec struct {
+	Name string
+	Kind string // "file" or "mem"
+	Path string // for file
+	Size int64  // for mem
+	RO   bool
+	COW  bool
+}
+
+// ParseExportSpec parses NAME=file:PATH[,ro][,cow] or NAME=mem:SIZE[,ro][,cow].
+func ParseExportSpec(s string) (ExportSpec, error) {
+	var spec ExportSpec
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok {
+		return spec, fmt.Errorf("export %q: want NAME=file:PATH or NAME=mem:SIZE, with ,ro or ,cow after it", s)
+	}
+	if len(name) > maxString {
+		return spec, fmt.Errorf("export %q: name is longer than %d bytes", s, maxString)
+	}
+	if strings.ContainsRune(name, 0) {
+		return spec, fmt.Errorf("export %q: name contains a NUL byte", s)
+	}
+	spec.Name = name
+	kind, arg, ok := strings.Cut(rest, ":")
+	if !ok {
+		return spec, fmt.Errorf("export %q: %q has no type: write file:PATH or mem:SIZE", s, rest)
+	}
+	spec.Kind = kind
+	// Options come last. A file path may itself contain commas, so for
+	// file: only known options are taken off its end.
+	for {
+		i := strings.LastIndexByte(arg, ',')
+		if i < 0 {
+			break
+		}
+		switch opt := arg[i+1:]; {
+		case opt == "ro":
+			spec.RO = true
+		case opt == "cow":
+			spec.COW = true
+		case kind == "file":
+			i = len(arg)
+		default:
+			return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow)", s, opt)
+		}
+		if i == len(arg) {
+			break
+		}
+		arg = arg[:i]
+	}
+	switch kind {
+	case "file":
+		if arg == "" {
+			return spec, fmt.Errorf("export %q: file: needs a path", s)
+		}
+		spec.Path = arg
+	case "mem":
+		size, err := ParseSize(arg)
+		if err != nil {
+			return spec, fmt.Errorf("export %q: %w", s, err)
+		}
+		if size == 0 {
+			return spec, fmt.Errorf("export %q: mem: size must be more than 0", s)
+		}
+		spec.Size = size
+	default:
+		return spec, fmt.Errorf("export %q: unknown type %q (known: file, mem)", s, kind)
+	}
+	return spec, nil
+}
+
+// Open opens the spec's backend. The returned closer releases it.
+func (spec ExportSpec) Open() (*Export, io.Closer, error) {
+	var b Backend
+	var closer io.Closer = io.NopCloser(nil)
+	switch spec.Kind {
+	case "mem":
+		b = NewMem(spec.Size)
+	case "file":
+		f, err := OpenFile(spec.Path, spec.RO || spec.COW)
+		if err != nil {
+			return nil, nil, fmt.Errorf("export %s: %w", spec.Name, err)
+		}
+		b, closer = f, f
+	default:
+		return nil, nil, fmt.Errorf("export %s: unknown type %q", spec.Name, spec.Kind)
+	}
+	if spec.COW {
+		b = NewCOW(b)
+	}
+	return &Export{Name: spec.Name, Backend: b, ReadOnly: spec.RO}, closer, nil
+}
+
+// ParseSize parses a byte count with an optional binary suffix: 4096, 64K,
+// 512M, 1G, 2T (also KiB, MiB, GiB, TiB).
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "IB"), "B")
+	shift := 0
+	if t != "" {
+		switch t[len(t)-1] {
+		case 'K':
+			shift = 10
+		case 'M':
+			shift = 20
+		case 'G':
+			shift = 30
+		case 'T':
+			shift = 40
+		case 'P':
+			shift = 50
+		}
+		if shift != 0 {
+			t = t[:len(t)-1]
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("size %q: want a byte count like 4096, 64K, 512M or 1G", s)
+	}
+	if n > (1<<63-1)>>shift {
+		return 0, fmt.Errorf("size %q: %w", s, errors.New("too large"))
+	}
+	return n << shift, nil
+}

@@ -1,0 +1,320 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+)
+
+// Block size constraints advertised in NBD_INFO_BLOCK_SIZE: any byte
+// granularity works, 4 KiB is preferred, MaxPayload is the largest request.
+const (
+	minBlock       = 1
+	preferredBlock = 4096
+)
+
+// metaContextID is the id given to base:allocation when it is selected.
+const metaContextID = 1
+
+// errAbort ends a session that the client ended with NBD_OPT_ABORT.
+var errAbort = errors.New("client sent NBD_OPT_ABORT")
+
+// ProtocolError is a malformed message from a peer. The session that
+// received it is closed; the rest of the server is unaffected.
+type ProtocolError struct {
+	Phase string // "handshake" or "transmission"
+	Msg   string
+}
+
+func (e *ProtocolError) Error() string { return "nbd: malformed " + e.Phase + ": " + e.Msg }
+
+func handshakeErr(format string, a ...any) error {
+	return &ProtocolError{Phase: "handshake", Msg: fmt.Sprintf(format, a...)}
+}
+
+// session is the state of one client connection.
+type session struct {
+	srv  *Server
+	conn net.Conn // nil when serving a plain stream (fuzzing)
+	br   *bufio.Reader
+	bw   *bufio.Writer
+
+	tls        bool
+	noZeroes   bool
+	structured bool
+	metaAlloc  bool   // base:allocation selected ...
+	metaExport string // ... for this export
+
+	export *Export
+}
+
+func newSession(srv *Server, rw io.ReadWriter, conn net.Conn) *session {
+	return &session{srv: srv, conn: conn, br: bufio.NewReaderSize(rw, 128<<10), bw: bufio.NewWriterSize(rw, 128<<10)}
+}
+
+// negotiate runs the fixed-newstyle handshake until the client picks an
+// export. It returns errAbort when the client aborts and a *ProtocolError
+// when it breaks the protocol.
+func (s *session) negotiate(ctx context.Context) error {
+	var hello [18]byte
+	binary.BigEndian.PutUint64(hello[0:], MagicInit)
+	binary.BigEndian.PutUint64(hello[8:], MagicOpt)
+	binary.BigEndian.PutUint16(hello[16:], uint16(FlagFixedNewstyle|FlagNoZeroes))
+	s.bw.Write(hello[:])
+	if err := s.bw.Flush(); err != nil {
+		return err
+	}
+	var cf [4]byte
+	if _, err := io.ReadFull(s.br, cf[:]); err != nil {
+		return err
+	}
+	flags := ClientFlags(binary.BigEndian.Uint32(cf[:]))
+	if flags&^(FlagCFixedNewstyle|FlagCNoZeroes) != 0 {
+		return handshakeErr("unknown client flags %#x", uint32(flags))
+	}
+	s.noZeroes = flags&FlagCNoZeroes != 0
+	for {
+		var hdr [16]byte
+		if _, err := io.ReadFull(s.br, hdr[:]); err != nil {
+			return err
+		}
+		if m := binary.BigEndian.Uint64(hdr[0:]); m != MagicOpt {
+			return handshakeErr("option magic %#x, want %#x", m, MagicOpt)
+		}
+		opt := Option(binary.BigEndian.Uint32(hdr[8:]))
+		n := binary.BigEndian.Uint32(hdr[12:])
+		if n > maxOptionLen {
+			return handshakeErr("%v with %d bytes of data (limit %d)", opt, n, maxOptionLen)
+		}
+		data := make([]byte, n)
+		if _, err := io.ReadFull(s.br, data); err != nil {
+			return err
+		}
+		done, err := s.option(ctx, opt, data)
+		if err != nil {
+			return err
+		}
+		if err := s.bw.Flush(); err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// option answers one option; done is true when transmission starts.
+func (s *session) option(ctx context.Context, opt Option, data []byte) (done bool, err error) {
+	if s.srv.shuttingDown() && opt != OptAbort {
+		if opt == OptExportName {
+			return false, handshakeErr("server shutting down")
+		}
+		return false, s.replyErr(opt, RepErrShutdown, "server is shutting down")
+	}
+	if s.srv.TLSConfig != nil && !s.tls && opt != OptStartTLS && opt != OptAbort {
+		if opt == OptExportName {
+			return false, handshakeErr("%v before TLS, which this server requires", opt)
+		}
+		return false, s.replyErr(opt, RepErrTLSReqd, "this server requires TLS: send NBD_OPT_STARTTLS first")
+	}
+	switch opt {
+	case OptExportName:
+		e := s.srv.lookup(string(data))
+		if e == nil {
+			return false, handshakeErr("%v: no export named %q", opt, data)
+		}
+		s.selectExport(e)
+		var b [10 + 124]byte
+		binary.BigEndian.PutUint64(b[0:], uint64(e.Backend.Size()))
+		binary.BigEndian.PutUint16(b[8:], uint16(e.flags(s.structured)))
+		if s.noZeroes {
+			s.bw.Write(b[:10])
+		} else {
+			s.bw.Write(b[:])
+		}
+		return true, nil
+	case OptAbort:
+		s.reply(opt, RepAck, nil)
+		s.bw.Flush()
+		return false, errAbort
+	case OptList:
+		if len(data) != 0 {
+			return false, s.replyErr(opt, RepErrInvalid, "NBD_OPT_LIST takes no data")
+		}
+		for _, e := range s.srv.Exports {
+			b := binary.BigEndian.AppendUint32(nil, uint32(len(e.Name)))
+			s.reply(opt, RepServer, append(b, e.Name...))
+		}
+		return false, s.reply(opt, RepAck, nil)
+	case OptStartTLS:
+		return false, s.startTLS(ctx, data)
+	case OptInfo, OptGo:
+		return s.info(opt, data)
+	case OptStructuredReply:
+		if len(data) != 0 {
+			return false, s.replyErr(opt, RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
+		}
+		s.structured = true
+		return false, s.reply(opt, RepAck, nil)
+	case OptListMetaContext, OptSetMetaContext:
+		return false, s.metaContext(opt, data)
+	default:
+		return false, s.replyErr(opt, RepErrUnsup, fmt.Sprintf("%v is not supported", opt))
+	}
+}
+
+func (s *session) selectExport(e *Export) {
+	s.export = e
+	if s.metaExport != e.Name {
+		s.metaAlloc = false
+	}
+}
+
+func (s *session) startTLS(ctx context.Context, data []byte) error {
+	switch {
+	case len(data) != 0:
+		return s.replyErr(OptStartTLS, RepErrInvalid, "NBD_OPT_STARTTLS takes no data")
+	case s.tls:
+		return s.replyErr(OptStartTLS, RepErrInvalid, "TLS is already active")
+	case s.srv.TLSConfig == nil || s.conn == nil:
+		return s.replyErr(OptStartTLS, RepErrPolicy, "this server has no TLS certificate")
+	}
+	if err := s.reply(OptStartTLS, RepAck, nil); err != nil {
+		return err
+	}
+	if err := s.bw.Flush(); err != nil {
+		return err
+	}
+	if s.br.Buffered() != 0 {
+		return handshakeErr("data sent after NBD_OPT_STARTTLS before the TLS handshake")
+	}
+	tc := tls.Server(s.conn, s.srv.TLSConfig)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	s.conn = tc
+	s.br.Reset(tc)
+	s.bw.Reset(tc)
+	s.tls = true
+	// Nothing negotiated in the clear carries over.
+	s.structured, s.metaAlloc, s.metaExport = false, false, ""
+	return nil
+}
+
+// parseName reads a 32-bit-length-prefixed string from data.
+func parseName(data []byte) (name string, rest []byte, ok bool) {
+	if len(data) < 4 {
+		return "", nil, false
+	}
+	n := binary.BigEndian.Uint32(data)
+	if n > maxString || uint64(len(data)-4) < uint64(n) {
+		return "", nil, false
+	}
+	return string(data[4 : 4+n]), data[4+n:], true
+}
+
+func (s *session) info(opt Option, data []byte) (bool, error) {
+	name, rest, ok := parseName(data)
+	if !ok || len(rest) < 2 {
+		return false, s.replyErr(opt, RepErrInvalid, fmt.Sprintf("%v: malformed export name", opt))
+	}
+	nreq := int(binary.BigEndian.Uint16(rest))
+	rest = rest[2:]
+	if len(rest) != 2*nreq {
+		return false, s.replyErr(opt, RepErrInvalid, fmt.Sprintf("%v: %d information requests but %d bytes", opt, nreq, len(rest)))
+	}
+	e := s.srv.lookup(name)
+	if e == nil {
+		return false, s.replyErr(opt, RepErrUnknown, fmt.Sprintf("no export named %q", name))
+	}
+	want := map[InfoType]bool{}
+	for i := 0; i < nreq; i++ {
+		want[InfoType(binary.BigEndian.Uint16(rest[2*i:]))] = true
+	}
+	b := binary.BigEndian.AppendUint16(nil, uint16(InfoExport))
+	b = binary.BigEndian.AppendUint64(b, uint64(e.Backend.Size()))
+	b = binary.BigEndian.AppendUint16(b, uint16(e.flags(s.structured)))
+	s.reply(opt, RepInfo, b)
+	if want[InfoName] {
+		s.reply(opt, RepInfo, append(binary.BigEndian.AppendUint16(nil, uint16(InfoName)), e.Name...))
+	}
+	if want[InfoDescription] && e.Description != "" {
+		s.reply(opt, RepInfo, append(binary.BigEndian.AppendUint16(nil, uint16(InfoDescription)), e.Description...))
+	}
+	b = binary.BigEndian.AppendUint16(nil, uint16(InfoBlockSize))
+	b = binary.BigEndian.AppendUint32(b, minBlock)
+	b = binary.BigEndian.AppendUint32(b, preferredBlock)
+	b = binary.BigEndian.AppendUint32(b, MaxPayload)
+	s.reply(opt, RepInfo, b)
+	if err := s.reply(opt, RepAck, nil); err != nil {
+		return false, err
+	}
+	if opt == OptGo {
+		s.selectExport(e)
+		return true, nil
+	}
+	return false, nil
+}
+
+func (s *session) metaContext(opt Option, data []byte) error {
+	if !s.structured {
+		return s.replyErr(opt, RepErrInvalid, fmt.Sprintf("%v needs NBD_OPT_STRUCTURED_REPLY first", opt))
+	}
+	name, rest, ok := parseName(data)
+	if !ok || len(rest) < 4 {
+		return s.replyErr(opt, RepErrInvalid, fmt.Sprintf("%v: malformed export name", opt))
+	}
+	nq := binary.BigEndian.Uint32(rest)
+	rest = rest[4:]
+	var queries []string
+	for i := uint32(0); i < nq; i++ {
+		var q string
+		if q, rest, ok = parseName(rest); !ok {
+			return s.replyErr(opt, RepErrInvalid, fmt.Sprintf("%v: malformed query %d", opt, i))
+		}
+		queries = append(queries, q)
+	}
+	if len(rest) != 0 {
+		return s.replyErr(opt, RepErrInvalid, fmt.Sprintf("%v: %d bytes after the queries", opt, len(rest)))
+	}
+	if s.srv.lookup(name) == nil {
+		return s.replyErr(opt, RepErrUnknown, fmt.Sprintf("no export named %q", name))
+	}
+	match := opt == OptListMetaContext && len(queries) == 0
+	for _, q := range queries {
+		if q == MetaContextBaseAllocation || (opt == OptListMetaContext && q == "base:") {
+			match = true
+		}
+	}
+	if opt == OptSetMetaContext {
+		s.metaAlloc, s.metaExport = match, name
+	}
+	if match {
+		id := uint32(0)
+		if opt == OptSetMetaContext {
+			id = metaContextID
+		}
+		s.reply(opt, RepMetaContext, append(binary.BigEndian.AppendUint32(nil, id), MetaContextBaseAllocation...))
+	}
+	return s.reply(opt, RepAck, nil)
+}
+
+func (s *session) reply(opt Option, typ ReplyType, data []byte) error {
+	var hdr [20]byte
+	binary.BigEndian.PutUint64(hdr[0:], MagicOptReply)
+	binary.BigEndian.PutUint32(hdr[8:], uint32(opt))
+	binary.BigEndian.PutUint32(hdr[12:], uint32(typ))
+	binary.BigEndian.PutUint32(hdr[16:], uint32(len(data)))
+	s.bw.Write(hdr[:])
+	_, err := s.bw.Write(data)
+	return err
+}
+
+func (s *session) replyErr(opt Option, typ ReplyType, msg string) error {
+	return s.reply(opt, typ, []byte(msg))
+}

@@ -1,0 +1,612 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("nbd: server closed")
+
+// Server serves Exports over the NBD protocol. Set the fields before the
+// first call to Serve and do not change them afterwards.
+type Server struct {
+	// Exports are the exports served. The first one also answers the empty
+	// export name.
+	Exports []*Export
+	// TLSConfig, when set, makes TLS mandatory: every option but
+	// NBD_OPT_STARTTLS and NBD_OPT_ABORT is refused before TLS.
+	TLSConfig *tls.Config
+	// Logger receives a line per connection at Info and a line per request
+	// at Debug. Nil means slog.Default().
+	Logger *slog.Logger
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*serverConn]struct{}
+	closing   atomic.Bool
+	wg        sync.WaitGroup
+	bufs      bufPool
+}
+
+type serverConn struct {
+	mu           sync.Mutex
+	conn         net.Conn
+	transmitting bool
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+func (s *Server) shuttingDown() bool { return s.closing.Load() }
+
+func (s *Server) lookup(name string) *Export {
+	for _, e := range s.Exports {
+		if e.Name == name {
+			return e
+		}
+	}
+	if name == "" && len(s.Exports) > 0 {
+		return s.Exports[0]
+	}
+	return nil
+}
+
+// Serve accepts connections on l and serves each in its own goroutine. It
+// always returns a non-nil error; after Shutdown or Close, ErrServerClosed.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	if s.listeners == nil {
+		s.listeners = map[net.Listener]struct{}{}
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.closing.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded) || isTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.logger().Warn("accept failed; retrying", "listener", l.Addr().String(), "err", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("nbd: accept on %s: %w", l.Addr(), err)
+		}
+		backoff = 0
+		go s.ServeConn(context.Background(), c)
+	}
+}
+
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// ServeConn serves one client connection until it disconnects, and closes
+// it. It returns why the session ended: nil for a clean disconnect.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
+	sc := &serverConn{conn: c}
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		c.Close()
+		return ErrServerClosed
+	}
+	if s.conns == nil {
+		s.conns = map[*serverConn]struct{}{}
+	}
+	s.conns[sc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, sc)
+		s.mu.Unlock()
+		sc.close()
+		s.wg.Done()
+	}()
+	log := s.logger().With("peer", peerName(c))
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("nbd: panic serving %s: %v", peerName(c), p)
+			log.Error("session crashed; other sessions are unaffected", "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
+	sess := newSession(s, c, c)
+	if err := sess.negotiate(ctx); err != nil {
+		switch {
+		case errors.Is(err, errAbort):
+			log.Debug("client aborted the handshake")
+			return nil
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+			log.Info("client closed the connection during the handshake")
+			return nil
+		}
+		log.Warn("handshake failed; closing connection", "err", err)
+		return err
+	}
+	sc.mu.Lock()
+	sc.conn, sc.transmitting = sess.conn, true
+	stopped := s.closing.Load()
+	sc.mu.Unlock()
+	if stopped {
+		return ErrServerClosed
+	}
+	t := newTransmission(sess, log)
+	return t.run()
+}
+
+// close ends the connection at once.
+func (sc *serverConn) close() {
+	sc.mu.Lock()
+	sc.conn.Close()
+	sc.mu.Unlock()
+}
+
+// drain stops a connection from reading new requests; one still in the
+// handshake is closed.
+func (sc *serverConn) drain() {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.transmitting {
+		sc.conn.SetReadDeadline(time.Now())
+	} else {
+		sc.conn.Close()
+	}
+}
+
+func peerName(c net.Conn) string {
+	if a := c.RemoteAddr(); a != nil && a.String() != "" && a.String() != "@" {
+		return a.String()
+	}
+	if a := c.LocalAddr(); a != nil {
+		return "unix:" + a.String()
+	}
+	return "?"
+}
+
+// Shutdown stops the server gracefully: it closes the listeners, stops
+// reading new requests, lets the requests in flight complete and be
+// answered, flushes every export and closes the connections. If ctx ends
+// first, the remaining connections are closed at once and ctx's error is
+// returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing.Store(true)
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.drain()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.Close()
+		<-done
+		err = ctx.Err()
+	}
+	for _, e := range s.Exports {
+		if serr := e.Backend.Sync(); serr != nil && err == nil {
+			err = fmt.Errorf("nbd: flush export %q: %w", e.Name, serr)
+		}
+	}
+	return err
+}
+
+// Close closes the listeners and every connection at once.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing.Store(true)
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.close()
+	}
+	return nil
+}
+
+// request is one parsed transmission request.
+type request struct {
+	flags  CmdFlags
+	cmd    Cmd
+	cookie uint64
+	off    uint64
+	length uint32
+}
+
+func parseRequest(b []byte) (request, error) {
+	if m := binary.BigEndian.Uint32(b); m != MagicRequest {
+		return request{}, &ProtocolError{Phase: "transmission", Msg: fmt.Sprintf("request magic %#x, want %#x", m, MagicRequest)}
+	}
+	return request{
+		flags:  CmdFlags(binary.BigEndian.Uint16(b[4:])),
+		cmd:    Cmd(binary.BigEndian.Uint16(b[6:])),
+		cookie: binary.BigEndian.Uint64(b[8:]),
+		off:    binary.BigEndian.Uint64(b[16:]),
+		length: binary.BigEndian.Uint32(b[24:]),
+	}, nil
+}
+
+// allowedFlags lists the flags each command accepts.
+var allowedFlags = map[Cmd]CmdFlags{
+	CmdRead:        CmdFlagDF,
+	CmdWrite:       CmdFlagFUA,
+	CmdDisc:        0,
+	CmdFlush:       0,
+	CmdTrim:        CmdFlagFUA,
+	CmdCache:       0,
+	CmdWriteZeroes: CmdFlagFUA | CmdFlagNoHole | CmdFlagFastZero,
+	CmdBlockStatus: CmdFlagReqOne,
+}
+
+// check validates a request against the export and the session, in the
+// order the specification implies: malformed, forbidden, out of range.
+func (s *session) check(r request) Errno {
+	allowed, known := allowedFlags[r.cmd]
+	if !s.structured {
+		allowed &^= CmdFlagDF
+	}
+	if !known || r.flags&^allowed != 0 {
+		return EINVAL
+	}
+	e := s.export
+	switch r.cmd {
+	case CmdWrite, CmdTrim, CmdWriteZeroes:
+		if e.ReadOnly {
+			return EPERM
+		}
+	case CmdBlockStatus:
+		if !s.metaAlloc || r.length == 0 {
+			return EINVAL
+		}
+	case CmdRead:
+		if r.length > MaxPayload {
+			return EINVAL
+		}
+	case CmdFlush:
+		return 0
+	}
+	size := uint64(e.Backend.Size())
+	if r.off > size || uint64(r.length) > size-r.off {
+		if r.cmd == CmdWrite || r.cmd == CmdWriteZeroes {
+			return ENOSPC
+		}
+		return EINVAL
+	}
+	return 0
+}
+
+// transmission runs the transmission phase of one session.
+type transmission struct {
+	*session
+	log   *slog.Logger
+	trace bool
+
+	wmu     sync.Mutex
+	waiting atomic.Int32 // replies waiting for wmu
+	werr    error        // first write error, under wmu
+
+	inflight sync.WaitGroup
+	dirty    atomic.Bool
+
+	requests, bytesIn, bytesOut atomic.Int64
+}
+
+func newTransmission(s *session, log *slog.Logger) *transmission {
+	return &transmission{session: s, log: log, trace: log.Enabled(context.Background(), slog.LevelDebug)}
+}
+
+func (t *transmission) run() error {
+	e := t.export
+	start := time.Now()
+	t.log.Info("client connected", "export", e.Name, "size", e.Backend.Size(),
+		"flags", e.flags(t.structured).String(), "structured_replies", t.structured,
+		"base_allocation", t.metaAlloc, "tls", t.tls)
+	err := t.loop()
+	t.inflight.Wait()
+	t.wmu.Lock()
+	if t.werr == nil {
+		t.werr = t.bw.Flush()
+	}
+	t.wmu.Unlock()
+	if t.dirty.Load() {
+		if serr := e.Backend.Sync(); serr != nil {
+			t.log.Error("flush after disconnect failed", "export", e.Name, "err", serr)
+		}
+	}
+	attrs := []any{"export", e.Name, "requests", t.requests.Load(), "read_bytes", t.bytesOut.Load(),
+		"written_bytes", t.bytesIn.Load(), "duration", time.Since(start).Round(time.Millisecond)}
+	if err != nil {
+		t.log.Warn("session ended with an error", append(attrs, "err", err)...)
+		return err
+	}
+	t.log.Info("client disconnected", attrs...)
+	return nil
+}
+
+// loop reads requests until NBD_CMD_DISC, end of stream, or a fatal error.
+func (t *transmission) loop() error {
+	var hdr [requestHeaderLen]byte
+	for {
+		if _, err := io.ReadFull(t.br, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("read request: %w", err)
+		}
+		r, err := parseRequest(hdr[:])
+		if err != nil {
+			return err
+		}
+		t.requests.Add(1)
+		if r.cmd == CmdDisc {
+			t.traceReq(r, 0, 0)
+			return nil
+		}
+		errno := t.check(r)
+		var payload []byte
+		if r.cmd == CmdWrite {
+			if r.length > MaxPayload {
+				// The payload cannot be skipped without reading it all;
+				// answer, then drop the connection as the spec allows.
+				t.send(func(w *bufio.Writer) { t.writeError(w, r, EINVAL, "write larger than the 32 MiB maximum") })
+				return &ProtocolError{Phase: "transmission", Msg: fmt.Sprintf("NBD_CMD_WRITE of %d bytes exceeds the %d-byte maximum", r.length, MaxPayload)}
+			}
+			payload = t.srv.bufs.get(int(r.length))
+			if _, err := io.ReadFull(t.br, payload); err != nil {
+				t.srv.bufs.put(payload)
+				return fmt.Errorf("read %d-byte write payload: %w", r.length, err)
+			}
+			t.bytesIn.Add(int64(r.length))
+		}
+		if errno != 0 {
+			t.srv.bufs.put(payload)
+			t.traceReq(r, errno, 0)
+			t.send(func(w *bufio.Writer) { t.writeError(w, r, errno, "") })
+			continue
+		}
+		t.inflight.Add(1)
+		go t.handle(r, payload)
+	}
+}
+
+func (t *transmission) traceReq(r request, errno Errno, took time.Duration) {
+	if t.trace {
+		t.log.Debug("request", "cmd", r.cmd.String(), "flags", r.flags.String(), "offset", r.off,
+			"length", r.length, "cookie", r.cookie, "errno", errno.String(), "took", took)
+	}
+}
+
+// handle executes one valid request and sends its reply.
+func (t *transmission) handle(r request, payload []byte) {
+	defer t.inflight.Done()
+	start := time.Now()
+	var errno Errno
+	defer func() {
+		if p := recover(); p != nil {
+			t.log.Error("request crashed", "cmd", r.cmd.String(), "panic", p, "stack", string(debug.Stack()))
+			t.send(func(w *bufio.Writer) { t.writeError(w, r, EIO, "internal error") })
+		}
+	}()
+	b := t.export.Backend
+	off, n := int64(r.off), int64(r.length)
+	var err error
+	switch r.cmd {
+	case CmdRead:
+		buf := t.srv.bufs.get(int(n))
+		if _, err = b.ReadAt(buf, off); err == nil {
+			t.bytesOut.Add(n)
+			t.send(func(w *bufio.Writer) { t.writeRead(w, r, buf) })
+			t.srv.bufs.put(buf)
+			t.traceReq(r, 0, time.Since(start))
+			return
+		}
+		t.srv.bufs.put(buf)
+	case CmdWrite:
+		if r.flags&CmdFlagFUA != 0 {
+			if fw, ok := b.(FUAWriter); ok {
+				_, err = fw.WriteAtFUA(payload, off)
+			} else if _, err = b.WriteAt(payload, off); err == nil {
+				err = b.Sync()
+			}
+		} else {
+			_, err = b.WriteAt(payload, off)
+			t.dirty.Store(true)
+		}
+		t.srv.bufs.put(payload)
+	case CmdFlush:
+		err = b.Sync()
+	case CmdTrim:
+		if tr, ok := b.(Trimmer); ok {
+			err = tr.Trim(off, n)
+		}
+		err = t.fua(r, err)
+	case CmdWriteZeroes:
+		flags := ZeroFlags{NoHole: r.flags&CmdFlagNoHole != 0, Fast: r.flags&CmdFlagFastZero != 0}
+		if z, ok := b.(Zeroer); ok {
+			err = z.Zero(off, n, flags)
+		} else if flags.Fast {
+			err = ENOTSUP
+		} else {
+			err = writeZeroes(b, off, n)
+		}
+		err = t.fua(r, err)
+	case CmdCache:
+		if c, ok := b.(Cacher); ok {
+			err = c.Cache(off, n)
+		}
+	case CmdBlockStatus:
+		var ext []Extent
+		if ext, err = extentsOf(b, off, n); err == nil {
+			ext = clipExtents(ext, n, r.flags&CmdFlagReqOne != 0)
+			t.send(func(w *bufio.Writer) { t.writeBlockStatus(w, r, ext) })
+			t.traceReq(r, 0, time.Since(start))
+			return
+		}
+	}
+	if err != nil {
+		errno = errnoOf(err)
+		if errno == EIO {
+			t.log.Error("backend error", "cmd", r.cmd.String(), "offset", r.off, "length", r.length, "err", err)
+		}
+		t.send(func(w *bufio.Writer) { t.writeError(w, r, errno, "") })
+	} else {
+		t.send(func(w *bufio.Writer) { t.writeDone(w, r) })
+	}
+	t.traceReq(r, errno, time.Since(start))
+}
+
+// fua completes a write-like command that carries NBD_CMD_FLAG_FUA.
+func (t *transmission) fua(r request, err error) error {
+	if err != nil {
+		return err
+	}
+	if r.flags&CmdFlagFUA != 0 {
+		return t.export.Backend.Sync()
+	}
+	t.dirty.Store(true)
+	return nil
+}
+
+// clipExtents trims a backend's answer to the request: at most n bytes, at
+// most maxExtents descriptors, one if reqOne, none of zero length.
+func clipExtents(ext []Extent, n int64, reqOne bool) []Extent {
+	out := ext[:0]
+	var total int64
+	for _, e := range ext {
+		if total >= n || len(out) == maxExtents || (reqOne && len(out) == 1) {
+			break
+		}
+		e.Length = min(e.Length, n-total)
+		if e.Length <= 0 {
+			continue
+		}
+		out = append(out, e)
+		total += e.Length
+	}
+	if len(out) == 0 { // a backend that said nothing: call it data
+		out = append(out, Extent{Length: n})
+	}
+	return out
+}
+
+// send writes one reply under the connection's write lock. The buffer is
+// flushed when no other reply is waiting for the lock, so replies that
+// complete together leave in one system call.
+func (t *transmission) send(fn func(w *bufio.Writer)) {
+	t.waiting.Add(1)
+	t.wmu.Lock()
+	t.waiting.Add(-1)
+	if t.werr == nil {
+		fn(t.bw)
+		if t.waiting.Load() == 0 {
+			t.werr = t.bw.Flush()
+		}
+		if t.werr != nil && t.conn != nil {
+			t.conn.Close() // the reader sees it and ends the session
+		}
+	}
+	t.wmu.Unlock()
+}
+
+func (t *transmission) writeSimple(w *bufio.Writer, r request, errno Errno) {
+	var h [simpleReplyLen]byte
+	binary.BigEndian.PutUint32(h[0:], MagicSimpleReply)
+	binary.BigEndian.PutUint32(h[4:], uint32(errno))
+	binary.BigEndian.PutUint64(h[8:], r.cookie)
+	w.Write(h[:])
+}
+
+func (t *transmission) writeChunk(w *bufio.Writer, r request, flags uint16, typ ChunkType, length int) {
+	var h [structuredHeaderLen]byte
+	binary.BigEndian.PutUint32(h[0:], MagicStructuredReply)
+	binary.BigEndian.PutUint16(h[4:], flags)
+	binary.BigEndian.PutUint16(h[6:], uint16(typ))
+	binary.BigEndian.PutUint64(h[8:], r.cookie)
+	binary.BigEndian.PutUint32(h[16:], uint32(length))
+	w.Write(h[:])
+}
+
+func (t *transmission) writeDone(w *bufio.Writer, r request) {
+	if t.structured {
+		t.writeChunk(w, r, ReplyFlagDone, ReplyTypeNone, 0)
+		return
+	}
+	t.writeSimple(w, r, 0)
+}
+
+func (t *transmission) writeError(w *bufio.Writer, r request, errno Errno, msg string) {
+	if !t.structured {
+		t.writeSimple(w, r, errno)
+		return
+	}
+	t.writeChunk(w, r, ReplyFlagDone, ReplyTypeError, 6+len(msg))
+	var b [6]byte
+	binary.BigEndian.PutUint32(b[0:], uint32(errno))
+	binary.BigEndian.PutUint16(b[4:], uint16(len(msg)))
+	w.Write(b[:])
+	w.WriteString(msg)
+}
+
+func (t *transmission) writeRead(w *bufio.Writer, r request, data []byte) {
+	if !t.structured {
+		t.writeSimple(w, r, 0)
+		w.Write(data)
+		return
+	}
+	t.writeChunk(w, r, ReplyFlagDone, ReplyTypeOffsetData, 8+len(data))
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], r.off)
+	w.Write(b[:])
+	w.Write(data)
+}
+
+func (t *transmission) writeBlockStatus(w *bufio.Writer, r request, ext []Extent) {
+	t.writeChunk(w, r, ReplyFlagDone, ReplyTypeBlockStatus, 4+8*len(ext))
+	var b [8]byte
+	binary.BigEndian.PutUint32(b[:4], metaContextID)
+	w.Write(b[:4])
+	for _, e := range ext {
+		binary.BigEndian.PutUint32(b[0:], uint32(e.Length))
+		binary.BigEndian.PutUint32(b[4:], e.Flags)
+		w.Write(b[:])
+	}
+}
