@@ -1,0 +1,122 @@
+// Package nbdtest provides stand-ins for tests of code that uses package
+// nbd: an in-memory client/server pair and throwaway TLS credentials.
+package nbdtest
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nbdlab/nbdlab/nbd"
+)
+
+// Pair serves srv on one end of an in-memory connection and returns a
+// client negotiated on the other. Both are closed when the test ends.
+func Pair(t testing.TB, srv *nbd.Server, cfg *nbd.ClientConfig) *nbd.Client {
+	t.Helper()
+	a, b := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.ServeConn(context.Background(), a)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := nbd.NewClient(ctx, b, cfg)
+	if err != nil {
+		b.Close()
+		<-done
+		t.Fatalf("nbdtest: handshake: %v", err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		<-done
+	})
+	return c
+}
+
+// TLS holds PEM files of a throwaway CA, a server certificate for
+// localhost and 127.0.0.1, and a client certificate, all signed by the CA.
+type TLS struct {
+	Dir                   string
+	CACert                string
+	ServerCert, ServerKey string
+	ClientCert, ClientKey string
+	pool                  *x509.CertPool
+}
+
+// NewTLS writes fresh credentials into a temporary directory.
+func NewTLS(t testing.TB) *TLS {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "nbdlab test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatalf("nbdtest: CA: %v", err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	s := &TLS{Dir: dir, pool: x509.NewCertPool()}
+	s.pool.AddCert(ca)
+	s.CACert = writePEM(t, dir, "ca-cert.pem", "CERTIFICATE", caDER)
+	leaf := func(name string, serial int64, usage x509.ExtKeyUsage) (string, string) {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+			DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatalf("nbdtest: %s certificate: %v", name, err)
+		}
+		kder, _ := x509.MarshalECPrivateKey(key)
+		return writePEM(t, dir, name+"-cert.pem", "CERTIFICATE", der), writePEM(t, dir, name+"-key.pem", "EC PRIVATE KEY", kder)
+	}
+	s.ServerCert, s.ServerKey = leaf("server", 2, x509.ExtKeyUsageServerAuth)
+	s.ClientCert, s.ClientKey = leaf("client", 3, x509.ExtKeyUsageClientAuth)
+	return s
+}
+
+func writePEM(t testing.TB, dir, name, typ string, der []byte) string {
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatalf("nbdtest: %v", err)
+	}
+	return p
+}
+
+// ServerConfig is a TLS configuration for a server with these credentials
+// that requires client certificates.
+func (s *TLS) ServerConfig(t testing.TB) *tls.Config {
+	pair, err := tls.LoadX509KeyPair(s.ServerCert, s.ServerKey)
+	if err != nil {
+		t.Fatalf("nbdtest: %v", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, ClientCAs: s.pool, ClientAuth: tls.RequireAndVerifyClientCert}
+}
+
+// ClientConfig is a TLS configuration for a client of such a server.
+func (s *TLS) ClientConfig(t testing.TB) *tls.Config {
+	pair, err := tls.LoadX509KeyPair(s.ClientCert, s.ClientKey)
+	if err != nil {
+		t.Fatalf("nbdtest: %v", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: s.pool, ServerName: "localhost"}
+}
