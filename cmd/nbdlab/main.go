@@ -106,14 +106,15 @@ func newFlagSet(name, usage string, out io.Writer) *flag.FlagSet {
 // up to a "--", after which everything is positional.
 func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
-	out := fs.Output()
+	out, usage := fs.Output(), fs.Usage
 	fs.SetOutput(io.Discard)
-	defer fs.SetOutput(out)
+	fs.Usage = func() {}
+	defer func() { fs.SetOutput(out); fs.Usage = usage }()
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				fs.SetOutput(out)
-				fs.Usage()
+				usage()
 				return nil, err
 			}
 			return nil, usageError{err.Error()}

@@ -1,0 +1,33 @@
+package main
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmdtest"
+
+	"github.com/nbdlab/nbdlab/harness"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// TestCLI runs the golden command transcripts in testdata/*.ct against a
+// freshly built nbdlab.
+func TestCLI(t *testing.T) {
+	ts, err := cmdtest.Read("testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := harness.Nbdlab(t)
+	ts.Commands["nbdlab"] = cmdtest.Program(bin)
+	ts.Setup = func(root string) error {
+		// A regular file to try to listen on, and a directory to export.
+		if err := os.WriteFile(filepath.Join(root, "notasocket"), []byte("keep"), 0o600); err != nil {
+			return err
+		}
+		return os.Mkdir(filepath.Join(root, "adir"), 0o755)
+	}
+	ts.Run(t, *update)
+}

@@ -1,0 +1,199 @@
+package harness_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/nbd/nbdtest"
+)
+
+// serveBoth starts nbdlab serve on TCP and a unix socket with the given
+// exports.
+func serveBoth(t *testing.T, exports ...string) *harness.Server {
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	args := append([]string{"--listen", "127.0.0.1:0", "--listen", "unix:" + sock}, exports...)
+	return harness.Serve(t, args...)
+}
+
+// transports runs fn once over TCP and once over the unix socket.
+func transports(t *testing.T, fn func(t *testing.T, unix bool)) {
+	for _, tr := range []struct {
+		name string
+		unix bool
+	}{{"tcp", false}, {"unix", true}} {
+		t.Run(tr.name, func(t *testing.T) { fn(t, tr.unix) })
+	}
+}
+
+func randomFile(t *testing.T, size int) (string, []byte) {
+	data := make([]byte, size)
+	rand.Read(data)
+	p := filepath.Join(t.TempDir(), "random.img")
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p, data
+}
+
+func TestNbdinfo(t *testing.T) {
+	harness.Need(t, "nbdinfo")
+	img, _ := randomFile(t, 1<<20)
+	s := serveBoth(t, "disk=file:"+img, "scratch=mem:1G", "ro=mem:16M,ro")
+	transports(t, func(t *testing.T, unix bool) {
+		list := harness.Run(t, "nbdinfo", "--list", s.URI("", unix))
+		for _, name := range []string{`export="disk"`, `export="scratch"`, `export="ro"`, "base:allocation", "block_size_maximum: 33554432"} {
+			if !strings.Contains(list, name) {
+				t.Errorf("nbdinfo --list lacks %q:\n%s", name, list)
+			}
+		}
+		// The default export is the first one.
+		if got := strings.TrimSpace(harness.Run(t, "nbdinfo", "--size", s.URI("", unix))); got != "1048576" {
+			t.Errorf("default export size %q, want 1048576", got)
+		}
+		if got := harness.Run(t, "nbdinfo", "--map", s.URI("scratch", unix)); !strings.Contains(got, "1073741824    3  hole,zero") {
+			t.Errorf("map of an empty mem export:\n%s", got)
+		}
+		if got := harness.Run(t, "nbdinfo", "--map", s.URI("disk", unix)); !strings.Contains(got, "1048576    0  data") {
+			t.Errorf("map of a full file export:\n%s", got)
+		}
+		for _, can := range []string{"connect", "read", "write", "flush", "fua", "trim", "zero", "fast-zero", "cache", "df", "multi-conn", "structured-reply"} {
+			if out, err := harness.RunErr("nbdinfo", "--can", can, s.URI("scratch", unix)); err != nil {
+				t.Errorf("nbdinfo --can %s: %v %s", can, err, out)
+			}
+		}
+		for _, cannot := range []string{"write", "trim", "zero"} {
+			if _, err := harness.RunErr("nbdinfo", "--can", cannot, s.URI("ro", unix)); err == nil {
+				t.Errorf("nbdinfo --can %s on a read-only export succeeded", cannot)
+			}
+		}
+		if _, err := harness.RunErr("nbdinfo", "--is", "read-only", s.URI("ro", unix)); err != nil {
+			t.Errorf("nbdinfo --is read-only on the ro export: %v", err)
+		}
+		if out, err := harness.RunErr("nbdinfo", "--size", s.URI("nope", unix)); err == nil || !strings.Contains(out, "nope") {
+			t.Errorf("unknown export: err %v, output %q; want an error naming it", err, out)
+		}
+	})
+}
+
+func TestNbdshCommandsAndErrors(t *testing.T) {
+	harness.Need(t, "nbdsh")
+	s := serveBoth(t, "rw=mem:64M", "ro=mem:64M,ro")
+	script, _ := filepath.Abs("testdata/commands.py")
+	transports(t, func(t *testing.T, unix bool) {
+		t.Setenv("NBDLAB_RW", s.URI("rw", unix))
+		t.Setenv("NBDLAB_RO", s.URI("ro", unix))
+		out := harness.Run(t, "nbdsh", "-n", "-c", fmt.Sprintf("exec(open(%q).read())", script))
+		if !strings.Contains(out, "all checks passed") {
+			t.Fatalf("script output:\n%s", out)
+		}
+	})
+	if !strings.Contains(s.Output(), "exceeds the 33554432-byte maximum") {
+		t.Errorf("oversized write not logged:\n%s", s.Output())
+	}
+}
+
+func TestNbdcopyRoundTrip(t *testing.T) {
+	harness.Need(t, "nbdcopy")
+	src, data := randomFile(t, 24<<20+12345)
+	s := serveBoth(t, fmt.Sprintf("scratch=mem:%d", len(data)))
+	transports(t, func(t *testing.T, unix bool) {
+		dst := filepath.Join(t.TempDir(), "back.img")
+		harness.Run(t, "nbdcopy", "--flush", src, s.URI("scratch", unix))
+		harness.Run(t, "nbdcopy", s.URI("scratch", unix), dst)
+		got, err := os.ReadFile(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatal("nbdcopy round trip changed the data")
+		}
+	})
+}
+
+func TestQemuImgAndQemuIo(t *testing.T) {
+	harness.Need(t, "qemu-img", "qemu-io")
+	src, orig := randomFile(t, 8<<20)
+	s := serveBoth(t, "img=file:"+src+",cow", "out=mem:8M")
+	transports(t, func(t *testing.T, unix bool) {
+		dst := filepath.Join(t.TempDir(), "out.raw")
+		harness.Run(t, "qemu-img", "convert", "-f", "raw", "-O", "raw", s.URI("img", unix), dst)
+		harness.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, dst)
+		harness.Run(t, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, s.URI("out", unix))
+		harness.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, s.URI("out", unix))
+	})
+	// qemu-io writes through the ,cow export; the base file must not change.
+	out := harness.Run(t, "qemu-io", "-f", "raw",
+		"-c", "write -P 0xab 4096 65536", "-c", "read -P 0xab 4096 65536",
+		"-c", "write -z 4096 4096", "-c", "read -P 0 4096 4096",
+		"-c", "discard 0 1M", "-c", "read -P 0 0 1M", "-c", "flush", s.URI("img", false))
+	if strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "error") {
+		t.Fatalf("qemu-io:\n%s", out)
+	}
+	if !bytes.Equal(mustRead(t, src), orig) {
+		t.Fatal("writes to a ,cow export reached the base file")
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestNbdinfoOverTLS(t *testing.T) {
+	harness.Need(t, "nbdinfo")
+	creds := nbdtest.NewTLS(t)
+	sock := filepath.Join(t.TempDir(), "tls.sock")
+	s := harness.Serve(t, "--listen", "127.0.0.1:0", "--listen", "unix:"+sock,
+		"--tls-cert", creds.ServerCert, "--tls-key", creds.ServerKey, "--tls-ca", creds.CACert, "secure=mem:32M")
+	port := s.TCP[strings.LastIndexByte(s.TCP, ':')+1:]
+	uri := fmt.Sprintf("nbds://localhost:%s/secure?tls-certificates=%s", port, creds.Dir)
+	out := harness.Run(t, "nbdinfo", uri)
+	if !strings.Contains(out, "with TLS") || !strings.Contains(out, "export-size: 33554432") {
+		t.Errorf("nbdinfo over TLS:\n%s", out)
+	}
+	// Without TLS nothing but STARTTLS is allowed.
+	if out, err := harness.RunErr("nbdinfo", fmt.Sprintf("nbd://localhost:%s/secure", port)); err == nil {
+		t.Errorf("plain client was served by a TLS-only server:\n%s", out)
+	} else if !strings.Contains(out, "TLS") {
+		t.Errorf("plain client's error does not mention TLS:\n%s", out)
+	}
+	// A client without a certificate signed by the CA is refused.
+	bare := t.TempDir()
+	b, _ := os.ReadFile(creds.CACert)
+	os.WriteFile(filepath.Join(bare, "ca-cert.pem"), b, 0o600)
+	if _, err := harness.RunErr("nbdinfo", fmt.Sprintf("nbds://localhost:%s/secure?tls-certificates=%s", port, bare)); err == nil {
+		t.Error("client without a certificate was accepted")
+	}
+}
+
+func TestFioVerify(t *testing.T) {
+	harness.Need(t, "fio")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "fio.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img, 64<<20)
+	s := serveBoth(t, "file=file:"+img, "mem=mem:64M")
+	for _, export := range []string{"file", "mem"} {
+		transports(t, func(t *testing.T, unix bool) {
+			out := filepath.Join(t.TempDir(), "fio.json")
+			harness.Run(t, "fio", "--name=verify", "--ioengine=nbd", "--uri="+s.URI(export, unix),
+				"--rw=randwrite", "--bs=4k", "--bsrange=512-64k", "--iodepth=16", "--size=32M",
+				"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--output="+out)
+			b, _ := os.ReadFile(out)
+			if !strings.Contains(string(b), "verify") || strings.Contains(string(b), "verify failed") {
+				t.Fatalf("fio output:\n%s", b)
+			}
+		})
+	}
+}
