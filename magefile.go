@@ -11,8 +11,19 @@ import (
 	"github.com/magefile/mage/mg"
 	"github.com/magefile/mage/sh"
 
+	"github.com/nbdlab/nbdlab/bench"
 	"github.com/nbdlab/nbdlab/ci"
 )
+
+// Bench groups the benchmarks; each prints figures and ratios against peers
+// measured in the same run.
+type Bench mg.Namespace
+
+// Server runs fio against nbdlab serve, nbdkit and qemu-nbd (BENCH_TIME=seconds per job).
+func (Bench) Server(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps)
+	return bench.RunServer(ctx, bench.Options{})
+}
 
 // Deps installs every Debian package the tests and benchmarks use.
 func Deps(ctx context.Context) error {

@@ -42,7 +42,7 @@ type session struct {
 	srv  *Server
 	conn net.Conn // nil when serving a plain stream (fuzzing)
 	br   *bufio.Reader
-	bw   *bufio.Writer
+	bw   *replyWriter
 
 	tls        bool
 	noZeroes   bool
@@ -54,7 +54,7 @@ type session struct {
 }
 
 func newSession(srv *Server, rw io.ReadWriter, conn net.Conn) *session {
-	return &session{srv: srv, conn: conn, br: bufio.NewReaderSize(rw, 128<<10), bw: bufio.NewWriterSize(rw, 128<<10)}
+	return &session{srv: srv, conn: conn, br: bufio.NewReaderSize(rw, 128<<10), bw: newReplyWriter(rw)}
 }
 
 // negotiate runs the fixed-newstyle handshake until the client picks an

@@ -1,7 +1,6 @@
 package nbd
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -325,13 +326,16 @@ type transmission struct {
 	werr    error        // first write error, under wmu
 
 	inflight sync.WaitGroup
+	work     chan work           // to idle workers
+	budget   *semaphore.Weighted // bounds the requests and bytes in flight
 	dirty    atomic.Bool
 
 	requests, bytesIn, bytesOut atomic.Int64
 }
 
 func newTransmission(s *session, log *slog.Logger) *transmission {
-	return &transmission{session: s, log: log, trace: log.Enabled(context.Background(), slog.LevelDebug)}
+	return &transmission{session: s, log: log, trace: log.Enabled(context.Background(), slog.LevelDebug),
+		work: make(chan work), budget: semaphore.NewWeighted(maxInflightBytes)}
 }
 
 func (t *transmission) run() error {
@@ -342,6 +346,7 @@ func (t *transmission) run() error {
 		"base_allocation", t.metaAlloc, "tls", t.tls)
 	err := t.loop()
 	t.inflight.Wait()
+	close(t.work)
 	t.wmu.Lock()
 	if t.werr == nil {
 		t.werr = t.bw.Flush()
@@ -387,7 +392,7 @@ func (t *transmission) loop() error {
 			if r.length > MaxPayload {
 				// The payload cannot be skipped without reading it all;
 				// answer, then drop the connection as the spec allows.
-				t.send(func(w *bufio.Writer) { t.writeError(w, r, EINVAL, "write larger than the 32 MiB maximum") })
+				t.send(func(w *replyWriter) { t.writeError(w, r, EINVAL, "write larger than the 32 MiB maximum") })
 				return &ProtocolError{Phase: "transmission", Msg: fmt.Sprintf("NBD_CMD_WRITE of %d bytes exceeds the %d-byte maximum", r.length, MaxPayload)}
 			}
 			payload = t.srv.bufs.get(int(r.length))
@@ -400,11 +405,46 @@ func (t *transmission) loop() error {
 		if errno != 0 {
 			t.srv.bufs.put(payload)
 			t.traceReq(r, errno, 0)
-			t.send(func(w *bufio.Writer) { t.writeError(w, r, errno, "") })
+			t.send(func(w *replyWriter) { t.writeError(w, r, errno, "") })
 			continue
 		}
-		t.inflight.Add(1)
-		go t.handle(r, payload)
+		t.dispatch(work{r, payload})
+	}
+}
+
+// Limits on what one connection may have in flight: requests weigh their
+// length, at least minWeight, against a budget of maxInflightBytes. A client
+// that sends more waits until replies drain.
+const (
+	maxInflightBytes = 256 << 20
+	minWeight        = 256 << 10
+)
+
+type work struct {
+	r       request
+	payload []byte
+}
+
+func weight(r request) int64 { return max(int64(r.length), minWeight) }
+
+// dispatch hands w to an idle worker, or starts a new one, so a slow
+// request never waits for another. Workers outlive their request, which
+// keeps their grown stacks and spares a goroutine start per request.
+func (t *transmission) dispatch(w work) {
+	t.budget.Acquire(context.Background(), min(weight(w.r), maxInflightBytes))
+	t.inflight.Add(1)
+	select {
+	case t.work <- w:
+	default:
+		go t.worker(w)
+	}
+}
+
+func (t *transmission) worker(w work) {
+	for ok := true; ok; w, ok = <-t.work {
+		t.handle(w.r, w.payload)
+		t.budget.Release(min(weight(w.r), maxInflightBytes))
+		t.inflight.Done()
 	}
 }
 
@@ -417,13 +457,12 @@ func (t *transmission) traceReq(r request, errno Errno, took time.Duration) {
 
 // handle executes one valid request and sends its reply.
 func (t *transmission) handle(r request, payload []byte) {
-	defer t.inflight.Done()
 	start := time.Now()
 	var errno Errno
 	defer func() {
 		if p := recover(); p != nil {
 			t.log.Error("request crashed", "cmd", r.cmd.String(), "panic", p, "stack", string(debug.Stack()))
-			t.send(func(w *bufio.Writer) { t.writeError(w, r, EIO, "internal error") })
+			t.send(func(w *replyWriter) { t.writeError(w, r, EIO, "internal error") })
 		}
 	}()
 	b := t.export.Backend
@@ -434,7 +473,7 @@ func (t *transmission) handle(r request, payload []byte) {
 		buf := t.srv.bufs.get(int(n))
 		if _, err = b.ReadAt(buf, off); err == nil {
 			t.bytesOut.Add(n)
-			t.send(func(w *bufio.Writer) { t.writeRead(w, r, buf) })
+			t.send(func(w *replyWriter) { t.writeRead(w, r, buf) })
 			t.srv.bufs.put(buf)
 			t.traceReq(r, 0, time.Since(start))
 			return
@@ -477,7 +516,7 @@ func (t *transmission) handle(r request, payload []byte) {
 		var ext []Extent
 		if ext, err = extentsOf(b, off, n); err == nil {
 			ext = clipExtents(ext, n, r.flags&CmdFlagReqOne != 0)
-			t.send(func(w *bufio.Writer) { t.writeBlockStatus(w, r, ext) })
+			t.send(func(w *replyWriter) { t.writeBlockStatus(w, r, ext) })
 			t.traceReq(r, 0, time.Since(start))
 			return
 		}
@@ -487,9 +526,9 @@ func (t *transmission) handle(r request, payload []byte) {
 		if errno == EIO {
 			t.log.Error("backend error", "cmd", r.cmd.String(), "offset", r.off, "length", r.length, "err", err)
 		}
-		t.send(func(w *bufio.Writer) { t.writeError(w, r, errno, "") })
+		t.send(func(w *replyWriter) { t.writeError(w, r, errno, "") })
 	} else {
-		t.send(func(w *bufio.Writer) { t.writeDone(w, r) })
+		t.send(func(w *replyWriter) { t.writeDone(w, r) })
 	}
 	t.traceReq(r, errno, time.Since(start))
 }
@@ -531,7 +570,7 @@ func clipExtents(ext []Extent, n int64, reqOne bool) []Extent {
 // send writes one reply under the connection's write lock. The buffer is
 // flushed when no other reply is waiting for the lock, so replies that
 // complete together leave in one system call.
-func (t *transmission) send(fn func(w *bufio.Writer)) {
+func (t *transmission) send(fn func(w *replyWriter)) {
 	t.waiting.Add(1)
 	t.wmu.Lock()
 	t.waiting.Add(-1)
@@ -547,7 +586,7 @@ func (t *transmission) send(fn func(w *bufio.Writer)) {
 	t.wmu.Unlock()
 }
 
-func (t *transmission) writeSimple(w *bufio.Writer, r request, errno Errno) {
+func (t *transmission) writeSimple(w *replyWriter, r request, errno Errno) {
 	var h [simpleReplyLen]byte
 	binary.BigEndian.PutUint32(h[0:], MagicSimpleReply)
 	binary.BigEndian.PutUint32(h[4:], uint32(errno))
@@ -555,7 +594,7 @@ func (t *transmission) writeSimple(w *bufio.Writer, r request, errno Errno) {
 	w.Write(h[:])
 }
 
-func (t *transmission) writeChunk(w *bufio.Writer, r request, flags uint16, typ ChunkType, length int) {
+func (t *transmission) writeChunk(w *replyWriter, r request, flags uint16, typ ChunkType, length int) {
 	var h [structuredHeaderLen]byte
 	binary.BigEndian.PutUint32(h[0:], MagicStructuredReply)
 	binary.BigEndian.PutUint16(h[4:], flags)
@@ -565,7 +604,7 @@ func (t *transmission) writeChunk(w *bufio.Writer, r request, flags uint16, typ 
 	w.Write(h[:])
 }
 
-func (t *transmission) writeDone(w *bufio.Writer, r request) {
+func (t *transmission) writeDone(w *replyWriter, r request) {
 	if t.structured {
 		t.writeChunk(w, r, ReplyFlagDone, ReplyTypeNone, 0)
 		return
@@ -573,7 +612,7 @@ func (t *transmission) writeDone(w *bufio.Writer, r request) {
 	t.writeSimple(w, r, 0)
 }
 
-func (t *transmission) writeError(w *bufio.Writer, r request, errno Errno, msg string) {
+func (t *transmission) writeError(w *replyWriter, r request, errno Errno, msg string) {
 	if !t.structured {
 		t.writeSimple(w, r, errno)
 		return
@@ -586,7 +625,7 @@ func (t *transmission) writeError(w *bufio.Writer, r request, errno Errno, msg s
 	w.WriteString(msg)
 }
 
-func (t *transmission) writeRead(w *bufio.Writer, r request, data []byte) {
+func (t *transmission) writeRead(w *replyWriter, r request, data []byte) {
 	if !t.structured {
 		t.writeSimple(w, r, 0)
 		w.Write(data)
@@ -599,7 +638,7 @@ func (t *transmission) writeRead(w *bufio.Writer, r request, data []byte) {
 	w.Write(data)
 }
 
-func (t *transmission) writeBlockStatus(w *bufio.Writer, r request, ext []Extent) {
+func (t *transmission) writeBlockStatus(w *replyWriter, r request, ext []Extent) {
 	t.writeChunk(w, r, ReplyFlagDone, ReplyTypeBlockStatus, 4+8*len(ext))
 	var b [8]byte
 	binary.BigEndian.PutUint32(b[:4], metaContextID)

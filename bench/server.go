@@ -1,0 +1,290 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nbdlab/nbdlab/harness"
+)
+
+// Options configure RunServer. Zero values mean defaults.
+type Options struct {
+	Nbdlab   string        // nbdlab binary; built from this tree if empty
+	Dir      string        // tmpfs directory for file exports; default /dev/shm
+	Size     int64         // export size; default 1 GiB
+	Duration time.Duration // per fio job; default BENCH_TIME or 10 s
+	Out      io.Writer     // report; default os.Stdout
+}
+
+func (o *Options) defaults(ctx context.Context) error {
+	if o.Out == nil {
+		o.Out = os.Stdout
+	}
+	if o.Size == 0 {
+		o.Size = 1 << 30
+	}
+	if o.Duration == 0 {
+		o.Duration = 10 * time.Second
+		if s := os.Getenv("BENCH_TIME"); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 {
+				return fmt.Errorf("bench: BENCH_TIME=%q: want whole seconds", s)
+			}
+			o.Duration = time.Duration(n) * time.Second
+		}
+	}
+	if o.Dir == "" {
+		o.Dir = "/dev/shm"
+	}
+	if err := harness.Require("fio", "nbdkit", "qemu-nbd"); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	if o.Nbdlab == "" {
+		dir, err := os.MkdirTemp("", "nbdlab-bench-")
+		if err != nil {
+			return err
+		}
+		if o.Nbdlab, err = harness.BuildNbdlab(ctx, dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Target is one server under test.
+type Target struct {
+	Name  string
+	Peer  bool
+	Group string // "mem" or "file": which peers it is compared with
+	args  func(sock, img string, size int64) []string
+}
+
+// ServerTargets are nbdlab's two exports and the peers'.
+var ServerTargets = []Target{
+	{"nbdlab mem", false, "mem", func(sock, _ string, size int64) []string {
+		return []string{"NBDLAB", "serve", "--listen", "unix:" + sock, fmt.Sprintf("bench=mem:%d", size)}
+	}},
+	{"nbdlab file", false, "file", func(sock, img string, _ int64) []string {
+		return []string{"NBDLAB", "serve", "--listen", "unix:" + sock, "bench=file:" + img}
+	}},
+	{"nbdkit memory", true, "mem", func(sock, _ string, size int64) []string {
+		return []string{"nbdkit", "-f", "-U", sock, "memory", strconv.FormatInt(size, 10)}
+	}},
+	{"nbdkit file", true, "file", func(sock, img string, _ int64) []string {
+		return []string{"nbdkit", "-f", "-U", sock, "file", "file=" + img}
+	}},
+	{"qemu-nbd raw", true, "file", func(sock, img string, _ int64) []string {
+		return []string{"qemu-nbd", "-t", "-f", "raw", "-k", sock, img}
+	}},
+}
+
+// startTarget starts a server and waits until its socket accepts.
+func startTarget(ctx context.Context, nbdlab string, argv []string, sock string) (*harness.Proc, error) {
+	if argv[0] == "NBDLAB" {
+		argv[0] = nbdlab
+	}
+	p, err := harness.Start(ctx, 5*time.Second, nil, argv[0], argv[1:]...)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+			return p, nil
+		}
+		select {
+		case <-p.Done():
+			return nil, fmt.Errorf("bench: %s exited: %s", argv[0], p.Output())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.Kill()
+			return nil, fmt.Errorf("bench: %s not listening on %s after 30s: %s", argv[0], sock, p.Output())
+		}
+	}
+}
+
+// measure runs one job against a started server and adds its CPU and RSS.
+func measure(ctx context.Context, dir, uri string, p *harness.Proc, job Job, size int64, d time.Duration) (Result, error) {
+	pid := p.Cmd.Process.Pid
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		return Result{}, err
+	}
+	start := time.Now()
+	r, err := RunFio(ctx, dir, uri, job, size, d)
+	if err != nil {
+		return r, err
+	}
+	r.Duration = time.Since(start)
+	cpu1, err := cpuTime(pid)
+	if err != nil {
+		return r, err
+	}
+	r.CPU = cpu1 - cpu0
+	r.PeakRSS, err = peakRSS(pid)
+	return r, err
+}
+
+// RunServer runs every job against every target and prints a report with
+// the ratio of nbdlab to the best peer for each job, then the peak RSS of
+// nbdlab under load on a 100 GiB sparse export.
+func RunServer(ctx context.Context, o Options) error {
+	if err := o.defaults(ctx); err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp(o.Dir, "nbdlab-bench-")
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	defer os.RemoveAll(work)
+	img := filepath.Join(work, "disk.img")
+	if err := fillFile(img, o.Size); err != nil {
+		return err
+	}
+	fmt.Fprintf(o.Out, "bench:server: %d jobs x %d servers, %s each, %d MiB exports, file exports on %s\n",
+		len(ServerJobs), len(ServerTargets), o.Duration, o.Size>>20, o.Dir)
+	results := map[string]map[string]Result{} // job -> target -> result
+	for _, t := range ServerTargets {
+		sock := filepath.Join(work, "nbd.sock")
+		p, err := startTarget(ctx, o.Nbdlab, t.args(sock, img, o.Size), sock)
+		if err != nil {
+			return err
+		}
+		uri := "nbd+unix:///?socket=" + sock
+		if !t.Peer {
+			uri = "nbd+unix:///bench?socket=" + sock
+		}
+		for _, j := range ServerJobs {
+			r, err := measure(ctx, work, uri, p, j, o.Size, o.Duration)
+			if err != nil {
+				p.Kill()
+				return err
+			}
+			if results[j.Name] == nil {
+				results[j.Name] = map[string]Result{}
+			}
+			results[j.Name][t.Name] = r
+			fmt.Fprintf(o.Out, "  %-18s %-14s %9.0f IOPS %8.1f MiB/s\n", j.Name, t.Name, r.IOPS, r.MiBps())
+		}
+		if err := p.Stop(30 * time.Second); err != nil {
+			return fmt.Errorf("bench: stop %s: %w", t.Name, err)
+		}
+		os.Remove(sock)
+	}
+	report(o.Out, results)
+	return rssUnderLoad(ctx, o, work)
+}
+
+// fillFile writes size bytes of non-zero data, so reads hit real pages.
+func fillFile(path string, size int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i*7 + 1)
+	}
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		if _, err := f.WriteAt(buf[:min(int64(len(buf)), size-off)], off); err != nil {
+			return fmt.Errorf("bench: fill %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+func report(w io.Writer, results map[string]map[string]Result) {
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "job\tserver\tIOPS\tMiB/s\tp99\tCPU s/GiB\tpeak RSS MiB\t")
+	for _, j := range ServerJobs {
+		for _, t := range ServerTargets {
+			r := results[j.Name][t.Name]
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%s\t%.3f\t%d\t\n", j.Name, t.Name, r.IOPS, r.MiBps(),
+				r.P99.Round(time.Microsecond), r.CPUPerGiB(), r.PeakRSS>>20)
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nratio nbdlab / best peer (goal >= 1.00; IOPS for 4k jobs, MiB/s for 1M jobs):")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "job\tnbdlab best\tbest peer\tratio\tmem vs memory peers\tfile vs file peers")
+	for _, j := range ServerJobs {
+		best := func(peer bool, group string) (string, float64) {
+			name, v := "", 0.0
+			for _, t := range ServerTargets {
+				if t.Peer != peer || (group != "" && t.Group != group) {
+					continue
+				}
+				if x := results[j.Name][t.Name].IOPS; x > v {
+					name, v = t.Name, x
+				}
+			}
+			return name, v
+		}
+		ln, lv := best(false, "")
+		pn, pv := best(true, "")
+		_, lm := best(false, "mem")
+		_, pm := best(true, "mem")
+		_, lf := best(false, "file")
+		_, pf := best(true, "file")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%.2f\t%.2f\n", j.Name, ln, pn, lv/pv, lm/pm, lf/pf)
+	}
+	tw.Flush()
+}
+
+// rssUnderLoad serves a 100 GiB sparse memory export and a 100 GiB sparse
+// file and reports nbdlab's peak RSS while fio reads and writes all over
+// them.
+func rssUnderLoad(ctx context.Context, o Options, work string) error {
+	const big = 100 << 30
+	sparse := filepath.Join(work, "sparse100g.img")
+	f, err := os.Create(sparse)
+	if err != nil {
+		return err
+	}
+	f.Truncate(big)
+	f.Close()
+	sock := filepath.Join(work, "big.sock")
+	p, err := startTarget(ctx, o.Nbdlab, []string{"NBDLAB", "serve", "--listen", "unix:" + sock,
+		fmt.Sprintf("mem=mem:%d", int64(big)), "file=file:" + sparse}, sock)
+	if err != nil {
+		return err
+	}
+	defer p.Stop(30 * time.Second)
+	jobs := []struct {
+		export string
+		job    Job
+	}{
+		{"mem", Job{"4k randread QD16", "randread", "4k", 16}},
+		{"file", Job{"4k randread QD16", "randread", "4k", 16}},
+		{"file", Job{"4k randrw QD16", "randrw", "4k", 16}},
+		{"file", Job{"1M randrw QD4", "randrw", "1M", 4}},
+	}
+	fmt.Fprintf(o.Out, "\npeak RSS of nbdlab serve on 100 GiB sparse exports (goal < 64 MiB):\n")
+	var worst int64
+	for _, j := range jobs {
+		r, err := measure(ctx, work, "nbd+unix:///"+j.export+"?socket="+sock, p, j.job, big, o.Duration)
+		if err != nil {
+			return err
+		}
+		worst = max(worst, r.PeakRSS)
+		fmt.Fprintf(o.Out, "  %-5s %-18s %9.0f IOPS  peak RSS so far %d MiB\n", j.export, j.job.Name, r.IOPS, r.PeakRSS>>20)
+	}
+	verdict := "under"
+	if worst >= 64<<20 {
+		verdict = "OVER"
+	}
+	fmt.Fprintf(o.Out, "peak RSS %d MiB: %s the 64 MiB goal\n", worst>>20, verdict)
+	return nil
+}

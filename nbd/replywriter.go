@@ -1,0 +1,55 @@
+package nbd
+
+import (
+	"io"
+	"net"
+)
+
+// largeWrite is the size from which a payload is not copied into the
+// buffer but sent with the buffered bytes in one vectored write.
+const largeWrite = 32 << 10
+
+// replyWriter buffers small messages and sends large payloads without
+// copying them: pending bytes and the payload leave together in one
+// writev on sockets.
+type replyWriter struct {
+	w   io.Writer
+	buf []byte
+}
+
+func newReplyWriter(w io.Writer) *replyWriter {
+	return &replyWriter{w: w, buf: make([]byte, 0, 64<<10)}
+}
+
+func (rw *replyWriter) Reset(w io.Writer) { rw.w, rw.buf = w, rw.buf[:0] }
+
+// Write buffers p, or sends it at once with whatever is buffered if it is
+// large. Errors surface from Flush or from the large write.
+func (rw *replyWriter) Write(p []byte) (int, error) {
+	if len(p) < largeWrite {
+		rw.buf = append(rw.buf, p...)
+		return len(p), nil
+	}
+	bufs := net.Buffers{rw.buf, p}
+	_, err := bufs.WriteTo(rw.w)
+	rw.buf = rw.buf[:0]
+	return len(p), err
+}
+
+func (rw *replyWriter) WriteString(s string) (int, error) {
+	rw.buf = append(rw.buf, s...)
+	return len(s), nil
+}
+
+// Buffered reports how many bytes wait for Flush.
+func (rw *replyWriter) Buffered() int { return len(rw.buf) }
+
+// Flush sends the buffered bytes.
+func (rw *replyWriter) Flush() error {
+	if len(rw.buf) == 0 {
+		return nil
+	}
+	_, err := rw.w.Write(rw.buf)
+	rw.buf = rw.buf[:0]
+	return err
+}
