@@ -42,7 +42,7 @@ func Test(ctx context.Context) error {
 	return ci.Test(ctx, ci.Exec, os.Stdout)
 }
 
-// Build builds the nbdlab binary into ./bin.
+// Build builds a static nbdlab binary into ./bin.
 func Build() error {
-	return sh.RunV("go", "build", "-o", "bin/nbdlab", "./cmd/nbdlab")
+	return sh.RunWithV(map[string]string{"CGO_ENABLED": "0"}, "go", "build", "-o", "bin/nbdlab", "./cmd/nbdlab")
 }

@@ -17,10 +17,12 @@ import (
 	"time"
 )
 
-// BuildNbdlab builds the nbdlab command into dir and returns its path.
+// BuildNbdlab builds the nbdlab command into dir and returns its path. The
+// binary is static (CGO_ENABLED=0), so it can also be a lab VM's init.
 func BuildNbdlab(ctx context.Context, dir string) (string, error) {
 	out := filepath.Join(dir, "nbdlab")
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/nbdlab/nbdlab/cmd/nbdlab")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("harness: go build nbdlab: %w\n%s", err, b)
 	}

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/nbdlab/nbdlab/vm"
 )
 
 // command is one subcommand. run returns a usageError for bad arguments.
@@ -24,6 +26,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "[--listen ADDR]... [TLS flags] [-v] NAME=SPEC...", "serve exports over NBD", runServe},
+		{"vm", vmRunUsage, "run a command under a distro kernel in a QEMU VM", runVM},
 	}
 }
 
@@ -34,12 +37,19 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
-// exitError carries a chosen exit status, such as a guest command's.
-type exitError struct{ code int }
+// exitError carries a chosen exit status, such as a guest command's, and
+// optionally an error to print.
+type exitError struct {
+	code int
+	err  error
+}
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func main() {
+	if vm.IsGuestInit() {
+		vm.GuestInit() // never returns
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -81,6 +91,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "nbdlab %s: %s\nusage: nbdlab %s %s\n", c.name, ue.msg, c.name, c.usage)
 			return 2
 		case errors.As(err, &ee):
+			if ee.err != nil {
+				fmt.Fprintf(stderr, "nbdlab %s: %v\n", c.name, ee.err)
+			}
 			return ee.code
 		default:
 			fmt.Fprintf(stderr, "nbdlab %s: %v\n", c.name, err)

@@ -1,0 +1,296 @@
+package vm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Paths inside the initramfs.
+const (
+	initModules              = "modules"       // module files
+	initOrder                = "modules/order" // their load order, one per line
+	moduleInitCompressedFile = 4               // finit_module flag: let the kernel decompress
+)
+
+// IsGuestInit reports whether this process is the init of a lab VM: PID 1
+// running from the initramfs this package builds.
+func IsGuestInit() bool {
+	if os.Getpid() != 1 {
+		return false
+	}
+	_, err := os.Stat("/" + initOrder)
+	return err == nil
+}
+
+// GuestInit is the init of a lab VM. It loads the modules the initramfs
+// carries, mounts the host's root read-only over 9p under a tmpfs overlay,
+// switches to it, runs the command the host sent as a child, streams its
+// output back and powers off. It never returns.
+func GuestInit() {
+	g := &guest{}
+	code, err := g.run()
+	if err != nil {
+		g.fail(err)
+		code = 255
+	}
+	if g.fw != nil {
+		g.fw.send(frameExit, []byte(strconv.Itoa(code)))
+		g.waitAck()
+	}
+	unix.Sync()
+	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	select {}
+}
+
+type guest struct {
+	port *os.File
+	fw   *frameWriter
+}
+
+// fail reports an init error to the host, or to the kernel log if the port
+// is not open yet.
+func (g *guest) fail(err error) {
+	msg := "nbdlab-init: " + err.Error()
+	if g.fw != nil {
+		g.fw.send(frameInit, []byte(msg))
+		return
+	}
+	if k, kerr := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); kerr == nil {
+		fmt.Fprintf(k, "<2>%s\n", msg)
+		k.Close()
+	}
+}
+
+func (g *guest) waitAck() {
+	done := make(chan struct{})
+	go func() {
+		for {
+			typ, _, err := readFrame(g.port)
+			if err != nil || typ == frameAck {
+				close(done)
+				return
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+	}
+}
+
+func mount(src, dst, fstype string, flags uintptr, data string) error {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(src, dst, fstype, flags, data); err != nil {
+		return fmt.Errorf("mount %s on %s (%s, %q): %w", src, dst, fstype, data, err)
+	}
+	return nil
+}
+
+func (g *guest) run() (int, error) {
+	for _, m := range []struct{ src, dst, typ string }{
+		{"devtmpfs", "/dev", "devtmpfs"}, {"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"},
+	} {
+		if err := mount(m.src, m.dst, m.typ, 0, ""); err != nil {
+			return 0, err
+		}
+	}
+	if err := loadModules("/"+initModules, "/"+initOrder); err != nil {
+		return 0, err
+	}
+	port, err := openPort(portName, 10*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	g.port, g.fw = port, &frameWriter{w: port}
+	g.fw.send(frameHello, nil)
+	typ, p, err := readFrame(port)
+	if err != nil || typ != frameConfig {
+		return 0, fmt.Errorf("read configuration from host: type %q: %v", typ, err)
+	}
+	var cfg guestConfig
+	if err := json.Unmarshal(p, &cfg); err != nil {
+		return 0, fmt.Errorf("configuration from host: %w", err)
+	}
+	if err := switchRoot(cfg.Shares); err != nil {
+		return 0, err
+	}
+	setupNetwork()
+	return g.runCommand(cfg)
+}
+
+func loadModules(dir, orderFile string) error {
+	b, err := os.ReadFile(orderFile)
+	if err != nil {
+		return err
+	}
+	for _, name := range strings.Fields(string(b)) {
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			return fmt.Errorf("module %s is missing from the initramfs: %w", name, err)
+		}
+		flags := 0
+		if !strings.HasSuffix(name, ".ko") {
+			flags = moduleInitCompressedFile
+		}
+		err = unix.FinitModule(int(f.Fd()), "", flags)
+		f.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("load module %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// openPort waits for the virtio-serial port called name and opens it.
+func openPort(name string, timeout time.Duration) (*os.File, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		ports, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
+		for _, p := range ports {
+			if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == name {
+				dev := "/dev/" + filepath.Base(filepath.Dir(p))
+				if f, err := os.OpenFile(dev, os.O_RDWR, 0); err == nil {
+					return f, nil
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no virtio-serial port %q after %s", name, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// mount9p mounts a 9p share, retrying while its virtio device probes.
+func mount9p(tag, dst string, ro bool, opts string) error {
+	var flags uintptr
+	if ro {
+		flags = unix.MS_RDONLY
+	}
+	data := "trans=virtio,version=9p2000.L,msize=262144," + opts
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := mount(tag, dst, "9p", flags, data)
+		if err == nil || time.Now().After(deadline) || !errors.Is(err, unix.ENOENT) {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// switchRoot builds the guest's root from the host's and makes it /.
+func switchRoot(shares []guestShare) error {
+	if err := mount9p("hostroot", "/lower", true, "cache=loose"); err != nil {
+		return err
+	}
+	if err := mount("tmpfs", "/overlay", "tmpfs", 0, "mode=0755"); err != nil {
+		return err
+	}
+	for _, d := range []string{"/overlay/upper", "/overlay/work"} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := mount("overlay", "/newroot", "overlay", 0,
+		"lowerdir=/lower,upperdir=/overlay/upper,workdir=/overlay/work"); err != nil {
+		return err
+	}
+	for _, m := range []string{"/dev", "/proc", "/sys"} {
+		if err := mount(m, "/newroot"+m, "", unix.MS_MOVE, ""); err != nil {
+			return err
+		}
+	}
+	for _, m := range []struct{ dst, typ, data string }{
+		{"/newroot/tmp", "tmpfs", "mode=1777"}, {"/newroot/run", "tmpfs", "mode=0755"},
+		{"/newroot/dev/shm", "tmpfs", "mode=1777"}, {"/newroot/dev/pts", "devpts", "ptmxmode=0666"},
+	} {
+		if err := mount(m.typ, m.dst, m.typ, 0, m.data); err != nil {
+			return err
+		}
+	}
+	for _, s := range shares {
+		if err := mount9p(s.Tag, "/newroot"+s.Path, false, "cache=none"); err != nil {
+			return err
+		}
+	}
+	if err := os.Chdir("/newroot"); err != nil {
+		return err
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move new root to /: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot: %w", err)
+	}
+	return os.Chdir("/")
+}
+
+// setupNetwork brings up loopback; the VM has no other interface.
+func setupNetwork() {
+	unix.Sethostname([]byte("nbdlab-vm"))
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return
+	}
+	if unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr) == nil {
+		ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+		unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+	}
+}
+
+func (g *guest) runCommand(cfg guestConfig) (int, error) {
+	if len(cfg.Args) == 0 {
+		return 0, errors.New("no command given")
+	}
+	// The command is looked up in the PATH it will run with.
+	for _, kv := range cfg.Env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			os.Setenv("PATH", v)
+		}
+	}
+	cmd := exec.Command(cfg.Args[0], cfg.Args[1:]...)
+	cmd.Env = cfg.Env
+	cmd.Dir = cfg.Dir
+	if _, err := os.Stat(cfg.Dir); err != nil {
+		cmd.Dir = "/"
+	}
+	cmd.Stdout = streamWriter{g.fw, frameStdout}
+	cmd.Stderr = streamWriter{g.fw, frameStderr}
+	stdin, err := os.Open(os.DevNull)
+	if err == nil {
+		cmd.Stdin = stdin
+	}
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				return 128 + int(ws.Signal()), nil
+			}
+			return ee.ExitCode(), nil
+		}
+		// As a shell would: 127 for a command that is not there.
+		fmt.Fprintf(cmd.Stderr, "nbdlab vm: %v\n", err)
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return 127, nil
+		}
+		return 126, nil
+	}
+	return 0, nil
+}
