@@ -42,6 +42,12 @@ func Test(ctx context.Context) error {
 	return ci.Test(ctx, ci.Exec, os.Stdout)
 }
 
+// VM boots a lab VM 5 times running true and prints the median wall time (KVER=release).
+func (Bench) VM(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps)
+	return bench.RunVM(ctx, bench.VMOptions{Kernel: os.Getenv("KVER")})
+}
+
 // Build builds a static nbdlab binary into ./bin.
 func Build() error {
 	return sh.RunWithV(map[string]string{"CGO_ENABLED": "0"}, "go", "build", "-o", "bin/nbdlab", "./cmd/nbdlab")

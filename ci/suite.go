@@ -19,6 +19,7 @@ type Fuzzer struct {
 var Fuzzers = []Fuzzer{
 	{"./nbd", "FuzzHandshake"},
 	{"./nbd", "FuzzTransmission"},
+	{"./vm", "FuzzReadCPIO"},
 }
 
 // FuzzTime is how long Test fuzzes each target.

@@ -36,15 +36,15 @@ func CheckStatic(path string) error {
 // init as /init. The archive is reproducible and named by the hash of its
 // contents, so equal inputs share one file and concurrent builders agree.
 func Initramfs(k Kernel, init, cacheDir string) (string, error) {
-	if err := CheckStatic(init); err != nil {
-		return "", err
-	}
 	md, err := ReadModuleDeps(k.Modules)
 	if err != nil {
 		return "", err
 	}
 	order, err := md.LoadOrder(GuestModules...)
 	if err != nil {
+		return "", err
+	}
+	if err := CheckStatic(init); err != nil {
 		return "", err
 	}
 	initData, err := os.ReadFile(init)

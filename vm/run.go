@@ -318,10 +318,10 @@ func boot(ctx context.Context, cfg Config, k Kernel, initrd, accel string, argv 
 		return nil, &TimeoutError{Timeout: cfg.Timeout, Tail: tail()}
 	}
 	res.Wall = time.Since(start)
-	t := tail()
-	if strings.Contains(t, "Kernel panic") {
-		return res, &PanicError{Tail: t}
+	if report, ok := panicReport(klog); ok {
+		return res, &PanicError{Tail: report}
 	}
+	t := tail()
 	if i := strings.Index(t, "nbdlab-init: "); i >= 0 {
 		return res, &GuestError{Msg: strings.SplitN(t[i:], "\n", 2)[0], Tail: t}
 	}
@@ -335,6 +335,20 @@ func guestShares(shares []Share) []guestShare {
 		out = append(out, guestShare{Tag: fmt.Sprintf("share%d", i), Path: s.Guest})
 	}
 	return out
+}
+
+// panicReport returns the kernel log from a few lines before its panic
+// message, if it has one.
+func panicReport(path string) (string, bool) {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	for i, l := range lines {
+		if strings.Contains(l, "Kernel panic") {
+			from := max(0, i-5)
+			return strings.Join(lines[from:min(len(lines), from+40)], "\n"), true
+		}
+	}
+	return "", false
 }
 
 // logTail returns the last n lines of a file.

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/nbdlab/nbdlab/vm"
@@ -96,7 +97,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			return ee.code
 		default:
-			fmt.Fprintf(stderr, "nbdlab %s: %v\n", c.name, err)
+			// Package errors already say which package they come from.
+			msg := strings.TrimPrefix(err.Error(), c.name+": ")
+			fmt.Fprintf(stderr, "nbdlab %s: %s\n", c.name, msg)
 			return 1
 		}
 	}

@@ -1,0 +1,32 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/vm/vmtest"
+)
+
+// TestIntegrationVMRunCLI is the lab-VM acceptance check, through the CLI:
+// stdout and stderr arrive apart and the guest's exit status is nbdlab's.
+func TestIntegrationVMRunCLI(t *testing.T) {
+	newest := vmtest.Kernels(t)[0]
+	cmd := exec.Command(harness.Nbdlab(t), "vm", "run", "--timeout", "3m", "--", "sh", "-c", "uname -r; echo err >&2; exit 7")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+		t.Fatalf("exit: %v, want status 7; stderr:\n%s", err, stderr.String())
+	}
+	if got := strings.TrimSpace(stdout.String()); got != newest.Release {
+		t.Errorf("stdout %q, want %q", got, newest.Release)
+	}
+	if stderr.String() != "err\n" {
+		t.Errorf("stderr %q, want %q", stderr.String(), "err\n")
+	}
+}

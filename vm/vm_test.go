@@ -1,0 +1,127 @@
+package vm_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nbdlab/nbdlab/vm"
+	"github.com/nbdlab/nbdlab/vm/vmtest"
+)
+
+// forEachKernel runs fn as a subtest for every installed kernel.
+func forEachKernel(t *testing.T, fn func(t *testing.T, k vm.Kernel)) {
+	for _, k := range vmtest.Kernels(t) {
+		t.Run(k.Release, func(t *testing.T) { fn(t, k) })
+	}
+}
+
+func TestIntegrationCommandStreamsAndStatus(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, k vm.Kernel) {
+		res, out, err := vmtest.Run(t, vm.Config{Kernel: k.Release}, "sh", "-c", "uname -r; echo err >&2; exit 7")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.ExitCode != 7 {
+			t.Errorf("exit code %d, want 7", res.ExitCode)
+		}
+		if got := strings.TrimSpace(out.Stdout.String()); got != k.Release {
+			t.Errorf("stdout %q, want the release %q", got, k.Release)
+		}
+		if got := out.Stderr.String(); got != "err\n" {
+			t.Errorf("stderr %q, want %q", got, "err\n")
+		}
+	})
+}
+
+func TestIntegrationWritesStayInGuestUnlessShared(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, k vm.Kernel) {
+		share := t.TempDir()
+		outside := filepath.Join(os.TempDir(), fmt.Sprintf("nbdlab-vm-leak-%d", time.Now().UnixNano()))
+		outsideVar := fmt.Sprintf("/var/tmp/nbdlab-vm-leak-%d", time.Now().UnixNano())
+		script := fmt.Sprintf(`set -e
+echo guest > %[1]s
+echo guest > %[2]s
+echo shared > %[3]s/from-guest
+mkdir -p /mnt/inguest && echo x > /mnt/inguest/y
+cat %[2]s`, outside, outsideVar, share)
+		res, out, err := vmtest.Run(t, vm.Config{Kernel: k.Release, Shares: []vm.Share{{Host: share}}}, "sh", "-c", script)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.ExitCode != 0 || out.Stdout.String() != "guest\n" {
+			t.Fatalf("guest script: exit %d, stdout %q", res.ExitCode, out.Stdout.String())
+		}
+		for _, p := range []string{outside, outsideVar, "/mnt/inguest"} {
+			if _, err := os.Stat(p); err == nil {
+				os.RemoveAll(p)
+				t.Errorf("%s, written in the guest outside a share, reached the host", p)
+			}
+		}
+		b, err := os.ReadFile(filepath.Join(share, "from-guest"))
+		if err != nil || string(b) != "shared\n" {
+			t.Errorf("file written to the share: %q, %v; want it on the host", b, err)
+		}
+	})
+}
+
+func TestIntegrationTimeoutIsReported(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, k vm.Kernel) {
+		start := time.Now()
+		_, _, err := vmtest.Run(t, vm.Config{Kernel: k.Release, Timeout: 20 * time.Second}, "sleep", "600")
+		var te *vm.TimeoutError
+		if !errors.As(err, &te) {
+			t.Fatalf("got %v, want a TimeoutError", err)
+		}
+		if d := time.Since(start); d > time.Minute {
+			t.Errorf("timeout of 20s took %s to report", d)
+		}
+		if !strings.Contains(err.Error(), "timed out after 20s") {
+			t.Errorf("message %q does not say it timed out", err)
+		}
+	})
+}
+
+func TestIntegrationPanicIsReported(t *testing.T) {
+	forEachKernel(t, func(t *testing.T, k vm.Kernel) {
+		_, _, err := vmtest.Run(t, vm.Config{Kernel: k.Release}, "sh", "-c", "echo c > /proc/sysrq-trigger; sleep 60")
+		var pe *vm.PanicError
+		if !errors.As(err, &pe) {
+			t.Fatalf("got %v, want a PanicError", err)
+		}
+		if !strings.Contains(pe.Tail, "Kernel panic") || !strings.Contains(pe.Tail, "sysrq") {
+			t.Errorf("panic report lacks the kernel's last lines:\n%s", pe.Tail)
+		}
+	})
+}
+
+func TestIntegrationTwoVMsAtOnce(t *testing.T) {
+	ks := vmtest.Kernels(t)
+	var wg sync.WaitGroup
+	results := make([]string, 2)
+	errs := make([]error, 2)
+	for i := range 2 {
+		k := ks[i%len(ks)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, out, err := vmtest.Run(t, vm.Config{Kernel: k.Release}, "sh", "-c", fmt.Sprintf("echo vm%d $(uname -r)", i))
+			if err == nil && res.ExitCode != 0 {
+				err = fmt.Errorf("exit %d", res.ExitCode)
+			}
+			results[i], errs[i] = out.Stdout.String(), err
+		}()
+	}
+	wg.Wait()
+	for i := range 2 {
+		want := fmt.Sprintf("vm%d %s\n", i, ks[i%len(ks)].Release)
+		if errs[i] != nil || results[i] != want {
+			t.Errorf("VM %d: %q, %v; want %q", i, results[i], errs[i], want)
+		}
+	}
+}
