@@ -13,6 +13,7 @@ import (
 
 	"github.com/nbdlab/nbdlab/bench"
 	"github.com/nbdlab/nbdlab/ci"
+	"github.com/nbdlab/nbdlab/kmod"
 )
 
 // Bench groups the benchmarks; each prints figures and ratios against peers
@@ -46,6 +47,12 @@ func Test(ctx context.Context) error {
 func (Bench) VM(ctx context.Context) error {
 	mg.CtxDeps(ctx, Deps)
 	return bench.RunVM(ctx, bench.VMOptions{Kernel: os.Getenv("KVER")})
+}
+
+// BuildNbd builds nbd.ko for the running kernel, or KVER=release, and installs it (FORCE=1 rebuilds).
+func BuildNbd(ctx context.Context) error {
+	_, err := kmod.Build(ctx, kmod.Options{Kernel: os.Getenv("KVER"), Force: os.Getenv("FORCE") == "1"})
+	return err
 }
 
 // Build builds a static nbdlab binary into ./bin.

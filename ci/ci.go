@@ -25,6 +25,8 @@ var Packages = []string{
 	"nbd-server", "nbd-client",
 	// Lab VMs: QEMU and the Debian kernels they boot.
 	"qemu-system-x86", "linux-image-amd64", "linux-image-6.12-amd64",
+	// Building nbd.ko from a distribution's kernel source.
+	"build-essential", "bc", "flex", "bison", "libelf-dev", "libssl-dev", "dwarves", "xz-utils", "patch",
 	// Namespaces and the tools used inside the guests.
 	"iproute2", "kmod", "fdisk", "e2fsprogs", "util-linux",
 }

@@ -19,7 +19,7 @@ type Fuzzer struct {
 var Fuzzers = []Fuzzer{
 	{"./nbd", "FuzzHandshake"},
 	{"./nbd", "FuzzTransmission"},
-	{"./vm", "FuzzReadCPIO"},
+	{"./cpio", "FuzzRead"},
 }
 
 // FuzzTime is how long Test fuzzes each target.

@@ -6,6 +6,7 @@ import (
 	"debug/elf"
 	"encoding/hex"
 	"fmt"
+	"github.com/nbdlab/nbdlab/cpio"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,9 +52,9 @@ func Initramfs(k Kernel, init, cacheDir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("vm: read guest init: %w", err)
 	}
-	files := []CPIOFile{{Name: "init", Mode: ModeRegular | 0o755, Data: initData}}
+	files := []cpio.File{{Name: "init", Mode: cpio.ModeRegular | 0o755, Data: initData}}
 	for _, d := range []string{"dev", "proc", "sys", "lower", "overlay", "newroot", initModules} {
-		files = append(files, CPIOFile{Name: d, Mode: ModeDir | 0o755})
+		files = append(files, cpio.File{Name: d, Mode: cpio.ModeDir | 0o755})
 	}
 	var names []string
 	for _, rel := range order {
@@ -62,11 +63,11 @@ func Initramfs(k Kernel, init, cacheDir string) (string, error) {
 			return "", fmt.Errorf("vm: read module: %w", err)
 		}
 		names = append(names, filepath.Base(rel))
-		files = append(files, CPIOFile{Name: initModules + "/" + filepath.Base(rel), Mode: ModeRegular | 0o644, Data: data})
+		files = append(files, cpio.File{Name: initModules + "/" + filepath.Base(rel), Mode: cpio.ModeRegular | 0o644, Data: data})
 	}
-	files = append(files, CPIOFile{Name: initOrder, Mode: ModeRegular | 0o644, Data: []byte(strings.Join(names, "\n") + "\n")})
+	files = append(files, cpio.File{Name: initOrder, Mode: cpio.ModeRegular | 0o644, Data: []byte(strings.Join(names, "\n") + "\n")})
 	var buf bytes.Buffer
-	if err := WriteCPIO(&buf, files); err != nil {
+	if err := cpio.Write(&buf, files); err != nil {
 		return "", err
 	}
 	sum := sha256.Sum256(buf.Bytes())

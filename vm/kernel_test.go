@@ -1,7 +1,6 @@
 package vm_test
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,51 +79,4 @@ func TestInitramfsNamesMissingModule(t *testing.T) {
 	if want := "module virtio_pci is neither in " + dir + "/modules.dep nor built in"; !strings.Contains(err.Error(), want) {
 		t.Fatalf("error %q, want it to say %q", err, want)
 	}
-}
-
-func TestCPIORoundTrip(t *testing.T) {
-	files := []vm.CPIOFile{
-		{Name: "init", Mode: vm.ModeRegular | 0o755, Data: []byte("#!/bin/true\n")},
-		{Name: "dev", Mode: vm.ModeDir | 0o755},
-		{Name: "modules/a.ko", Mode: vm.ModeRegular | 0o644, Data: bytes.Repeat([]byte{7}, 5)},
-	}
-	var a, b bytes.Buffer
-	if err := vm.WriteCPIO(&a, files); err != nil {
-		t.Fatal(err)
-	}
-	vm.WriteCPIO(&b, []vm.CPIOFile{files[2], files[0], files[1]})
-	if !bytes.Equal(a.Bytes(), b.Bytes()) {
-		t.Fatal("archive depends on input order; want reproducible bytes")
-	}
-	if a.Len()%4 != 0 {
-		t.Fatalf("archive length %d not 4-aligned", a.Len())
-	}
-	got, err := vm.ReadCPIO(&a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != 3 || got[0].Name != "dev" || string(got[1].Data) != "#!/bin/true\n" || got[2].Mode != vm.ModeRegular|0o644 {
-		t.Fatalf("round trip: %+v", got)
-	}
-}
-
-func FuzzReadCPIO(f *testing.F) {
-	var seed bytes.Buffer
-	vm.WriteCPIO(&seed, []vm.CPIOFile{{Name: "x", Mode: vm.ModeRegular | 0o644, Data: []byte("abc")}})
-	f.Add(seed.Bytes())
-	f.Fuzz(func(t *testing.T, data []byte) {
-		files, err := vm.ReadCPIO(bytes.NewReader(data))
-		if err != nil {
-			return
-		}
-		// What reads must write and read back the same.
-		var out bytes.Buffer
-		if err := vm.WriteCPIO(&out, files); err != nil {
-			return // names the writer refuses, such as absolute ones
-		}
-		again, err := vm.ReadCPIO(&out)
-		if err != nil || len(again) != len(files) {
-			t.Fatalf("re-read: %v, %d files, want %d", err, len(again), len(files))
-		}
-	})
 }

@@ -27,6 +27,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "[--listen ADDR]... [TLS flags] [-v] NAME=SPEC...", "serve exports over NBD", runServe},
+		{"kmod", kmodBuildUsage, "build nbd.ko for an installed kernel and install it", runKmod},
 		{"vm", vmRunUsage, "run a command under a distro kernel in a QEMU VM", runVM},
 	}
 }

@@ -1,4 +1,7 @@
-package vm
+// Package cpio reads and writes newc ("070701") cpio archives: the format of
+// Linux initramfs images and of RPM payloads. Written archives are
+// reproducible: entries sorted, timestamps and owners zero.
+package cpio
 
 import (
 	"bufio"
@@ -9,28 +12,28 @@ import (
 	"strconv"
 )
 
-// CPIOFile is one entry of a newc cpio archive.
-type CPIOFile struct {
+// File is one entry of an archive.
+type File struct {
 	Name string // without a leading slash
 	Mode uint32 // type and permission bits, as in stat(2)
 	Data []byte // contents of a regular file, or a symlink's target
 }
 
-// File type bits of CPIOFile.Mode.
+// File type bits of File.Mode.
 const (
 	ModeDir     = 0o040000
 	ModeRegular = 0o100000
 	ModeSymlink = 0o120000
 )
 
-// WriteCPIO writes files as a newc ("070701") archive, sorted by name, with
+// Write writes files as a newc ("070701") archive, sorted by name, with
 // zero timestamps and owners, so equal inputs give equal bytes.
-func WriteCPIO(w io.Writer, files []CPIOFile) error {
-	sorted := append([]CPIOFile(nil), files...)
+func Write(w io.Writer, files []File) error {
+	sorted := append([]File(nil), files...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
 	bw := bufio.NewWriter(w)
 	var off int64
-	put := func(f CPIOFile, ino int) {
+	put := func(f File, ino int) {
 		name := f.Name + "\x00"
 		hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
 			ino, f.Mode, 0, 0, 1, 0, len(f.Data), 0, 0, 0, 0, len(name), 0)
@@ -47,7 +50,7 @@ func WriteCPIO(w io.Writer, files []CPIOFile) error {
 		}
 		put(f, i+1)
 	}
-	put(CPIOFile{Name: "TRAILER!!!"}, 0)
+	put(File{Name: "TRAILER!!!"}, 0)
 	return bw.Flush()
 }
 
@@ -57,11 +60,11 @@ func pad(w io.Writer, off int64) int64 {
 	return n
 }
 
-// ReadCPIO reads a newc archive written by WriteCPIO or by the kernel's
+// Read reads a newc archive written by Write or by the kernel's
 // tools, up to its trailer.
-func ReadCPIO(r io.Reader) ([]CPIOFile, error) {
+func Read(r io.Reader) ([]File, error) {
 	br := bufio.NewReader(r)
-	var files []CPIOFile
+	var files []File
 	var off int64
 	skip := func() error {
 		n := (4 - off%4) % 4
@@ -116,6 +119,6 @@ func ReadCPIO(r io.Reader) ([]CPIOFile, error) {
 		if err := skip(); err != nil {
 			return nil, err
 		}
-		files = append(files, CPIOFile{Name: n, Mode: uint32(mode), Data: data})
+		files = append(files, File{Name: n, Mode: uint32(mode), Data: data})
 	}
 }

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/nbdlab/nbdlab/kmod"
+)
+
+const kmodBuildUsage = "build [--kernel KVER] [--source DIR] [--force] [--dry-run] [--prefix DIR] [--sign-key KEY --sign-cert CERT] [--jobs N]"
+
+func runKmod(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "build" {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprintf(stdout, "usage: nbdlab kmod %s\n", kmodBuildUsage)
+			return nil
+		}
+		return usagef("want 'kmod build'")
+	}
+	fs := newFlagSet("kmod build", kmodBuildUsage, stderr)
+	var o kmod.Options
+	fs.StringVar(&o.Kernel, "kernel", "", "installed kernel release to build for (default: the running kernel)")
+	fs.StringVar(&o.Source, "source", "", "use this kernel source `DIR` instead of fetching one")
+	fs.BoolVar(&o.Force, "force", false, "rebuild over an installed nbd.ko; accept a source version that does not match exactly")
+	fs.BoolVar(&o.DryRun, "dry-run", false, "print every step without doing it")
+	fs.StringVar(&o.Prefix, "prefix", "", "install under this root `DIR` instead of /")
+	fs.StringVar(&o.SignKey, "sign-key", "", "private key `FILE` to sign with, where the kernel enforces signatures")
+	fs.StringVar(&o.SignCert, "sign-cert", "", "certificate `FILE` of the signing key")
+	fs.IntVar(&o.Jobs, "jobs", 0, "make -j (default: number of CPUs)")
+	rest, err := parseFlags(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("unexpected argument %q", rest[0])
+	}
+	o.Out = stdout
+	_, err = kmod.Build(ctx, o)
+	return err
+}

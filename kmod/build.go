@@ -1,0 +1,363 @@
+package kmod
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options configure Build. The zero value builds for the running kernel.
+type Options struct {
+	Kernel   string // KVER; default the running kernel
+	Source   string // a local source tree instead of fetching one
+	Force    bool   // rebuild over an installed nbd.ko; accept a near source version
+	DryRun   bool   // print every step without doing it
+	Prefix   string // install under this root instead of /
+	SignKey  string // private key to sign with, where signatures are enforced
+	SignCert string // its certificate
+	Jobs     int    // make -j; default the number of CPUs
+	CacheDir string // default the user cache directory's nbdlab/kmod
+	Root     string // where to inspect the system; default /
+	Out      io.Writer
+	Run      Runner
+	Env      *Env // provider environment; built from the above when nil
+}
+
+// Result says what Build did.
+type Result struct {
+	Target    *Target
+	Module    string // the installed nbd.ko
+	Skipped   string // why nothing was built, when nothing was
+	Vermagic  string
+	Steps     []Step
+	BuildLog  string
+	TotalTime time.Duration
+}
+
+// Step is one timed step of a build.
+type Step struct {
+	Name string
+	Took time.Duration
+}
+
+type builder struct {
+	o     Options
+	res   *Result
+	env   *Env
+	log   *os.File
+	start time.Time
+}
+
+func (b *builder) printf(format string, a ...any) { fmt.Fprintf(b.o.Out, format+"\n", a...) }
+
+// step runs fn as a numbered step and prints its time.
+func (b *builder) step(name string, fn func() error) error {
+	start := time.Now()
+	err := fn()
+	took := time.Since(start)
+	b.res.Steps = append(b.res.Steps, Step{name, took})
+	if err != nil {
+		b.printf("[%s] failed after %s", name, took.Round(time.Millisecond))
+		return err
+	}
+	b.printf("[%s] done in %s", name, took.Round(time.Millisecond))
+	return nil
+}
+
+// runLogged runs a command with its output in the build log.
+func (b *builder) runLogged(ctx context.Context, dir, name string, args ...string) error {
+	fmt.Fprintf(b.log, "\n$ (cd %s && %s %s)\n", dir, name, strings.Join(args, " "))
+	if err := b.o.Run(ctx, dir, b.log, b.log, name, args...); err != nil {
+		return fmt.Errorf("%w (full log: %s)", err, b.log.Name())
+	}
+	return nil
+}
+
+func runningRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// Build inspects, fetches, builds, verifies and installs nbd.ko.
+func Build(ctx context.Context, o Options) (*Result, error) {
+	if o.Out == nil {
+		o.Out = os.Stdout
+	}
+	if o.Run == nil {
+		o.Run = Exec
+	}
+	if o.Root == "" {
+		o.Root = "/"
+	}
+	if o.Jobs == 0 {
+		o.Jobs = runtime.NumCPU()
+	}
+	if o.CacheDir == "" {
+		dir, err := os.UserCacheDir()
+		if err != nil {
+			return nil, fmt.Errorf("kmod: %w", err)
+		}
+		o.CacheDir = filepath.Join(dir, "nbdlab", "kmod")
+	}
+	running := runningRelease()
+	if o.Kernel == "" {
+		o.Kernel = running
+	}
+	b := &builder{o: o, res: &Result{}, start: time.Now()}
+	defer func() { b.res.TotalTime = time.Since(b.start) }()
+	b.env = o.Env
+	if b.env == nil {
+		b.env = &Env{CacheDir: o.CacheDir, Run: o.Run, Force: o.Force}
+	}
+	if b.env.Progress == nil {
+		b.env.Progress = func(format string, a ...any) { b.printf("    "+format, a...) }
+	}
+
+	var t *Target
+	err := b.step("1/5 inspect", func() error {
+		var err error
+		t, err = Inspect(o.Root, o.Kernel, running)
+		b.res.Target = t
+		if t != nil && t.Config != nil {
+			b.printf("    kernel %s (running: %v), distribution %q, config %s", t.Release, t.Running, t.Distro, t.ConfigPath)
+		}
+		return err
+	})
+	if errors.Is(err, ErrBuiltIn) {
+		b.res.Skipped = err.Error()
+		b.printf("%s", err)
+		return b.res, nil
+	}
+	if err != nil {
+		return b.res, err
+	}
+	if t.Installed != "" && !o.Force {
+		b.res.Skipped = fmt.Sprintf("nbd.ko is already installed for %s at %s", t.Release, t.Installed)
+		b.printf("%s; nothing to do (force to rebuild)", b.res.Skipped)
+		b.res.Module = t.Installed
+		return b.res, nil
+	}
+	if t.DistroNBD != "" {
+		b.printf("    the distribution ships %s; building nbdlab's own into updates/, which modprobe prefers", t.DistroNBD)
+	}
+	prov, err := ProviderFor(t, o.Source)
+	if err != nil {
+		return b.res, err
+	}
+	if o.DryRun {
+		return b.res, b.dryRun(t, prov)
+	}
+	if err := os.MkdirAll(filepath.Join(o.CacheDir, "logs"), 0o755); err != nil {
+		return b.res, fmt.Errorf("kmod: %w", err)
+	}
+	b.log, err = os.Create(filepath.Join(o.CacheDir, "logs", "build-"+t.Release+".log"))
+	if err != nil {
+		return b.res, fmt.Errorf("kmod: %w", err)
+	}
+	defer b.log.Close()
+	b.res.BuildLog = b.log.Name()
+
+	var src *Source
+	if err := b.step("2/5 fetch source ("+prov.Name()+")", func() error {
+		var err error
+		src, err = prov.Fetch(ctx, b.env, t)
+		if err == nil {
+			b.printf("    source: %s at %s", src.What, src.Dir)
+		}
+		return err
+	}); err != nil {
+		return b.res, err
+	}
+	var ko string
+	if err := b.step("3/5 build nbd.ko", func() error {
+		var err error
+		ko, err = b.build(ctx, t, src)
+		return err
+	}); err != nil {
+		return b.res, err
+	}
+	if err := b.step("4/5 verify", func() error { return b.verify(ctx, t, src, ko) }); err != nil {
+		return b.res, err
+	}
+	if err := b.step("5/5 install", func() error { return b.install(ctx, t, ko) }); err != nil {
+		return b.res, err
+	}
+	b.printf("nbd.ko for %s installed at %s (%s in all)", t.Release, b.res.Module, time.Since(b.start).Round(100*time.Millisecond))
+	return b.res, nil
+}
+
+func (b *builder) dryRun(t *Target, prov Provider) error {
+	dest := filepath.Join(b.o.Prefix+"/", "lib/modules", t.Release, "updates/nbd.ko")
+	steps := []string{
+		fmt.Sprintf("fetch the source of %s with the %s provider into %s", t.Release, prov.Name(), b.o.CacheDir),
+		fmt.Sprintf("configure a build directory: %s with CONFIG_BLK_DEV_NBD=m, Module.symvers of %s, make olddefconfig modules_prepare KERNELRELEASE=%s", t.ConfigPath, t.Release, t.Release),
+		fmt.Sprintf("make M=<nbd only> modules KERNELRELEASE=%s -j%d", t.Release, b.o.Jobs),
+		fmt.Sprintf("check vermagic == %q and symbol CRCs against Module.symvers", t.Release),
+		fmt.Sprintf("install %s; depmod -a %s", dest, t.Release),
+		fmt.Sprintf("write %s unless it exists", filepath.Join(b.o.Prefix+"/", "etc/modprobe.d/nbd.conf")),
+	}
+	if t.Config["CONFIG_MODULE_SIG_FORCE"] == "y" {
+		steps = append(steps[:4], append([]string{"sign nbd.ko with --sign-key and --sign-cert"}, steps[4:]...)...)
+	}
+	if t.Running && b.o.Prefix == "" {
+		steps = append(steps, "modprobe nbd")
+	}
+	for i, s := range steps {
+		b.printf("dry run %d: %s", i+1, s)
+	}
+	return nil
+}
+
+// buildDir returns a cache directory for one (tree, config, symvers)
+// combination, so a prepared tree is reused.
+func (b *builder) buildDir(t *Target, src *Source) (string, error) {
+	h := sha256.New()
+	h.Write([]byte(src.Dir + "\x00" + t.Release + "\x00"))
+	for _, f := range []string{t.ConfigPath, src.Symvers} {
+		if f == "" {
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return "", err
+		}
+		h.Write(data)
+	}
+	return filepath.Join(b.o.CacheDir, "build", t.Release+"-"+hex.EncodeToString(h.Sum(nil))[:12]), nil
+}
+
+func (b *builder) makeArgs(src *Source, build, rel string, extra ...string) []string {
+	args := []string{"-C", src.Dir, "O=" + build, "KERNELRELEASE=" + rel, "-j" + strconv.Itoa(b.o.Jobs)}
+	return append(args, extra...)
+}
+
+// build prepares the build directory (once) and builds nbd.ko alone.
+func (b *builder) build(ctx context.Context, t *Target, src *Source) (string, error) {
+	build, err := b.buildDir(t, src)
+	if err != nil {
+		return "", err
+	}
+	if isComplete(build) {
+		b.printf("    reusing prepared build directory %s", build)
+	} else {
+		os.RemoveAll(build)
+		if err := os.MkdirAll(build, 0o755); err != nil {
+			return "", err
+		}
+		cfg, err := readConfig(t.ConfigPath)
+		if err != nil {
+			return "", err
+		}
+		cfg["CONFIG_BLK_DEV_NBD"] = "m"
+		if err := writeConfig(filepath.Join(build, ".config"), t.ConfigPath, cfg); err != nil {
+			return "", err
+		}
+		if src.Symvers == "" {
+			return "", fmt.Errorf("kmod: no Module.symvers for %s; install its headers package (linux-headers-%s or kernel-devel)", t.Release, t.Release)
+		}
+		if err := copyFile(src.Symvers, filepath.Join(build, "Module.symvers")); err != nil {
+			return "", err
+		}
+		for _, target := range []string{"olddefconfig", "modules_prepare"} {
+			start := time.Now()
+			if err := b.runLogged(ctx, "", "make", b.makeArgs(src, build, t.Release, target)...); err != nil {
+				return "", fmt.Errorf("kmod: make %s for %s: %w", target, t.Release, err)
+			}
+			b.printf("    make %s: %s", target, time.Since(start).Round(100*time.Millisecond))
+		}
+		if err := markComplete(build); err != nil {
+			return "", err
+		}
+	}
+	ext := filepath.Join(build, "nbdlab-nbd")
+	os.RemoveAll(ext)
+	if err := os.MkdirAll(ext, 0o755); err != nil {
+		return "", err
+	}
+	if err := copyFile(filepath.Join(src.Dir, "drivers/block/nbd.c"), filepath.Join(ext, "nbd.c")); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(ext, "Kbuild"), []byte("obj-m := nbd.o\n"), 0o644); err != nil {
+		return "", err
+	}
+	start := time.Now()
+	if err := b.runLogged(ctx, "", "make", b.makeArgs(src, build, t.Release, "M="+ext, "modules")...); err != nil {
+		return "", fmt.Errorf("kmod: build nbd.ko for %s: %w", t.Release, err)
+	}
+	b.printf("    make M=%s modules: %s", ext, time.Since(start).Round(100*time.Millisecond))
+	return filepath.Join(ext, "nbd.ko"), nil
+}
+
+// writeConfig writes the original config with the changed values, keeping
+// its order and comments.
+func writeConfig(dst, orig string, cfg map[string]string) error {
+	data, err := os.ReadFile(orig)
+	if err != nil {
+		return err
+	}
+	if len(data) > 2 && data[0] == 0x1f {
+		// Gzipped (/proc/config.gz): write the parsed values.
+		var sb strings.Builder
+		for k, v := range cfg {
+			if v == "" {
+				sb.WriteString("# " + k + " is not set\n")
+			} else {
+				sb.WriteString(k + "=" + v + "\n")
+			}
+		}
+		return os.WriteFile(dst, []byte(sb.String()), 0o644)
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, l := range strings.Split(string(data), "\n") {
+		key := ""
+		if k, _, ok := strings.Cut(l, "="); ok && strings.HasPrefix(k, "CONFIG_") {
+			key = k
+		} else if n, ok := strings.CutPrefix(l, "# "); ok && strings.HasSuffix(n, " is not set") {
+			key = strings.TrimSuffix(n, " is not set")
+		}
+		if key == "CONFIG_BLK_DEV_NBD" {
+			l = key + "=" + cfg[key]
+		}
+		seen[key] = true
+		out = append(out, l)
+	}
+	if !seen["CONFIG_BLK_DEV_NBD"] {
+		out = append(out, "CONFIG_BLK_DEV_NBD="+cfg["CONFIG_BLK_DEV_NBD"])
+	}
+	return os.WriteFile(dst, []byte(strings.Join(out, "\n")), 0o644)
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("kmod: %w", err)
+	}
+	defer in.Close()
+	out, err := os.Create(dst + ".tmp")
+	if err != nil {
+		return fmt.Errorf("kmod: %w", err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("kmod: copy %s: %w", src, err)
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Rename(dst+".tmp", dst)
+}
