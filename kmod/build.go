@@ -145,6 +145,9 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return b.res, err
 	}
+	if err := signingReady(t, o); err != nil {
+		return b.res, err
+	}
 	if t.Installed != "" && !o.Force {
 		b.res.Skipped = fmt.Sprintf("nbd.ko is already installed for %s at %s", t.Release, t.Installed)
 		b.printf("%s; nothing to do (force to rebuild)", b.res.Skipped)

@@ -70,6 +70,9 @@ func unpackDebSource(ctx context.Context, env *Env, deb, dir string) error {
 	tmp := dir + ".deb"
 	os.RemoveAll(tmp)
 	defer os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return err
+	}
 	if err := env.Run(ctx, "", nil, nil, "dpkg-deb", "-x", deb, tmp); err != nil {
 		return fmt.Errorf("kmod: unpack %s: %w", deb, err)
 	}

@@ -13,10 +13,22 @@ import (
 type Runner func(ctx context.Context, dir string, stdout, stderr io.Writer, name string, args ...string) error
 
 // Exec is the Runner that really runs commands.
+// With no stderr writer, what the command printed there ends its error.
 func Exec(ctx context.Context, dir string, stdout, stderr io.Writer, name string, args ...string) error {
 	cmd := exec.CommandContext(ctx, name, args...)
+	var errb strings.Builder
 	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, stdout, stderr
+	if stderr == nil {
+		cmd.Stderr = &errb
+	}
 	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(errb.String())
+		if len(msg) > 2000 {
+			msg = "..." + msg[len(msg)-2000:]
+		}
+		if msg != "" {
+			return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
+		}
 		return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
 	}
 	return nil

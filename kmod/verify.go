@@ -121,6 +121,16 @@ func CheckModule(ko, release, symvers string) (vermagic string, err error) {
 	return vermagic, nil
 }
 
+// signingReady refuses, before anything is fetched, to build for a kernel
+// that enforces module signatures when no key to sign with was given.
+func signingReady(t *Target, o Options) error {
+	if t.Config["CONFIG_MODULE_SIG_FORCE"] != "y" || (o.SignKey != "" && o.SignCert != "") {
+		return nil
+	}
+	return fmt.Errorf("kmod: kernel %s only loads signed modules (CONFIG_MODULE_SIG_FORCE=y): give --sign-key KEY --sign-cert CERT "+
+		"(a key the kernel trusts, e.g. enrolled with mokutil --import CERT), or boot with module.sig_enforce=0 where allowed", t.Release)
+}
+
 func (b *builder) verify(ctx context.Context, t *Target, src *Source, ko string) error {
 	vm, err := CheckModule(ko, t.Release, src.Symvers)
 	if err != nil {
@@ -130,10 +140,6 @@ func (b *builder) verify(ctx context.Context, t *Target, src *Source, ko string)
 	b.printf("    vermagic %q; symbol CRCs agree with %s", vm, src.Symvers)
 	if t.Config["CONFIG_MODULE_SIG_FORCE"] != "y" {
 		return nil
-	}
-	if b.o.SignKey == "" || b.o.SignCert == "" {
-		return fmt.Errorf("kmod: kernel %s only loads signed modules (CONFIG_MODULE_SIG_FORCE=y): give --sign-key KEY --sign-cert CERT "+
-			"(a key the kernel trusts, e.g. enrolled with mokutil --import CERT), or boot with module.sig_enforce=0 where allowed", t.Release)
 	}
 	build := filepath.Dir(filepath.Dir(ko))
 	hash := strings.Trim(t.Config["CONFIG_MODULE_SIG_HASH"], `"`)
