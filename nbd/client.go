@@ -126,6 +126,31 @@ func cutUnix(addr string) (string, bool) {
 
 // NewClient negotiates on conn and returns a client ready for requests.
 func NewClient(ctx context.Context, conn net.Conn, cfg *ClientConfig) (*Client, error) {
+	h, info, err := negotiate(ctx, conn, cfg)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{conn: h.conn, br: h.br, bw: h.bw, Info: info, pending: map[uint64]*call{}, done: make(chan struct{})}
+	go c.readLoop()
+	return c, nil
+}
+
+// Negotiate runs the handshake on conn and returns what the server said
+// and the connection to continue on (conn itself, or its TLS session),
+// positioned at the start of the transmission phase. It is for handing the
+// connection to something else, such as the kernel.
+func Negotiate(ctx context.Context, conn net.Conn, cfg *ClientConfig) (ExportInfo, net.Conn, error) {
+	h, info, err := negotiate(ctx, conn, cfg)
+	if err != nil {
+		return info, nil, err
+	}
+	if h.br.Buffered() != 0 {
+		return info, nil, errors.New("nbd: server sent data after the handshake")
+	}
+	return info, h.conn, nil
+}
+
+func negotiate(ctx context.Context, conn net.Conn, cfg *ClientConfig) (*clientHandshake, ExportInfo, error) {
 	if cfg == nil {
 		cfg = &ClientConfig{}
 	}
@@ -135,12 +160,7 @@ func NewClient(ctx context.Context, conn net.Conn, cfg *ClientConfig) (*Client, 
 	}
 	h := &clientHandshake{conn: conn, br: bufio.NewReader(conn), bw: bufio.NewWriter(conn)}
 	info, err := h.run(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	c := &Client{conn: h.conn, br: h.br, bw: h.bw, Info: info, pending: map[uint64]*call{}, done: make(chan struct{})}
-	go c.readLoop()
-	return c, nil
+	return h, info, err
 }
 
 // Conn returns the connection, for example to hand it to the kernel.

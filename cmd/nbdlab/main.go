@@ -27,6 +27,11 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "[--listen ADDR]... [TLS flags] [-v] NAME=SPEC...", "serve exports over NBD", runServe},
+		{"connect", connectUsage, "attach an NBD export to /dev/nbdN through the kernel", runConnect},
+		{"disconnect", "DEVICE", "disconnect /dev/nbdN", runDisconnect},
+		{"list", "", "list /dev/nbd* devices and what is attached", runList},
+		{"attach", attachUsage, "serve an image from this process and attach it (like qemu-nbd -c)", runAttach},
+		{"detach", "DEVICE", "disconnect an attached image and stop serving it", runDisconnect},
 		{"kmod", kmodBuildUsage, "build nbd.ko for an installed kernel and install it", runKmod},
 		{"vm", vmRunUsage, "run a command under a distro kernel in a QEMU VM", runVM},
 	}

@@ -1,0 +1,383 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nbdlab/nbdlab/nbd"
+)
+
+// Dialer opens a fresh transport connection to the server, not yet
+// negotiated. Attach calls it once per connection and again to reconnect.
+type Dialer func(ctx context.Context) (net.Conn, error)
+
+// AttachOptions configure Attach. Zero values mean: any free device, one
+// connection, the kernel's timeouts, the export's preferred block size,
+// netlink with a fallback to ioctls.
+type AttachOptions struct {
+	Device      string // /dev/nbdN, nbdN, N, or "any"
+	Connections int
+	Timeout     time.Duration // per request
+	DeadTimeout time.Duration // how long I/O waits for a reconnect
+	ReadOnly    bool
+	BlockSize   uint64
+	Interface   string // "auto", "netlink" or "ioctl"
+	Backend     string // shown in /sys/block/nbdN/backend
+	Client      nbd.ClientConfig
+	Logf        func(format string, args ...any)
+}
+
+// Attachment is a device connected through the kernel.
+type Attachment struct {
+	Index       int
+	Path        string
+	Interface   string // "netlink" or "ioctl"
+	Info        nbd.ExportInfo
+	Connections int
+	// NeedsProcess is true when the device only works while this process
+	// lives: the ioctl interface, or TLS proxied through socket pairs.
+	NeedsProcess bool
+
+	opts    AttachOptions
+	dial    Dialer
+	ioctlc  chan error
+	proxies sync.WaitGroup
+}
+
+// kernelConn is a negotiated connection ready for the kernel: a socket
+// file, and a proxy to stop when the connection is TLS.
+type kernelConn struct {
+	file    *os.File
+	proxied bool
+}
+
+// negotiate dials and runs the handshake without structured replies,
+// which the kernel's client does not speak.
+func (a *Attachment) negotiate(ctx context.Context) (nbd.ExportInfo, kernelConn, error) {
+	conn, err := a.dial(ctx)
+	if err != nil {
+		return nbd.ExportInfo{}, kernelConn{}, err
+	}
+	cfg := a.opts.Client
+	cfg.NoStructuredReplies = true
+	info, c, err := nbd.Negotiate(ctx, conn, &cfg)
+	if err != nil {
+		conn.Close()
+		return info, kernelConn{}, err
+	}
+	kc, err := a.socketFor(c)
+	return info, kc, err
+}
+
+// socketFor returns a socket the kernel can use for c: c's own descriptor,
+// or for a TLS session one end of a socket pair whose other end this
+// process relays through TLS.
+func (a *Attachment) socketFor(c net.Conn) (kernelConn, error) {
+	if fc, ok := c.(interface{ File() (*os.File, error) }); ok {
+		f, err := fc.File()
+		c.Close() // the duplicate (and then the kernel) keeps the socket open
+		if err != nil {
+			return kernelConn{}, fmt.Errorf("kernel: socket descriptor: %w", err)
+		}
+		return kernelConn{file: f}, nil
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		c.Close()
+		return kernelConn{}, fmt.Errorf("kernel: socketpair for a TLS relay: %w", err)
+	}
+	local, err := net.FileConn(os.NewFile(uintptr(fds[1]), "relay"))
+	unix.Close(fds[1])
+	if err != nil {
+		unix.Close(fds[0])
+		c.Close()
+		return kernelConn{}, err
+	}
+	a.proxies.Add(1)
+	go func() {
+		defer a.proxies.Done()
+		relay(local, c)
+	}()
+	return kernelConn{file: os.NewFile(uintptr(fds[0]), "nbd-kernel"), proxied: true}, nil
+}
+
+// relay copies between a and b until either side closes.
+func relay(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		io.Copy(dst, src)
+		dst.Close()
+		src.Close()
+		done <- struct{}{}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	<-done
+	<-done
+}
+
+// Attach negotiates the connections and hands them to the kernel.
+func Attach(ctx context.Context, dial Dialer, o AttachOptions) (*Attachment, error) {
+	if o.Connections <= 0 {
+		o.Connections = 1
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	index := -1
+	if o.Device != "" && o.Device != "any" {
+		n, ok := ParseDevice(o.Device)
+		if !ok {
+			return nil, fmt.Errorf("kernel: device %q: want /dev/nbdN or any", o.Device)
+		}
+		index = n
+		if d := DeviceInfo(n); d.Connected {
+			return nil, fmt.Errorf("kernel: %s is already connected (pid %d); disconnect it first", d.Path, d.PID)
+		}
+	}
+	a := &Attachment{opts: o, dial: dial}
+	var conns []kernelConn
+	defer func() {
+		for _, c := range conns {
+			c.file.Close()
+		}
+	}()
+	for i := 0; i < o.Connections; i++ {
+		info, kc, err := a.negotiate(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("kernel: connection %d: %w", i+1, err)
+		}
+		conns = append(conns, kc)
+		a.NeedsProcess = a.NeedsProcess || kc.proxied
+		if i == 0 {
+			a.Info = info
+			if o.Connections > 1 && info.Flags&nbd.FlagCanMultiConn == 0 {
+				return nil, fmt.Errorf("kernel: the server does not advertise NBD_FLAG_CAN_MULTI_CONN, so %d connections could see different data; use 1", o.Connections)
+			}
+		}
+	}
+	a.Connections = len(conns)
+	flags := a.Info.Flags
+	if o.ReadOnly {
+		flags |= nbd.FlagReadOnly
+	}
+	bs := o.BlockSize
+	if bs == 0 {
+		bs = uint64(min(max(a.Info.PreferredBlck, 512), 4096))
+	}
+	if bs < uint64(a.Info.MinBlock) || bs < 512 || bs > 4096 || bs&(bs-1) != 0 {
+		return nil, fmt.Errorf("kernel: block size %d: want a power of two from 512 to 4096, at least the server's minimum %d", bs, a.Info.MinBlock)
+	}
+	cfg := Config{Index: index, Size: uint64(a.Info.Size), BlockSize: bs, ServerFlags: uint16(flags),
+		Timeout: o.Timeout, DeadTimeout: o.DeadTimeout, Backend: o.Backend}
+	for _, c := range conns {
+		cfg.Sockets = append(cfg.Sockets, c.file)
+	}
+	iface := o.Interface
+	if iface == "" || iface == "auto" || iface == "netlink" {
+		nl, err := Dial()
+		switch {
+		case err == nil:
+			defer nl.Close()
+			idx, err := nl.Connect(cfg)
+			if err != nil {
+				return nil, err
+			}
+			a.Index, a.Interface = idx, "netlink"
+		case errors.Is(err, ErrNoFamily) && iface != "netlink":
+			o.Logf("no nbd netlink family; falling back to the ioctl interface")
+			iface = "ioctl"
+		default:
+			return nil, err
+		}
+	}
+	if iface == "ioctl" {
+		if err := a.attachIoctl(cfg); err != nil {
+			return nil, err
+		}
+	}
+	a.Path = "/dev/nbd" + strconv.Itoa(a.Index)
+	a.rescan()
+	return a, nil
+}
+
+func (a *Attachment) attachIoctl(cfg Config) error {
+	if cfg.Index < 0 {
+		devs, err := Devices()
+		if err != nil {
+			return err
+		}
+		for _, d := range devs {
+			if !d.Connected && d.Size == 0 {
+				cfg.Index = d.Index
+				break
+			}
+		}
+		if cfg.Index < 0 {
+			return errors.New("kernel: no free /dev/nbdN (load nbd with a larger nbds_max)")
+		}
+	}
+	a.Index, a.Interface, a.NeedsProcess = cfg.Index, "ioctl", true
+	path := "/dev/nbd" + strconv.Itoa(cfg.Index)
+	ready := make(chan struct{})
+	a.ioctlc = make(chan error, 1)
+	go func() { a.ioctlc <- IoctlConnect(path, cfg, func() { close(ready) }) }()
+	select {
+	case <-ready:
+		return nil
+	case err := <-a.ioctlc:
+		if err == nil {
+			err = fmt.Errorf("kernel: %s disconnected at once", path)
+		}
+		return err
+	}
+}
+
+// rescan asks the kernel to read the partition table, so /dev/nbdNpM
+// appear when the module has max_part.
+func (a *Attachment) rescan() {
+	for i := 0; i < 50; i++ {
+		if d := DeviceInfo(a.Index); d.Size > 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	f, err := os.OpenFile(a.Path, os.O_RDONLY, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKRRPART, 0)
+}
+
+// Wait blocks until the device is disconnected or ctx ends.
+func (a *Attachment) Wait(ctx context.Context) error {
+	if a.ioctlc != nil {
+		select {
+		case err := <-a.ioctlc:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			if !DeviceInfo(a.Index).Connected {
+				return nil
+			}
+		}
+	}
+}
+
+// Persist keeps the device alive across server restarts: on each
+// NBD_CMD_LINK_DEAD for it, it reconnects with back-off and hands the new
+// connection over with NBD_CMD_RECONFIGURE. It returns when the device is
+// disconnected or ctx ends.
+func (a *Attachment) Persist(ctx context.Context) error {
+	if a.Interface != "netlink" {
+		return errors.New("kernel: reconnecting needs the netlink interface")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	dead, err := WatchLinkDead(ctx)
+	if err != nil {
+		return err
+	}
+	gone := make(chan struct{})
+	go func() {
+		a.Wait(ctx)
+		close(gone)
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-gone:
+			return nil
+		case idx, ok := <-dead:
+			if !ok {
+				return errors.New("kernel: LINK_DEAD watch ended")
+			}
+			if idx != a.Index {
+				continue
+			}
+			a.opts.Logf("nbd%d: a connection died; reconnecting", a.Index)
+			if err := a.reconnect(ctx, gone); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (a *Attachment) reconnect(ctx context.Context, gone <-chan struct{}) error {
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := a.reconnectOnce(ctx)
+		if err == nil {
+			a.opts.Logf("nbd%d: reconnected (attempt %d)", a.Index, attempt)
+			return nil
+		}
+		if errors.Is(err, syscall.EINVAL) && !DeviceInfo(a.Index).Connected {
+			return nil // disconnected meanwhile
+		}
+		a.opts.Logf("nbd%d: reconnect attempt %d: %v; next in %s", a.Index, attempt, err, backoff)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-gone:
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (a *Attachment) reconnectOnce(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	info, kc, err := a.negotiate(dctx)
+	if err != nil {
+		return err
+	}
+	defer kc.file.Close()
+	if info.Size != a.Info.Size {
+		return fmt.Errorf("kernel: the export is now %d bytes, was %d; not reattaching", info.Size, a.Info.Size)
+	}
+	nl, err := Dial()
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+	return nl.Reconfigure(a.Index, []*os.File{kc.file})
+}
+
+// Disconnect disconnects device n, through netlink or, failing that, the
+// ioctl interface.
+func Disconnect(n int) error {
+	nl, err := Dial()
+	if err == nil {
+		defer nl.Close()
+		if err = nl.Disconnect(n); err == nil {
+			return nil
+		}
+	}
+	if ierr := IoctlDisconnect("/dev/nbd" + strconv.Itoa(n)); ierr != nil {
+		return fmt.Errorf("%w; %w", err, ierr)
+	}
+	return nil
+}

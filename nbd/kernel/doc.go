@@ -1,0 +1,14 @@
+// Package kernel hands NBD connections to the Linux kernel's NBD client:
+// through the generic netlink family "nbd" (connect, reconfigure,
+// disconnect, status, and LINK_DEAD notifications), or through the older
+// ioctl interface on kernels without it.
+//
+// Everything here needs CAP_SYS_ADMIN and an nbd module (modprobe nbd).
+// The nbd netlink family is registered only in the initial network
+// namespace; Dial opens its socket there even when the caller lives in
+// another one, so the connections handed over may belong to any namespace.
+//
+// With netlink the kernel holds its own reference to each socket, so the
+// process that connected may exit. With ioctls a process must stay inside
+// NBD_DO_IT for as long as the device is connected; IoctlConnect blocks.
+package kernel

@@ -1,0 +1,99 @@
+package kernel
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ioctl numbers of include/uapi/linux/nbd.h: _IO(0xab, n).
+const (
+	ioctlSetSock       = 0xab00
+	ioctlSetBlkSize    = 0xab01
+	ioctlDoIt          = 0xab03
+	ioctlClearSock     = 0xab04
+	ioctlClearQue      = 0xab05
+	ioctlSetSizeBlocks = 0xab07
+	ioctlDisconnect    = 0xab08
+	ioctlSetTimeout    = 0xab09
+	ioctlSetFlags      = 0xab0a
+)
+
+func ioctl(f *os.File, req, arg uintptr) error {
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), req, arg)
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// IoctlConnect configures device path with the ioctl interface and then
+// serves it: it blocks inside NBD_DO_IT until the device is disconnected.
+// ready, if set, is called once the device is configured.
+func IoctlConnect(path string, cfg Config, ready func()) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("kernel: open %s: %w", path, err)
+	}
+	defer f.Close()
+	bs := cfg.BlockSize
+	if bs == 0 {
+		bs = 512
+	}
+	steps := []struct {
+		name     string
+		req, arg uintptr
+	}{
+		{"NBD_CLEAR_SOCK", ioctlClearSock, 0},
+		{"NBD_SET_BLKSIZE", ioctlSetBlkSize, uintptr(bs)},
+		{"NBD_SET_SIZE_BLOCKS", ioctlSetSizeBlocks, uintptr(cfg.Size / bs)},
+		{"NBD_SET_FLAGS", ioctlSetFlags, uintptr(cfg.ServerFlags)},
+	}
+	if cfg.Timeout > 0 {
+		steps = append(steps, struct {
+			name     string
+			req, arg uintptr
+		}{"NBD_SET_TIMEOUT", ioctlSetTimeout, uintptr(max(1, cfg.Timeout/time.Second))})
+	}
+	for _, s := range cfg.Sockets {
+		steps = append(steps, struct {
+			name     string
+			req, arg uintptr
+		}{"NBD_SET_SOCK", ioctlSetSock, s.Fd()})
+	}
+	for _, s := range steps {
+		if err := ioctl(f, s.req, s.arg); err != nil {
+			return fmt.Errorf("kernel: %s on %s: %w", s.name, path, err)
+		}
+	}
+	if ready != nil {
+		go func() {
+			// NBD_DO_IT starts the device; give it a moment to do so.
+			time.Sleep(100 * time.Millisecond)
+			ready()
+		}()
+	}
+	err = ioctl(f, ioctlDoIt, 0)
+	ioctl(f, ioctlClearQue, 0)
+	ioctl(f, ioctlClearSock, 0)
+	if err != nil && err != unix.EPIPE && err != unix.ECONNRESET {
+		return fmt.Errorf("kernel: NBD_DO_IT on %s: %w", path, err)
+	}
+	return nil
+}
+
+// IoctlDisconnect asks the process inside NBD_DO_IT on path to stop.
+func IoctlDisconnect(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("kernel: open %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := ioctl(f, ioctlDisconnect, 0); err != nil {
+		return fmt.Errorf("kernel: NBD_DISCONNECT on %s: %w", path, err)
+	}
+	ioctl(f, ioctlClearSock, 0)
+	return nil
+}

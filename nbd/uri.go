@@ -1,0 +1,111 @@
+package nbd
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// URI is a parsed NBD URI, as the NBD URI specification defines it:
+// nbd://host[:port]/export, nbds:// for TLS, nbd+unix:///export?socket=PATH
+// and nbds+unix://.
+type URI struct {
+	TLS     bool
+	Network string // "tcp" or "unix"
+	Addr    string // host:port, or the socket path
+	Export  string
+	// TLSCertDir holds ca-cert.pem and, for client authentication,
+	// client-cert.pem and client-key.pem (query tls-certificates=DIR).
+	TLSCertDir string
+}
+
+// ParseURI parses an NBD URI.
+func ParseURI(s string) (*URI, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: URI %q: %w", s, err)
+	}
+	out := &URI{Export: strings.TrimPrefix(u.Path, "/")}
+	q := u.Query()
+	out.TLSCertDir = q.Get("tls-certificates")
+	switch u.Scheme {
+	case "nbd", "nbds":
+		out.TLS, out.Network = u.Scheme == "nbds", "tcp"
+		if u.Hostname() == "" {
+			return nil, fmt.Errorf("nbd: URI %q has no host", s)
+		}
+		port := u.Port()
+		if port == "" {
+			port = strconv.Itoa(DefaultPort)
+		}
+		out.Addr = net.JoinHostPort(u.Hostname(), port)
+	case "nbd+unix", "nbds+unix":
+		out.TLS, out.Network = u.Scheme == "nbds+unix", "unix"
+		if u.Host != "" {
+			return nil, fmt.Errorf("nbd: URI %q: a unix URI has no host (write nbd+unix:///export?socket=PATH)", s)
+		}
+		out.Addr = q.Get("socket")
+		if out.Addr == "" {
+			return nil, fmt.Errorf("nbd: URI %q needs ?socket=PATH", s)
+		}
+	default:
+		return nil, fmt.Errorf("nbd: URI %q: unknown scheme %q (want nbd, nbds, nbd+unix or nbds+unix)", s, u.Scheme)
+	}
+	return out, nil
+}
+
+func (u *URI) String() string {
+	scheme := "nbd"
+	if u.TLS {
+		scheme = "nbds"
+	}
+	if u.Network == "unix" {
+		return scheme + "+unix:///" + u.Export + "?socket=" + u.Addr
+	}
+	return scheme + "://" + u.Addr + "/" + u.Export
+}
+
+// ClientConfig returns the handshake configuration for the URI.
+func (u *URI) ClientConfig() (*ClientConfig, error) {
+	cfg := &ClientConfig{Export: u.Export}
+	if !u.TLS {
+		return cfg, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if u.Network == "tcp" {
+		tc.ServerName, _, _ = net.SplitHostPort(u.Addr)
+	}
+	if u.TLSCertDir != "" {
+		if pem, err := os.ReadFile(filepath.Join(u.TLSCertDir, "ca-cert.pem")); err == nil {
+			tc.RootCAs = x509.NewCertPool()
+			tc.RootCAs.AppendCertsFromPEM(pem)
+		}
+		cert := filepath.Join(u.TLSCertDir, "client-cert.pem")
+		if _, err := os.Stat(cert); err == nil {
+			pair, err := tls.LoadX509KeyPair(cert, filepath.Join(u.TLSCertDir, "client-key.pem"))
+			if err != nil {
+				return nil, fmt.Errorf("nbd: client certificate in %s: %w", u.TLSCertDir, err)
+			}
+			tc.Certificates = []tls.Certificate{pair}
+		}
+	}
+	cfg.TLSConfig = tc
+	return cfg, nil
+}
+
+// DialConn opens the URI's transport, without negotiating.
+func (u *URI) DialConn(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, u.Network, u.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: dial %s: %w", u, err)
+	}
+	return c, nil
+}
