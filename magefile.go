@@ -13,6 +13,7 @@ import (
 
 	"github.com/nbdlab/nbdlab/bench"
 	"github.com/nbdlab/nbdlab/ci"
+	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/kmod"
 )
 
@@ -24,6 +25,12 @@ type Bench mg.Namespace
 func (Bench) Server(ctx context.Context) error {
 	mg.CtxDeps(ctx, Deps)
 	return bench.RunServer(ctx, bench.Options{})
+}
+
+// Lab is the main job: build nbd.ko for the newest installed kernel, boot it, attach, partition, mount, check.
+func Lab(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps)
+	return harness.Lab(ctx, harness.LabOptions{Kernel: os.Getenv("KVER")})
 }
 
 // Deps installs every Debian package the tests and benchmarks use.

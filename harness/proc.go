@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +29,43 @@ func BuildNbdlab(ctx context.Context, dir string) (string, error) {
 		return "", fmt.Errorf("harness: go build nbdlab: %w\n%s", err, b)
 	}
 	return out, nil
+}
+
+// BuildNbdlabCached builds nbdlab and keeps it in the user cache directory
+// under a name derived from its contents, so identical builds share one
+// file. The path is visible inside lab VMs.
+func BuildNbdlabCached(ctx context.Context) (string, error) {
+	tmp, err := os.MkdirTemp("", "nbdlab-build-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	bin, err := BuildNbdlab(ctx, tmp)
+	if err != nil {
+		return "", err
+	}
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(data)
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(cache, "nbdlab", "bin")
+	dst := filepath.Join(dir, "nbdlab-"+hex.EncodeToString(sum[:8]))
+	if _, err := os.Stat(dst); err == nil {
+		return dst, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	part := dst + fmt.Sprintf(".%d.part", os.Getpid())
+	if err := os.WriteFile(part, data, 0o755); err != nil {
+		return "", err
+	}
+	return dst, os.Rename(part, dst)
 }
 
 // Proc is a child process with its combined output captured.

@@ -22,17 +22,14 @@ func Need(t testing.TB, tools ...string) {
 }
 
 var nbdlabOnce = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "nbdlab-bin-")
-	if err != nil {
-		return "", err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	return BuildNbdlab(ctx, dir)
+	return BuildNbdlabCached(ctx)
 })
 
 // Nbdlab returns the path of an nbdlab binary built from this tree, built
-// once per test process.
+// once per test process. It lives in the user cache directory, not under
+// /tmp, so that lab VMs (whose /tmp is their own) find it too.
 func Nbdlab(t testing.TB) string {
 	t.Helper()
 	bin, err := nbdlabOnce()

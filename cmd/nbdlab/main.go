@@ -32,6 +32,7 @@ func commands() []command {
 		{"list", "", "list /dev/nbd* devices and what is attached", runList},
 		{"attach", attachUsage, "serve an image from this process and attach it (like qemu-nbd -c)", runAttach},
 		{"detach", "DEVICE", "disconnect an attached image and stop serving it", runDisconnect},
+		{"lab", "[--kernel KVER]", "build nbd.ko, boot it in a VM, attach, partition, mount, check (the main job)", runLab},
 		{"kmod", kmodBuildUsage, "build nbd.ko for an installed kernel and install it", runKmod},
 		{"vm", vmRunUsage, "run a command under a distro kernel in a QEMU VM", runVM},
 	}
