@@ -277,7 +277,20 @@ func (g *guest) runCommand(cfg guestConfig) (int, error) {
 	if err == nil {
 		cmd.Stdin = stdin
 	}
-	if err := cmd.Run(); err != nil {
+	// Background processes the command leaves behind may keep its output
+	// open; its own exit is what counts.
+	cmd.WaitDelay = 2 * time.Second
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(cmd.Stderr, "nbdlab vm: %v\n", err)
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return 127, nil
+		}
+		return 126, nil
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go reapOrphans(cmd.Process.Pid, stop)
+	if err := cmd.Wait(); err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
 			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -285,12 +298,38 @@ func (g *guest) runCommand(cfg guestConfig) (int, error) {
 			}
 			return ee.ExitCode(), nil
 		}
-		// As a shell would: 127 for a command that is not there.
-		fmt.Fprintf(cmd.Stderr, "nbdlab vm: %v\n", err)
-		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
-			return 127, nil
+		if errors.Is(err, exec.ErrWaitDelay) {
+			return 0, nil
 		}
-		return 126, nil
+		return 0, fmt.Errorf("wait for the command: %w", err)
 	}
 	return 0, nil
+}
+
+// reapOrphans is PID 1's duty: it collects the zombies of processes whose
+// parents died, leaving the command itself to exec's Wait.
+func reapOrphans(keep int, stop <-chan struct{}) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+		for _, st := range stats {
+			b, err := os.ReadFile(st)
+			if err != nil {
+				continue
+			}
+			s := string(b)
+			f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(st)))
+			if len(f) > 1 && f[0] == "Z" && f[1] == "1" && pid != keep {
+				var ws unix.WaitStatus
+				unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+			}
+		}
+	}
 }

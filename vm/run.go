@@ -170,6 +170,10 @@ func (cfg *Config) defaults() error {
 	return nil
 }
 
+// qemuOpt escapes a value inside a QEMU option list, where a comma
+// separates options and ",," stands for a comma.
+func qemuOpt(v string) string { return strings.ReplaceAll(v, ",", ",,") }
+
 // qemuArgs is the QEMU command line for one run.
 func qemuArgs(cfg Config, k Kernel, initrd, accel, sock, klog string) []string {
 	cpu := "max"
@@ -180,9 +184,9 @@ func qemuArgs(cfg Config, k Kernel, initrd, accel, sock, klog string) []string {
 		"-kernel", k.Image, "-initrd", initrd,
 		"-append", "console=ttyS0 loglevel=4 panic=-1 oops=panic rdinit=/init " +
 			"i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd tsc=reliable no_timer_check",
-		"-chardev", "file,id=klog,path=" + klog, "-serial", "chardev:klog",
+		"-chardev", "file,id=klog,path=" + qemuOpt(klog), "-serial", "chardev:klog",
 		"-device", "virtio-serial-pci",
-		"-chardev", "socket,id=ctl,path=" + sock,
+		"-chardev", "socket,id=ctl,path=" + qemuOpt(sock),
 		"-device", "virtserialport,chardev=ctl,name=" + portName,
 		"-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
 		"-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
@@ -190,7 +194,7 @@ func qemuArgs(cfg Config, k Kernel, initrd, accel, sock, klog string) []string {
 	for i, s := range cfg.Shares {
 		id := fmt.Sprintf("share%d", i)
 		args = append(args,
-			"-fsdev", "local,id="+id+",path="+s.Host+",security_model=none,multidevs=remap",
+			"-fsdev", "local,id="+id+",path="+qemuOpt(s.Host)+",security_model=none,multidevs=remap",
 			"-device", "virtio-9p-pci,fsdev="+id+",mount_tag="+id)
 	}
 	return args

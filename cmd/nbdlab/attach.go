@@ -47,7 +47,7 @@ func (f *attachFlags) register(fs interface {
 	fs.DurationVar(&f.Timeout, "timeout", 0, "per-request timeout (default: the kernel's, 30s)")
 	fs.DurationVar(&f.DeadTimeout, "dead-timeout", 0, "how long I/O waits for a dead connection to be replaced before failing with EIO")
 	fs.BoolVar(&f.ReadOnly, "read-only", false, "attach read-only")
-	fs.Uint64Var(&f.BlockSize, "block-size", 0, "logical block size, 512 to 4096 (default: the export's preferred)")
+	fs.Uint64Var(&f.BlockSize, "block-size", 0, "logical block size, 512 to 4096 (default: 512, or the export's minimum)")
 	fs.StringVar(&f.Interface, "interface", "auto", "kernel interface: netlink, ioctl, or auto (netlink, else ioctl)")
 }
 
@@ -329,6 +329,9 @@ func runList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 		}
 		backend := d.Backend
+		if st, ok := kernel.LoadState(d.Index); ok && backend == "" {
+			backend = st.Source
+		}
 		if backend == "" {
 			backend = "-"
 		}

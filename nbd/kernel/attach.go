@@ -171,9 +171,11 @@ func Attach(ctx context.Context, dial Dialer, o AttachOptions) (*Attachment, err
 	if o.ReadOnly {
 		flags |= nbd.FlagReadOnly
 	}
+	// The logical block size is what partition tables count in: 512,
+	// as with nbd-client and qemu-nbd, unless the server needs more.
 	bs := o.BlockSize
 	if bs == 0 {
-		bs = uint64(min(max(a.Info.PreferredBlck, 512), 4096))
+		bs = uint64(max(a.Info.MinBlock, 512))
 	}
 	if bs < uint64(a.Info.MinBlock) || bs < 512 || bs > 4096 || bs&(bs-1) != 0 {
 		return nil, fmt.Errorf("kernel: block size %d: want a power of two from 512 to 4096, at least the server's minimum %d", bs, a.Info.MinBlock)
@@ -363,7 +365,7 @@ func (a *Attachment) reconnectOnce(ctx context.Context) error {
 		return err
 	}
 	defer nl.Close()
-	return nl.Reconfigure(a.Index, []*os.File{kc.file})
+	return nl.Reconfigure(a.Index, a.opts.Backend, []*os.File{kc.file})
 }
 
 // Disconnect disconnects device n, through netlink or, failing that, the

@@ -184,9 +184,14 @@ func encodeSockets(ae *netlink.AttributeEncoder, socks []*os.File) {
 }
 
 // Reconfigure replaces dead connections of device index with sockets.
-func (c *Conn) Reconfigure(index int, socks []*os.File) error {
+// backend must repeat the identifier given at connect, if there was one:
+// the kernel refuses to reconfigure a device for another backend.
+func (c *Conn) Reconfigure(index int, backend string, socks []*os.File) error {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(attrIndex, uint32(index))
+	if backend != "" {
+		ae.String(attrBackendIdentifier, backend)
+	}
 	encodeSockets(ae, socks)
 	if _, err := c.execute(cmdReconfigure, ae); err != nil {
 		return fmt.Errorf("kernel: NBD_CMD_RECONFIGURE of nbd%d: %w", index, err)

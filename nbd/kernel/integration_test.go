@@ -1,0 +1,184 @@
+package kernel_test
+
+import (
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/vm"
+	"github.com/nbdlab/nbdlab/vm/vmtest"
+)
+
+// prelude is sourced by every guest script: it loads nbd and defines
+// serve, which starts nbdlab serve on 127.0.0.1:10809 and waits for it.
+const prelude = `set -eu
+N=$NBDLAB
+modprobe nbd
+serve() {
+  log=$1; shift
+  $N serve --listen 127.0.0.1:10809 "$@" >"$log" 2>&1 &
+  echo $! > /tmp/serve.pid
+  for i in $(seq 200); do grep -q 'msg=listening' "$log" 2>/dev/null && return 0; sleep 0.05; done
+  cat "$log"; return 1
+}
+rw_check() {
+  dd if=/tmp/data of=$1 bs=1M oflag=direct status=none
+  dd if=$1 of=/tmp/back bs=1M count=8 iflag=direct status=none
+  cmp /tmp/data /tmp/back
+}
+head -c 8388608 /dev/urandom > /tmp/data
+`
+
+var scenarios = []struct {
+	name        string
+	allKernels  bool
+	script      string
+	wantMarkers []string
+}{
+	{
+		name:       "netlink connect any, 1 and 4 connections, list, disconnect",
+		allKernels: true,
+		script: `serve /tmp/s.log d=mem:64M
+for c in 1 4; do
+  dev=$($N connect any nbd://127.0.0.1/d --connections $c)
+  $N list | grep -E "^$dev +connected .* $c \(netlink\)"
+  rw_check $dev
+  $N disconnect $dev
+  $N list | grep -E "^$dev +disconnected"
+  echo "OK connections=$c"
+done
+dev=$($N connect /dev/nbd5 nbd://127.0.0.1/d)
+test "$dev" = /dev/nbd5 && rw_check /dev/nbd5 && $N disconnect /dev/nbd5 && echo OK explicit-device
+if $N disconnect /dev/nbd5 2>/tmp/err; then exit 1; fi
+grep 'not connected' /tmp/err && echo OK disconnect-twice`,
+		wantMarkers: []string{"OK connections=1", "OK connections=4", "OK explicit-device", "OK disconnect-twice"},
+	},
+	{
+		name: "ioctl interface",
+		script: `serve /tmp/s.log d=mem:64M
+dev=$($N connect /dev/nbd2 nbd://127.0.0.1/d --interface ioctl --connections 2)
+test "$dev" = /dev/nbd2
+$N list | grep -E "^/dev/nbd2 +connected .* 2 \(ioctl\)"
+pid=$(sed -n 's/.*"PID": \([0-9]*\).*/\1/p' /run/nbdlab/nbd2.json)
+rw_check /dev/nbd2
+$N disconnect /dev/nbd2
+sleep 0.5
+if kill -0 $pid 2>/dev/null; then echo "ioctl holder $pid still alive"; exit 1; fi
+$N list | grep -E "^/dev/nbd2 +disconnected"
+echo OK ioctl`,
+		wantMarkers: []string{"OK ioctl"},
+	},
+	{
+		name: "read-only, from the client and from the server",
+		script: `serve /tmp/s.log d=mem:64M ro=mem:64M,ro
+for spec in "nbd://127.0.0.1/d --read-only" "nbd://127.0.0.1/ro"; do
+  dev=$($N connect any $spec)
+  before=$(dd if=$dev bs=4k count=1 iflag=direct status=none | sha256sum)
+  if dd if=/dev/urandom of=$dev bs=4k count=1 oflag=direct status=none 2>/tmp/err; then echo "write succeeded"; exit 1; fi
+  cat /tmp/err
+  grep -q "Operation not permitted" /tmp/err
+  after=$(dd if=$dev bs=4k count=1 iflag=direct status=none | sha256sum)
+  test "$before" = "$after"
+  $N disconnect $dev
+  echo "OK read-only $spec"
+done`,
+		wantMarkers: []string{"OK read-only nbd://127.0.0.1/d --read-only", "OK read-only nbd://127.0.0.1/ro"},
+	},
+	{
+		name: "persist: server killed and restarted during dd",
+		script: `truncate -s 256M /tmp/p.img
+head -c 67108864 /dev/urandom > /tmp/big
+serve /tmp/s1.log p=file:/tmp/p.img
+dev=$($N connect any nbd://127.0.0.1/p --persist --dead-timeout 120s --timeout 60s)
+(dd if=/tmp/big of=$dev bs=64k oflag=direct conv=fsync status=none; echo "dd exit $?" > /tmp/dd.status) &
+ddpid=$!
+sleep 1
+test ! -e /tmp/dd.status || { echo "dd finished before the kill; nothing tested"; exit 1; }
+kill -9 $(cat /tmp/serve.pid)
+echo "server killed"
+sleep 2
+serve /tmp/s2.log p=file:/tmp/p.img
+wait $ddpid || true
+cat /tmp/dd.status
+grep -q "dd exit 0" /tmp/dd.status
+grep -q "client connected" /tmp/s2.log
+dd if=$dev of=/tmp/back bs=1M count=64 iflag=direct status=none
+cmp /tmp/big /tmp/back
+cmp -n 67108864 /tmp/big /tmp/p.img
+$N disconnect $dev
+echo OK persist`,
+		wantMarkers: []string{"server killed", "dd exit 0", "OK persist"},
+	},
+	{
+		name: "no persist: I/O fails with EIO after the dead-connection timeout",
+		script: `serve /tmp/s.log d=mem:64M
+dev=$($N connect any nbd://127.0.0.1/d --dead-timeout 5s --timeout 10s)
+kill -9 $(cat /tmp/serve.pid)
+start=$(date +%s)
+if dd if=/tmp/data of=$dev bs=1M count=4 oflag=direct status=none 2>/tmp/err; then echo "dd succeeded without a server"; exit 1; fi
+end=$(date +%s)
+cat /tmp/err
+grep -q "Input/output error" /tmp/err
+echo "OK eio after $((end-start))s"
+$N disconnect $dev || true`,
+		wantMarkers: []string{"OK eio after"},
+	},
+	{
+		name: "attach an image with a partition table, list, detach",
+		script: `truncate -s 64M /tmp/a.img
+printf 'label: dos\n,16M,L\n,,L\n' | sfdisk -q /tmp/a.img
+dev=$($N attach /tmp/a.img)
+for i in $(seq 100); do test -b ${dev}p2 && break; sleep 0.05; done
+test -b ${dev}p1 && test -b ${dev}p2 && echo "OK partitions ${dev}p1 ${dev}p2"
+$N list | grep -E "^$dev +connected .*/tmp/a.img"
+mkfs.ext4 -q ${dev}p2 && mount ${dev}p2 /mnt && echo hello > /mnt/f && umount /mnt
+$N detach $dev
+$N list | grep -E "^$dev +disconnected"
+dev=$($N attach --read-only /tmp/a.img)
+for i in $(seq 100); do test -b ${dev}p2 && break; sleep 0.05; done
+mount -o ro ${dev}p2 /mnt && grep -q hello /mnt/f && umount /mnt && echo OK reattached
+$N detach $dev
+echo OK attach`,
+		wantMarkers: []string{"OK partitions", "OK reattached", "OK attach"},
+	},
+}
+
+// TestIntegrationKernelAttach runs each scenario in a lab VM, with the
+// nbd.ko that "go run mage.go buildNbd" installs (or the distribution's).
+func TestIntegrationKernelAttach(t *testing.T) {
+	ks := vmtest.Kernels(t)
+	harness.Need(t, "sfdisk", "mkfs.ext4")
+	bin := harness.Nbdlab(t)
+	for _, sc := range scenarios {
+		kernels := ks[:1]
+		if sc.allKernels {
+			kernels = ks
+		}
+		for _, k := range kernels {
+			t.Run(sc.name+"/"+k.Release, func(t *testing.T) {
+				cfg := vm.Config{Kernel: k.Release, Timeout: 5 * time.Minute, Env: append(os.Environ(), "NBDLAB="+bin)}
+				res, out, err := vmtest.Run(t, cfg, "sh", "-c", prelude+sc.script)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.ExitCode != 0 {
+					t.Fatalf("guest script exited %d", res.ExitCode)
+				}
+				for _, m := range sc.wantMarkers {
+					if !strings.Contains(out.Stdout.String(), m) {
+						t.Errorf("guest output lacks %q", m)
+					}
+				}
+				if m := regexp.MustCompile(`OK eio after (\d+)s`).FindStringSubmatch(out.Stdout.String()); m != nil {
+					if secs, _ := strconv.Atoi(m[1]); secs > 60 {
+						t.Errorf("I/O took %ds to fail; want about the 5s dead-connection timeout, not a hang", secs)
+					}
+				}
+			})
+		}
+	}
+}

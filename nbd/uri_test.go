@@ -1,0 +1,48 @@
+package nbd_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/nbdlab/nbdlab/nbd"
+)
+
+func TestParseURI(t *testing.T) {
+	tests := []struct {
+		in, network, addr, export string
+		tls                       bool
+		wantErr                   string
+	}{
+		{in: "nbd://example.org/disk", network: "tcp", addr: "example.org:10809", export: "disk"},
+		{in: "nbd://127.0.0.1:10900/", network: "tcp", addr: "127.0.0.1:10900"},
+		{in: "nbd://[::1]:10809/x", network: "tcp", addr: "[::1]:10809", export: "x"},
+		{in: "nbds://h/e?tls-certificates=/etc/pki", network: "tcp", addr: "h:10809", export: "e", tls: true},
+		{in: "nbd+unix:///e?socket=/run/s.sock", network: "unix", addr: "/run/s.sock", export: "e"},
+		{in: "nbds+unix:///?socket=/s", network: "unix", addr: "/s", tls: true},
+		{in: "nbd+unix:///e", wantErr: "needs ?socket=PATH"},
+		{in: "nbd+unix://host/e?socket=/s", wantErr: "has no host"},
+		{in: "http://h/e", wantErr: `unknown scheme "http"`},
+		{in: "nbd:///e", wantErr: "has no host"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			u, err := nbd.ParseURI(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u.Network != tt.network || u.Addr != tt.addr || u.Export != tt.export || u.TLS != tt.tls {
+				t.Fatalf("got %+v", u)
+			}
+			again, err := nbd.ParseURI(u.String())
+			if err != nil || *again != *u && again.TLSCertDir == "" && u.TLSCertDir == "" {
+				t.Fatalf("String() %q does not parse back: %+v, %v", u.String(), again, err)
+			}
+		})
+	}
+}
