@@ -33,8 +33,11 @@ func ParseURI(s string) (*URI, error) {
 		return nil, fmt.Errorf("nbd: URI %q: %w", s, err)
 	}
 	out := &URI{Export: strings.TrimPrefix(u.Path, "/")}
-	q := u.Query()
-	out.TLSCertDir = q.Get("tls-certificates")
+	q, err := parseQuery(u.RawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: URI %q: %w", s, err)
+	}
+	out.TLSCertDir = q["tls-certificates"]
 	switch u.Scheme {
 	case "nbd", "nbds":
 		out.TLS, out.Network = u.Scheme == "nbds", "tcp"
@@ -51,7 +54,7 @@ func ParseURI(s string) (*URI, error) {
 		if u.Host != "" {
 			return nil, fmt.Errorf("nbd: URI %q: a unix URI has no host (write nbd+unix:///export?socket=PATH)", s)
 		}
-		out.Addr = q.Get("socket")
+		out.Addr = q["socket"]
 		if out.Addr == "" {
 			return nil, fmt.Errorf("nbd: URI %q needs ?socket=PATH", s)
 		}
@@ -61,15 +64,44 @@ func ParseURI(s string) (*URI, error) {
 	return out, nil
 }
 
+// parseQuery decodes a query with percent-escapes only: unlike HTML forms,
+// NBD URIs do not turn "+" into a space, and paths may contain one.
+func parseQuery(raw string) (map[string]string, error) {
+	q := map[string]string{}
+	for _, kv := range strings.Split(raw, "&") {
+		if kv == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		key, err := url.PathUnescape(k)
+		if err != nil {
+			return nil, err
+		}
+		val, err := url.PathUnescape(v)
+		if err != nil {
+			return nil, err
+		}
+		q[key] = val
+	}
+	return q, nil
+}
+
 func (u *URI) String() string {
 	scheme := "nbd"
 	if u.TLS {
 		scheme = "nbds"
 	}
 	if u.Network == "unix" {
-		return scheme + "+unix:///" + u.Export + "?socket=" + u.Addr
+		return scheme + "+unix:///" + u.Export + "?socket=" + url.PathEscape(u.Addr) + u.certQuery("&")
 	}
-	return scheme + "://" + u.Addr + "/" + u.Export
+	return scheme + "://" + u.Addr + "/" + u.Export + u.certQuery("?")
+}
+
+func (u *URI) certQuery(sep string) string {
+	if u.TLSCertDir == "" {
+		return ""
+	}
+	return sep + "tls-certificates=" + url.PathEscape(u.TLSCertDir)
 }
 
 // ClientConfig returns the handshake configuration for the URI.
@@ -83,9 +115,14 @@ func (u *URI) ClientConfig() (*ClientConfig, error) {
 		tc.ServerName, _, _ = net.SplitHostPort(u.Addr)
 	}
 	if u.TLSCertDir != "" {
-		if pem, err := os.ReadFile(filepath.Join(u.TLSCertDir, "ca-cert.pem")); err == nil {
-			tc.RootCAs = x509.NewCertPool()
-			tc.RootCAs.AppendCertsFromPEM(pem)
+		ca := filepath.Join(u.TLSCertDir, "ca-cert.pem")
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("nbd: tls-certificates: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("nbd: tls-certificates: no PEM certificate in %s", ca)
 		}
 		cert := filepath.Join(u.TLSCertDir, "client-cert.pem")
 		if _, err := os.Stat(cert); err == nil {

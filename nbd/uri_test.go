@@ -1,10 +1,12 @@
 package nbd_test
 
 import (
+	"net"
 	"strings"
 	"testing"
 
 	"github.com/nbdlab/nbdlab/nbd"
+	"github.com/nbdlab/nbdlab/nbd/nbdtest"
 )
 
 func TestParseURI(t *testing.T) {
@@ -19,6 +21,7 @@ func TestParseURI(t *testing.T) {
 		{in: "nbds://h/e?tls-certificates=/etc/pki", network: "tcp", addr: "h:10809", export: "e", tls: true},
 		{in: "nbd+unix:///e?socket=/run/s.sock", network: "unix", addr: "/run/s.sock", export: "e"},
 		{in: "nbds+unix:///?socket=/s", network: "unix", addr: "/s", tls: true},
+		{in: "nbd+unix:///e?socket=/tmp/a+b%20c", network: "unix", addr: "/tmp/a+b c", export: "e"},
 		{in: "nbd+unix:///e", wantErr: "needs ?socket=PATH"},
 		{in: "nbd+unix://host/e?socket=/s", wantErr: "has no host"},
 		{in: "http://h/e", wantErr: `unknown scheme "http"`},
@@ -40,9 +43,39 @@ func TestParseURI(t *testing.T) {
 				t.Fatalf("got %+v", u)
 			}
 			again, err := nbd.ParseURI(u.String())
-			if err != nil || *again != *u && again.TLSCertDir == "" && u.TLSCertDir == "" {
+			if err != nil || *again != *u {
 				t.Fatalf("String() %q does not parse back: %+v, %v", u.String(), again, err)
 			}
 		})
 	}
+}
+
+func TestURIWithTLSCertificates(t *testing.T) {
+	creds := nbdtest.NewTLS(t)
+	srv := newServer(&nbd.Export{Name: "s", Backend: nbd.NewMem(4096)})
+	srv.TLSConfig = creds.ServerConfig(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	u, err := nbd.ParseURI("nbds://localhost:" + port + "/s?tls-certificates=" + creds.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := u.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := u.DialConn(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := nbd.NewClient(ctx(t), conn, cfg)
+	if err != nil {
+		t.Fatalf("TLS through the URI's certificates: %v", err)
+	}
+	c.Close()
 }

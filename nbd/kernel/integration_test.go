@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/nbd/nbdtest"
 	"github.com/nbdlab/nbdlab/vm"
 	"github.com/nbdlab/nbdlab/vm/vmtest"
 )
@@ -36,9 +37,37 @@ head -c 8388608 /dev/urandom > /tmp/data
 var scenarios = []struct {
 	name        string
 	allKernels  bool
+	tls         bool // $CERTS holds TLS credentials (nbdtest.NewTLS)
 	script      string
 	wantMarkers []string
 }{
+	{
+		name: "connect from another network namespace",
+		script: `ip netns add lab
+ip netns exec lab ip link set lo up
+ip netns exec lab $N serve --listen 127.0.0.1:10809 d=mem:64M >/tmp/s.log 2>&1 &
+for i in $(seq 200); do grep -q 'msg=listening' /tmp/s.log && break; sleep 0.05; done
+dev=$(ip netns exec lab $N connect any nbd://127.0.0.1/d --connections 2)
+rw_check $dev
+ip netns exec lab $N disconnect $dev
+echo OK netns`,
+		wantMarkers: []string{"OK netns"},
+	},
+	{
+		name: "TLS relayed for the kernel",
+		tls:  true,
+		script: `$N serve --listen 127.0.0.1:10809 --tls-cert $CERTS/server-cert.pem --tls-key $CERTS/server-key.pem \
+  --tls-ca $CERTS/ca-cert.pem s=mem:64M >/tmp/s.log 2>&1 &
+for i in $(seq 200); do grep -q 'msg=listening' /tmp/s.log && break; sleep 0.05; done
+if $N connect any nbd://localhost/s 2>/tmp/err; then echo "plain connect to a TLS-only server succeeded"; exit 1; fi
+grep -q TLS /tmp/err
+dev=$($N connect any "nbds://localhost/s?tls-certificates=$CERTS")
+rw_check $dev
+grep -q "tls=true" /tmp/s.log
+$N disconnect $dev
+echo OK tls`,
+		wantMarkers: []string{"OK tls"},
+	},
 	{
 		name:       "netlink connect any, 1 and 4 connections, list, disconnect",
 		allKernels: true,
@@ -161,6 +190,11 @@ func TestIntegrationKernelAttach(t *testing.T) {
 		for _, k := range kernels {
 			t.Run(sc.name+"/"+k.Release, func(t *testing.T) {
 				cfg := vm.Config{Kernel: k.Release, Timeout: 5 * time.Minute, Env: append(os.Environ(), "NBDLAB="+bin)}
+				if sc.tls {
+					creds := nbdtest.NewTLS(t)
+					cfg.Env = append(cfg.Env, "CERTS="+creds.Dir)
+					cfg.Shares = []vm.Share{{Host: creds.Dir}}
+				}
 				res, out, err := vmtest.Run(t, cfg, "sh", "-c", prelude+sc.script)
 				if err != nil {
 					t.Fatal(err)
