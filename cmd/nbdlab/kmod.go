@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 
 	"github.com/nbdlab/nbdlab/kmod"
@@ -11,12 +10,8 @@ import (
 const kmodBuildUsage = "build [--kernel KVER] [--source DIR] [--force] [--dry-run] [--prefix DIR] [--sign-key KEY --sign-cert CERT] [--jobs N]"
 
 func runKmod(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "build" {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintf(stdout, "usage: nbdlab kmod %s\n", kmodBuildUsage)
-			return nil
-		}
-		return usagef("want 'kmod build'")
+	if err := verb(args, "kmod", "build", kmodBuildUsage, stdout); err != nil {
+		return err
 	}
 	fs := newFlagSet("kmod build", kmodBuildUsage, stderr)
 	var o kmod.Options

@@ -154,6 +154,20 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// verb checks that a command group's arguments start with its one verb
+// (nbdlab kmod build, nbdlab vm run). For -h it prints the usage and
+// returns flag.ErrHelp.
+func verb(args []string, group, want, usage string, stdout io.Writer) error {
+	switch {
+	case len(args) > 0 && args[0] == want:
+		return nil
+	case len(args) > 0 && (args[0] == "-h" || args[0] == "--help"):
+		fmt.Fprintf(stdout, "usage: nbdlab %s %s\n", group, usage)
+		return flag.ErrHelp
+	}
+	return usagef("want '%s %s'", group, want)
+}
+
 // stringList is a repeatable string flag.
 type stringList []string
 

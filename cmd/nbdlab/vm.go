@@ -14,12 +14,8 @@ import (
 const vmRunUsage = "run [--kernel KVER|PATH [--modules DIR]] [--mem SIZE] [--cpus N] [--timeout D] [--share HOSTDIR[:GUESTDIR]]... [-v] -- COMMAND..."
 
 func runVM(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "run" {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintf(stdout, "usage: nbdlab vm %s\n", vmRunUsage)
-			return nil
-		}
-		return usagef("want 'vm run'")
+	if err := verb(args, "vm", "run", vmRunUsage, stdout); err != nil {
+		return err
 	}
 	fs := newFlagSet("vm run", vmRunUsage, stderr)
 	kernel := fs.String("kernel", "", "installed kernel release, or a bzImage path (default: newest installed)")
