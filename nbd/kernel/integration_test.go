@@ -18,7 +18,7 @@ import (
 // serve, which starts nbdlab serve on 127.0.0.1:10809 and waits for it.
 const prelude = `set -eu
 N=$NBDLAB
-modprobe nbd
+modprobe nbd nbds_max=16 max_part=8
 serve() {
   log=$1; shift
   $N serve --listen 127.0.0.1:10809 "$@" >"$log" 2>&1 &
