@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -327,6 +328,8 @@ type transmission struct {
 
 	inflight sync.WaitGroup
 	work     chan work           // to idle workers
+	active   atomic.Int32        // requests dispatched and not yet answered
+	kick     chan struct{}       // wakes the flusher
 	budget   *semaphore.Weighted // bounds the requests and bytes in flight
 	dirty    atomic.Bool
 
@@ -335,7 +338,7 @@ type transmission struct {
 
 func newTransmission(s *session, log *slog.Logger) *transmission {
 	return &transmission{session: s, log: log, trace: log.Enabled(context.Background(), slog.LevelDebug),
-		work: make(chan work), budget: semaphore.NewWeighted(maxInflightBytes)}
+		work: make(chan work), budget: semaphore.NewWeighted(maxInflightBytes), kick: make(chan struct{}, 1)}
 }
 
 func (t *transmission) run() error {
@@ -344,9 +347,11 @@ func (t *transmission) run() error {
 	t.log.Info("client connected", "export", e.Name, "size", e.Backend.Size(),
 		"flags", e.flags(t.structured).String(), "structured_replies", t.structured,
 		"base_allocation", t.metaAlloc, "tls", t.tls)
+	go t.flusher()
 	err := t.loop()
 	t.inflight.Wait()
 	close(t.work)
+	close(t.kick)
 	t.wmu.Lock()
 	if t.werr == nil {
 		t.werr = t.bw.Flush()
@@ -433,6 +438,7 @@ func weight(r request) int64 { return max(int64(r.length), minWeight) }
 func (t *transmission) dispatch(w work) {
 	t.budget.Acquire(context.Background(), min(weight(w.r), maxInflightBytes))
 	t.inflight.Add(1)
+	t.active.Add(1)
 	select {
 	case t.work <- w:
 	default:
@@ -444,6 +450,7 @@ func (t *transmission) worker(w work) {
 	for ok := true; ok; w, ok = <-t.work {
 		t.handle(w.r, w.payload)
 		t.budget.Release(min(weight(w.r), maxInflightBytes))
+		t.active.Add(-1)
 		t.inflight.Done()
 	}
 }
@@ -570,13 +577,25 @@ func clipExtents(ext []Extent, n int64, reqOne bool) []Extent {
 // send writes one reply under the connection's write lock. The buffer is
 // flushed when no other reply is waiting for the lock, so replies that
 // complete together leave in one system call.
+//
+// While other requests are still running, the flush is left to the
+// flusher goroutine, which yields once first so that replies completing
+// together share a system call; the last request in flight flushes at once.
 func (t *transmission) send(fn func(w *replyWriter)) {
 	t.waiting.Add(1)
 	t.wmu.Lock()
 	t.waiting.Add(-1)
 	if t.werr == nil {
 		fn(t.bw)
-		if t.waiting.Load() == 0 {
+		switch {
+		case t.waiting.Load() > 0:
+			// The next writer flushes.
+		case t.active.Load() > 1:
+			select {
+			case t.kick <- struct{}{}:
+			default:
+			}
+		default:
 			t.werr = t.bw.Flush()
 		}
 		if t.werr != nil && t.conn != nil {
@@ -584,6 +603,20 @@ func (t *transmission) send(fn func(w *replyWriter)) {
 		}
 	}
 	t.wmu.Unlock()
+}
+
+// flusher flushes replies that send left buffered.
+func (t *transmission) flusher() {
+	for range t.kick {
+		runtime.Gosched()
+		t.wmu.Lock()
+		if t.werr == nil && t.bw.Buffered() > 0 {
+			if t.werr = t.bw.Flush(); t.werr != nil && t.conn != nil {
+				t.conn.Close()
+			}
+		}
+		t.wmu.Unlock()
+	}
 }
 
 func (t *transmission) writeSimple(w *replyWriter, r request, errno Errno) {
