@@ -28,6 +28,7 @@ func TestResolveReleases(t *testing.T) {
 		{"fedora 39", "6.5.6-300.fc39.x86_64", "", fedora, "K/packages/kernel/6.5.6/300.fc39/src/kernel-6.5.6-300.fc39.src.rpm"},
 		{"ubuntu jammy", "5.15.0-91-generic", "5.15.0-91.101", ubuntu, "U/pool/main/l/linux/linux-source-5.15.0_5.15.0-91.101_all.deb"},
 		{"kernel.org", "6.6.8", "", vanilla, "C/pub/linux/kernel/v6.x/linux-6.6.8.tar.xz"},
+		{"kernel.org 3.x", "3.10", "", vanilla, "C/pub/linux/kernel/v3.x/linux-3.10.tar.xz"},
 		{"debian 6.1", "6.1.0-56-amd64", "6.1.192-2", debian, "linux-source-6.1"},
 		{"debian 6.12", "6.12.117+deb12-amd64", "6.12.117-1~deb12u1", debian, "linux-source-6.12"},
 	}

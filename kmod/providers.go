@@ -287,10 +287,11 @@ func VanillaURLs(cdn, rel string) (tarball, sums string, err error) {
 	if m == nil {
 		return "", "", fmt.Errorf("kmod: %q is not a kernel.org release (like 6.6.8)", rel)
 	}
-	dir := fmt.Sprintf("%s/pub/linux/kernel/v%s.x", cdn, m[1])
-	if m[1] == "3" || m[1] == "2" {
-		dir = fmt.Sprintf("%s/pub/linux/kernel/v%s.%s", cdn, m[1], map[bool]string{true: "x", false: "0"}[m[1] == "3"])
+	series := "v" + m[1] + ".x"
+	if m[1] == "2" {
+		series = "v2." + m[2] // 2.6.x lives in v2.6
 	}
+	dir := cdn + "/pub/linux/kernel/" + series
 	return dir + "/linux-" + rel + ".tar.xz", dir + "/sha256sums.asc", nil
 }
 
