@@ -1,11 +1,26 @@
 package kmod
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
+
+// sameFile reports whether a and b exist with equal contents.
+func sameFile(a, b string) bool {
+	x, err1 := os.ReadFile(a)
+	y, err2 := os.ReadFile(b)
+	return err1 == nil && err2 == nil && bytes.Equal(x, y)
+}
+
+// depmodKnows reports whether modules.dep of rel lists updates/nbd.ko.
+func depmodKnows(root, rel string) bool {
+	dep, err := os.ReadFile(filepath.Join(root, "lib/modules", rel, "modules.dep"))
+	return err == nil && strings.Contains(string(dep), "updates/nbd.ko:")
+}
 
 // modprobeConf is written unless the user has an nbd.conf: without
 // max_part, partitions of /dev/nbdN never appear.
@@ -21,10 +36,14 @@ func (b *builder) install(ctx context.Context, t *Target, ko string) error {
 		return fmt.Errorf("kmod: install: %w", err)
 	}
 	dest := filepath.Join(dir, "nbd.ko")
+	b.res.Module = dest
+	if sameFile(ko, dest) && depmodKnows(root, t.Release) {
+		b.printf("    %s is already this very module and depmod lists it; nothing to install", dest)
+		return b.configure(ctx, t, root)
+	}
 	if err := copyFile(ko, dest); err != nil {
 		return fmt.Errorf("kmod: install: %w", err)
 	}
-	b.res.Module = dest
 	b.printf("    installed %s", dest)
 	depmod := []string{"-a"}
 	if b.o.Prefix != "" {
@@ -34,6 +53,12 @@ func (b *builder) install(ctx context.Context, t *Target, ko string) error {
 		return fmt.Errorf("kmod: depmod for %s: %w", t.Release, err)
 	}
 	b.printf("    depmod -a %s", t.Release)
+	return b.configure(ctx, t, root)
+}
+
+// configure writes modprobe.d/nbd.conf unless there is one, and loads the
+// module into the running kernel.
+func (b *builder) configure(ctx context.Context, t *Target, root string) error {
 	conf := filepath.Join(root, "etc/modprobe.d/nbd.conf")
 	if _, err := os.Stat(conf); err == nil {
 		b.printf("    keeping your %s", conf)

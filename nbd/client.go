@@ -551,6 +551,12 @@ func (c *Client) WriteZeroes(ctx context.Context, off, n int64, flags CmdFlags) 
 	return err
 }
 
+// Cache asks the server to prefetch [off, off+n).
+func (c *Client) Cache(ctx context.Context, off, n int64) error {
+	_, err := c.Do(ctx, Request{Cmd: CmdCache, Offset: uint64(off), Length: uint32(n)}, nil)
+	return err
+}
+
 // BlockStatus returns base:allocation extents from off for up to n bytes.
 func (c *Client) BlockStatus(ctx context.Context, off, n int64) ([]Extent, error) {
 	return c.Do(ctx, Request{Cmd: CmdBlockStatus, Offset: uint64(off), Length: uint32(n)}, nil)
