@@ -11,15 +11,17 @@
 //
 // A Server serves a fixed set of Exports. Serve runs an accept loop on a
 // listener and always returns a non-nil error: ErrServerClosed after Shutdown
-// or Close. Shutdown stops accepting, answers new requests with ESHUTDOWN,
-// waits for the requests in flight, flushes every backend and closes the
-// connections; Close drops everything at once. A panic while serving one
+// or Close. Shutdown stops accepting, stops reading new requests, lets the
+// requests in flight complete and be answered, flushes every backend and
+// closes the connections; a session still in its handshake is told
+// NBD_REP_ERR_SHUTDOWN or closed. Close drops everything at once. A panic while serving one
 // connection is logged and ends only that connection.
 //
 // Requests on one connection run concurrently and are answered as they
 // complete, so a slow request never holds up a fast one behind it. Replies
-// are written under one lock per connection and flushed in groups: a reply is
-// flushed as soon as no other reply is waiting to be written.
+// are written under one lock per connection and flushed in groups: replies
+// that complete together leave in one system call, and the last request in
+// flight flushes at once.
 //
 // # Backends
 //
