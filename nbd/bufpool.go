@@ -15,6 +15,9 @@ const (
 // requests in flight.
 type bufPool struct {
 	classes [maxBufShift - minBufShift + 1]sync.Pool
+	// headers recycles the *[]byte the classes hold, so that putting a
+	// buffer back allocates nothing either.
+	headers sync.Pool
 }
 
 func bufClass(n int) int {
@@ -33,8 +36,11 @@ func (p *bufPool) get(n int) []byte {
 	if c >= len(p.classes) {
 		return make([]byte, n)
 	}
-	if b, ok := p.classes[c].Get().(*[]byte); ok {
-		return (*b)[:n]
+	if h, ok := p.classes[c].Get().(*[]byte); ok {
+		b := (*h)[:n]
+		*h = nil
+		p.headers.Put(h)
+		return b
 	}
 	return make([]byte, n, 1<<(c+minBufShift))
 }
@@ -48,6 +54,10 @@ func (p *bufPool) put(b []byte) {
 	if c >= len(p.classes) || cap(b) != 1<<(c+minBufShift) {
 		return
 	}
-	b = b[:0]
-	p.classes[c].Put(&b)
+	h, ok := p.headers.Get().(*[]byte)
+	if !ok {
+		h = new([]byte)
+	}
+	*h = b[:0]
+	p.classes[c].Put(h)
 }

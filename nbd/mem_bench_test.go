@@ -17,3 +17,15 @@ func BenchmarkMemRandWrite4k(b *testing.B) {
 		m.WriteAt(buf, rand.Int64N(1<<18)*4096)
 	}
 }
+
+func TestBufPoolRecyclesWithoutAllocating(t *testing.T) {
+	var p bufPool
+	p.put(p.get(4096)) // warm the pools
+	allocs := testing.AllocsPerRun(1000, func() { p.put(p.get(4096)) })
+	if allocs > 0 {
+		t.Fatalf("get+put allocates %.1f times; want 0", allocs)
+	}
+	if b := p.get(5000); len(b) != 5000 || cap(b) != 8192 {
+		t.Fatalf("get(5000): len %d cap %d, want 5000 and the 8 KiB class", len(b), cap(b))
+	}
+}
