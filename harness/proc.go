@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/nbdlab/nbdlab/internal/cachedir"
 )
 
 // BuildNbdlab builds the nbdlab command into dir and returns its path. The
@@ -49,11 +51,7 @@ func BuildNbdlabCached(ctx context.Context) (string, error) {
 		return "", err
 	}
 	sum := sha256.Sum256(data)
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		return "", err
-	}
-	dir := filepath.Join(cache, "nbdlab", "bin")
+	dir := cachedir.Dir("bin")
 	dst := filepath.Join(dir, "nbdlab-"+hex.EncodeToString(sum[:8]))
 	if _, err := os.Stat(dst); err == nil {
 		return dst, nil

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nbdlab/nbdlab/internal/cachedir"
 )
 
 // Options configure Build. The zero value builds for the running kernel.
@@ -107,11 +109,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		o.Jobs = runtime.NumCPU()
 	}
 	if o.CacheDir == "" {
-		dir, err := os.UserCacheDir()
-		if err != nil {
-			return nil, fmt.Errorf("kmod: %w", err)
-		}
-		o.CacheDir = filepath.Join(dir, "nbdlab", "kmod")
+		o.CacheDir = cachedir.Dir("kmod")
 	}
 	running := runningRelease()
 	if o.Kernel == "" {

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nbdlab/nbdlab/internal/cachedir"
 )
 
 // Share is a host directory made writable in the guest.
@@ -144,11 +146,7 @@ func (cfg *Config) defaults() error {
 		cfg.Init = exe
 	}
 	if cfg.CacheDir == "" {
-		dir, err := os.UserCacheDir()
-		if err != nil {
-			return fmt.Errorf("vm: %w", err)
-		}
-		cfg.CacheDir = filepath.Join(dir, "nbdlab", "vm")
+		cfg.CacheDir = cachedir.Dir("vm")
 	}
 	for i, s := range cfg.Shares {
 		fi, err := os.Stat(s.Host)
