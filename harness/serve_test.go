@@ -189,7 +189,7 @@ func TestFioVerify(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "fio.json")
 			harness.Run(t, "fio", "--name=verify", "--ioengine=nbd", "--uri="+s.URI(export, unix),
 				"--rw=randwrite", "--bs=4k", "--bsrange=512-64k", "--iodepth=16", "--size=32M",
-				"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--output="+out)
+				"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--verify_state_save=0", "--output="+out)
 			b, _ := os.ReadFile(out)
 			if !strings.Contains(string(b), "verify") || strings.Contains(string(b), "verify failed") {
 				t.Fatalf("fio output:\n%s", b)
