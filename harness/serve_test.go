@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/nbd/nbdtest"
@@ -195,5 +198,47 @@ func TestFioVerify(t *testing.T) {
 				t.Fatalf("fio output:\n%s", b)
 			}
 		})
+	}
+}
+
+// TestServeLogsAndSurvivesBadClients checks the log line of a malformed
+// handshake, -v request tracing, and that the server keeps serving.
+func TestServeLogsAndSurvivesBadClients(t *testing.T) {
+	harness.Need(t, "nbdinfo")
+	s := harness.Serve(t, "-v", "--listen", "127.0.0.1:0", "d=mem:1M")
+	for _, garbage := range [][]byte{
+		[]byte("GET / HTTP/1.0\r\n\r\n"),                  // not NBD at all
+		{0, 0, 0, 0xff},                                   // unknown client flags
+		append([]byte{0, 0, 0, 3}, "NOTAMAGICxxxxxxx"...), // bad option magic
+	} {
+		c, err := net.Dial("tcp", s.TCP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write(garbage)
+		io.Copy(io.Discard, c) // the server closes its side
+		c.Close()
+	}
+	out := harness.Run(t, "nbdinfo", "--map", s.URI("d", false))
+	if !strings.Contains(out, "1048576    3  hole,zero") {
+		t.Fatalf("server stopped serving after bad clients: %q", out)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(s.Output(), "cmd=NBD_CMD_BLOCK_STATUS") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	log := s.Output()
+	for _, want := range []string{
+		"handshake failed; closing connection",
+		"unknown client flags 0xff",
+		"option magic",
+		"msg=request", // -v traces requests
+		"cmd=NBD_CMD_BLOCK_STATUS flags=0 offset=0 length=1048576", // with their fields
+		"errno=OK",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("server log lacks %q:\n%s", want, log)
+		}
 	}
 }
