@@ -87,7 +87,8 @@ grep 'not connected' /tmp/err && echo OK disconnect-twice`,
 		wantMarkers: []string{"OK connections=1", "OK connections=4", "OK explicit-device", "OK disconnect-twice"},
 	},
 	{
-		name: "ioctl interface",
+		name:       "ioctl interface",
+		allKernels: true,
 		script: `serve /tmp/s.log d=mem:64M
 dev=$($N connect /dev/nbd2 nbd://127.0.0.1/d --interface ioctl --connections 2)
 test "$dev" = /dev/nbd2

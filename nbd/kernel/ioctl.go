@@ -3,6 +3,7 @@ package kernel
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -33,6 +34,11 @@ func ioctl(f *os.File, req, arg uintptr) error {
 // serves it: it blocks inside NBD_DO_IT until the device is disconnected.
 // ready, if set, is called once the device is configured.
 func IoctlConnect(path string, cfg Config, ready func()) error {
+	// The kernel binds the device to the task (thread) that set it up and
+	// refuses the others with EBUSY ("Device being setup by another
+	// task"), so every ioctl here must come from one OS thread.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("kernel: open %s: %w", path, err)
