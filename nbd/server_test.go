@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -254,17 +255,20 @@ func TestPanicInBackendIsContained(t *testing.T) {
 // shutdown.
 type syncCounter struct {
 	*nbd.Mem
-	syncs atomic.Int32
+	syncs   atomic.Int32
+	started chan struct{}
+	once    sync.Once
 }
 
 func (s *syncCounter) WriteAt(p []byte, off int64) (int, error) {
+	s.once.Do(func() { close(s.started) })
 	time.Sleep(100 * time.Millisecond)
 	return s.Mem.WriteAt(p, off)
 }
 func (s *syncCounter) Sync() error { s.syncs.Add(1); return nil }
 
 func TestShutdownFinishesInFlightAndFlushes(t *testing.T) {
-	b := &syncCounter{Mem: nbd.NewMem(1 << 20)}
+	b := &syncCounter{Mem: nbd.NewMem(1 << 20), started: make(chan struct{})}
 	srv := newServer(&nbd.Export{Backend: b})
 	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
 	if err != nil {
@@ -282,7 +286,7 @@ func TestShutdownFinishesInFlightAndFlushes(t *testing.T) {
 		_, err := c.WriteAt([]byte("in flight"), 0)
 		wrote <- err
 	}()
-	time.Sleep(30 * time.Millisecond) // let the write reach the server
+	<-b.started // the write is in flight in the server
 	if err := srv.Shutdown(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
