@@ -113,7 +113,15 @@ func Run(ctx context.Context, cfg Config, argv ...string) (*Result, error) {
 	if accel == "" {
 		accel = chooseAccel(ctx, cfg, k)
 	}
-	return boot(ctx, cfg, k, initrd, accel, argv)
+	res, err := boot(ctx, cfg, k, initrd, accel, argv)
+	var pe *PanicError
+	if errors.As(err, &pe) && res != nil && res.Boot == 0 {
+		// The kernel died before the init started, so nothing of the
+		// command ran: an emulation hiccup, not the command's doing.
+		cfg.Logf("guest kernel panicked during boot, before the command started; booting again")
+		res, err = boot(ctx, cfg, k, initrd, accel, argv)
+	}
+	return res, err
 }
 
 func (cfg *Config) defaults() error {
@@ -177,7 +185,7 @@ func qemuArgs(cfg Config, k Kernel, initrd, accel, sock, klog string) []string {
 	cpu := "max"
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-machine", "pc,accel=" + accel, "-cpu", cpu,
+		"-machine", "pc", "-accel", accelOpt(accel), "-cpu", cpu,
 		"-smp", strconv.Itoa(cfg.CPUs), "-m", cfg.Memory,
 		"-kernel", k.Image, "-initrd", initrd,
 		"-append", "console=ttyS0 loglevel=4 panic=-1 oops=panic rdinit=/init " +
@@ -376,4 +384,15 @@ func shellQuote(args []string) string {
 		}
 	}
 	return b.String()
+}
+
+// accelOpt is QEMU's -accel value. TCG runs single-threaded: with one host
+// thread per vCPU (MTTCG), the kernel's live code patching (text_poke_bp)
+// can race with the other vCPU executing the patched code, which then
+// oopses on a stray int3 now and then.
+func accelOpt(accel string) string {
+	if accel == "tcg" {
+		return "tcg,thread=single"
+	}
+	return accel
 }
