@@ -47,11 +47,8 @@ func (o *Options) defaults(ctx context.Context) error {
 		return fmt.Errorf("bench: %w", err)
 	}
 	if o.Nbdlab == "" {
-		dir, err := os.MkdirTemp("", "nbdlab-bench-")
-		if err != nil {
-			return err
-		}
-		if o.Nbdlab, err = harness.BuildNbdlab(ctx, dir); err != nil {
+		var err error
+		if o.Nbdlab, err = harness.BuildNbdlabCached(ctx); err != nil {
 			return err
 		}
 	}

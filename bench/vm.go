@@ -28,12 +28,7 @@ func RunVM(ctx context.Context, o VMOptions) error {
 	if o.Out == nil {
 		o.Out = os.Stdout
 	}
-	dir, err := os.MkdirTemp("", "nbdlab-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	bin, err := harness.BuildNbdlab(ctx, dir)
+	bin, err := harness.BuildNbdlabCached(ctx)
 	if err != nil {
 		return err
 	}

@@ -94,6 +94,3 @@ func Deps(ctx context.Context, run Runner, w io.Writer, pkgs []string) error {
 	fmt.Fprintf(w, "deps: installed %d packages in %s\n", len(missing), time.Since(start).Round(time.Second))
 	return nil
 }
-
-// InCI reports whether the suite runs in CI, where a missing tool fails.
-func InCI() bool { return os.Getenv("CI") == "true" }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -259,10 +260,7 @@ func (b *builder) build(ctx context.Context, t *Target, src *Source) (string, er
 		if err := os.MkdirAll(build, 0o755); err != nil {
 			return "", err
 		}
-		cfg, err := readConfig(t.ConfigPath)
-		if err != nil {
-			return "", err
-		}
+		cfg := maps.Clone(t.Config)
 		cfg["CONFIG_BLK_DEV_NBD"] = "m"
 		if err := writeConfig(filepath.Join(build, ".config"), t.ConfigPath, cfg); err != nil {
 			return "", err

@@ -20,8 +20,9 @@ const kvmProbeTimeout = 6 * time.Second
 
 // chooseAccel returns "kvm" if a stock kernel is known to boot under KVM
 // here, else "tcg". The first call on a machine probes by booting k under
-// KVM with a short timeout and remembers the answer in the cache.
-func chooseAccel(ctx context.Context, cfg Config, k Kernel) string {
+// KVM, with the initramfs initrd and a short timeout, and remembers the
+// answer in the cache.
+func chooseAccel(ctx context.Context, cfg Config, k Kernel, initrd string) string {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		return "tcg"
@@ -36,12 +37,8 @@ func chooseAccel(ctx context.Context, cfg Config, k Kernel) string {
 	probe.Timeout, probe.Stdout, probe.Stderr = kvmProbeTimeout, io.Discard, io.Discard
 	probe.Shares = nil
 	accel := "tcg"
-	initrd, err := Initramfs(k, cfg.Init, cfg.CacheDir)
-	if err == nil {
-		res, err := boot(ctx, probe, k, initrd, "kvm", []string{"true"})
-		if err == nil && res.ExitCode == 0 {
-			accel = "kvm"
-		}
+	if res, err := boot(ctx, probe, k, initrd, "kvm", []string{"true"}); err == nil && res.ExitCode == 0 {
+		accel = "kvm"
 	}
 	if ctx.Err() != nil {
 		return accel // interrupted: decide again next time

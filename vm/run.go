@@ -111,7 +111,7 @@ func Run(ctx context.Context, cfg Config, argv ...string) (*Result, error) {
 	}
 	accel := cfg.Accel
 	if accel == "" {
-		accel = chooseAccel(ctx, cfg, k)
+		accel = chooseAccel(ctx, cfg, k, initrd)
 	}
 	res, err := boot(ctx, cfg, k, initrd, accel, argv)
 	var pe *PanicError
