@@ -3,6 +3,7 @@ package harness_test
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -192,10 +193,27 @@ func TestFioVerify(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "fio.json")
 			harness.Run(t, "fio", "--name=verify", "--ioengine=nbd", "--uri="+s.URI(export, unix),
 				"--rw=randwrite", "--bs=4k", "--bsrange=512-64k", "--iodepth=16", "--size=32M",
-				"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--verify_state_save=0", "--output="+out)
+				"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--verify_state_save=0", "--output-format=json", "--output="+out)
 			b, _ := os.ReadFile(out)
-			if !strings.Contains(string(b), "verify") || strings.Contains(string(b), "verify failed") {
-				t.Fatalf("fio output:\n%s", b)
+			var res struct {
+				Jobs []struct {
+					Error int
+					Read  struct {
+						IOBytes int64 `json:"io_bytes"`
+					}
+					Write struct {
+						IOBytes int64 `json:"io_bytes"`
+					}
+				}
+			}
+			if err := json.Unmarshal(b, &res); err != nil || len(res.Jobs) != 1 {
+				t.Fatalf("fio JSON: %v\n%s", err, b)
+			}
+			t.Logf("fio wrote %d bytes, verified %d", res.Jobs[0].Write.IOBytes, res.Jobs[0].Read.IOBytes)
+			// Every byte written must have been read back and checked.
+			j := res.Jobs[0]
+			if j.Error != 0 || j.Write.IOBytes < 32<<20 || j.Read.IOBytes < j.Write.IOBytes {
+				t.Fatalf("fio: error %d, wrote %d bytes, verified %d", j.Error, j.Write.IOBytes, j.Read.IOBytes)
 			}
 		})
 	}
