@@ -17,11 +17,25 @@
 // NBD_REP_ERR_SHUTDOWN or closed. Close drops everything at once. A panic while serving one
 // connection is logged and ends only that connection.
 //
-// Requests on one connection run concurrently and are answered as they
-// complete, so a slow request never holds up a fast one behind it. Replies
-// are written under one lock per connection and flushed in groups: replies
-// that complete together leave in one system call, and the last request in
-// flight flushes at once.
+// Requests on one connection are answered as they complete. Small reads
+// and writes run on the goroutine that reads the connection, as long as the
+// backend answers them at once (a memory export, a file in the page
+// cache): handing each to another goroutine would cost more than the work.
+// A small request slower than 50µs sends the next thousand to worker
+// goroutines, where slow requests overlap; so do large requests, flushes,
+// trims and the rest. An inline request that stalls for good is noticed
+// within 10 ms, and a new goroutine takes over reading, so a slow request
+// never holds up the ones behind it for long. Replies are written under
+// one lock per connection and flushed in groups: the reader flushes before
+// it waits for the client, and a worker's reply goes at once unless others
+// are about to join it.
+//
+// Plain TCP and unix-socket connections are taken out of the Go runtime's
+// network poller once the handshake is done: each connection's reader
+// blocks in read(2) on its own thread, as a C server's would. The poller
+// would wake a thread every time the client drained a batch of replies;
+// on small requests those wake-ups cost more than the requests. TLS
+// connections stay in the poller.
 //
 // # Backends
 //

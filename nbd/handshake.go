@@ -41,7 +41,8 @@ func handshakeErr(format string, a ...any) error {
 type session struct {
 	srv  *Server
 	conn net.Conn // nil when serving a plain stream (fuzzing)
-	br   *bufio.Reader
+	in   *connReader
+	br   *bufio.Reader // reads in
 	bw   *replyWriter
 
 	tls        bool
@@ -54,7 +55,20 @@ type session struct {
 }
 
 func newSession(srv *Server, rw io.ReadWriter, conn net.Conn) *session {
-	return &session{srv: srv, conn: conn, br: bufio.NewReaderSize(rw, 128<<10), bw: newReplyWriter(rw)}
+	in := &connReader{rw}
+	return &session{srv: srv, conn: conn, in: in, br: bufio.NewReaderSize(in, 128<<10), bw: newReplyWriter(rw)}
+}
+
+// connReader lets the session change the connection under its buffered
+// reader without losing what the reader holds.
+type connReader struct{ r io.Reader }
+
+func (c *connReader) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// switchConn makes c the session's connection.
+func (s *session) switchConn(c net.Conn) {
+	s.conn, s.in.r = c, c
+	s.bw.Reset(c)
 }
 
 // negotiate runs the fixed-newstyle handshake until the client picks an
@@ -197,9 +211,7 @@ func (s *session) startTLS(ctx context.Context, data []byte) error {
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return fmt.Errorf("TLS handshake: %w", err)
 	}
-	s.conn = tc
-	s.br.Reset(tc)
-	s.bw.Reset(tc)
+	s.switchConn(tc)
 	s.tls = true
 	// Nothing negotiated in the clear carries over.
 	s.structured, s.metaAlloc, s.metaExport = false, false, ""

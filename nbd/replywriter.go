@@ -15,6 +15,12 @@ const largeWrite = 32 << 10
 type replyWriter struct {
 	w   io.Writer
 	buf []byte
+	iov [2][]byte
+}
+
+// vectorWriter is a writer with its own gathered write (fdConn).
+type vectorWriter interface {
+	Writev(bufs [][]byte) (int64, error)
 }
 
 func newReplyWriter(w io.Writer) *replyWriter {
@@ -30,8 +36,15 @@ func (rw *replyWriter) Write(p []byte) (int, error) {
 		rw.buf = append(rw.buf, p...)
 		return len(p), nil
 	}
-	bufs := net.Buffers{rw.buf, p}
-	_, err := bufs.WriteTo(rw.w)
+	var err error
+	if vw, ok := rw.w.(vectorWriter); ok {
+		rw.iov = [2][]byte{rw.buf, p}
+		_, err = vw.Writev(rw.iov[:])
+		rw.iov = [2][]byte{}
+	} else {
+		bufs := net.Buffers{rw.buf, p}
+		_, err = bufs.WriteTo(rw.w)
+	}
 	rw.buf = rw.buf[:0]
 	return len(p), err
 }

@@ -41,6 +41,7 @@ type Server struct {
 	closing   atomic.Bool
 	wg        sync.WaitGroup
 	bufs      bufPool
+	stalls    stallWatch
 }
 
 type serverConn struct {
@@ -159,12 +160,21 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
 		return err
 	}
 	sc.mu.Lock()
-	sc.conn, sc.transmitting = sess.conn, true
-	stopped := s.closing.Load()
-	sc.mu.Unlock()
-	if stopped {
+	if s.closing.Load() {
+		sc.mu.Unlock()
 		return ErrServerClosed
 	}
+	if !sess.tls {
+		fc, err := detach(sess.conn)
+		if err != nil {
+			sc.mu.Unlock()
+			log.Error("cannot serve the connection", "err", err)
+			return err
+		}
+		sess.switchConn(fc)
+	}
+	sc.conn, sc.transmitting = sess.conn, true
+	sc.mu.Unlock()
 	t := newTransmission(sess, log)
 	return t.run()
 }
@@ -181,10 +191,12 @@ func (sc *serverConn) close() {
 func (sc *serverConn) drain() {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	if sc.transmitting {
-		sc.conn.SetReadDeadline(time.Now())
-	} else {
+	if !sc.transmitting {
 		sc.conn.Close()
+	} else if cr, ok := sc.conn.(interface{ CloseRead() error }); ok {
+		cr.CloseRead()
+	} else {
+		sc.conn.SetReadDeadline(time.Now())
 	}
 }
 
@@ -317,6 +329,14 @@ func (s *session) check(r request) Errno {
 }
 
 // transmission runs the transmission phase of one session.
+//
+// One goroutine at a time holds the reader role: it reads requests and
+// runs the small reads and writes itself, since handing each to another
+// goroutine costs more than the work on a fast backend. Anything else, and
+// everything after an inline request proved slow, goes to workers that
+// outlive their request. An inline request that stalls is caught by the
+// server's stall watch, which gives the reader role to a new goroutine, so
+// a slow request never holds up the ones behind it for long.
 type transmission struct {
 	*session
 	log   *slog.Logger
@@ -333,22 +353,32 @@ type transmission struct {
 	budget   *semaphore.Weighted // bounds the requests and bytes in flight
 	dirty    atomic.Bool
 
+	// The reader role.
+	readerBusy atomic.Bool   // the reader flushes before it next blocks
+	readerDone chan error    // why reading ended
+	inline     atomic.Uint64 // inline requests run, times two; odd while one runs
+	noInline   int           // requests still to hand to workers (reader's)
+	start      time.Time
+
 	requests, bytesIn, bytesOut atomic.Int64
 }
 
 func newTransmission(s *session, log *slog.Logger) *transmission {
 	return &transmission{session: s, log: log, trace: log.Enabled(context.Background(), slog.LevelDebug),
-		work: make(chan work), budget: semaphore.NewWeighted(maxInflightBytes), kick: make(chan struct{}, 1)}
+		work: make(chan work), budget: semaphore.NewWeighted(maxInflightBytes), kick: make(chan struct{}, 1),
+		readerDone: make(chan error, 1), start: time.Now()}
 }
 
 func (t *transmission) run() error {
 	e := t.export
-	start := time.Now()
 	t.log.Info("client connected", "export", e.Name, "size", e.Backend.Size(),
 		"flags", e.flags(t.structured).String(), "structured_replies", t.structured,
 		"base_allocation", t.metaAlloc, "tls", t.tls)
 	go t.flusher()
-	err := t.loop()
+	t.srv.stalls.add(t)
+	t.read()
+	err := <-t.readerDone
+	t.srv.stalls.remove(t)
 	t.inflight.Wait()
 	close(t.work)
 	close(t.kick)
@@ -363,7 +393,7 @@ func (t *transmission) run() error {
 		}
 	}
 	attrs := []any{"export", e.Name, "requests", t.requests.Load(), "read_bytes", t.bytesOut.Load(),
-		"written_bytes", t.bytesIn.Load(), "duration", time.Since(start).Round(time.Millisecond)}
+		"written_bytes", t.bytesIn.Load(), "duration", time.Since(t.start).Round(time.Millisecond)}
 	if err != nil {
 		t.log.Warn("session ended with an error", append(attrs, "err", err)...)
 		return err
@@ -372,16 +402,44 @@ func (t *transmission) run() error {
 	return nil
 }
 
+// errHandedOff ends a reader whose role a new goroutine took over.
+var errHandedOff = errors.New("nbd: reader role handed off")
+
+// read holds the reader role until the session ends or the role passes on.
+func (t *transmission) read() {
+	err := t.loop()
+	if err == errHandedOff {
+		return
+	}
+	t.readerIdle()
+	t.readerDone <- err
+}
+
+// readerIdle sends the replies the reader left buffered. The reader calls
+// it before any read that may block.
+func (t *transmission) readerIdle() {
+	t.wmu.Lock()
+	t.readerBusy.Store(false)
+	if t.werr == nil && t.bw.Buffered() > 0 {
+		t.flushLocked()
+	}
+	t.wmu.Unlock()
+}
+
 // loop reads requests until NBD_CMD_DISC, end of stream, or a fatal error.
 func (t *transmission) loop() error {
 	var hdr [requestHeaderLen]byte
 	for {
+		if t.br.Buffered() < requestHeaderLen {
+			t.readerIdle()
+		}
 		if _, err := io.ReadFull(t.br, hdr[:]); err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return fmt.Errorf("read request: %w", err)
 		}
+		t.readerBusy.Store(true)
 		r, err := parseRequest(hdr[:])
 		if err != nil {
 			return err
@@ -401,6 +459,9 @@ func (t *transmission) loop() error {
 				return &ProtocolError{Phase: "transmission", Msg: fmt.Sprintf("NBD_CMD_WRITE of %d bytes exceeds the %d-byte maximum", r.length, MaxPayload)}
 			}
 			payload = t.srv.bufs.get(int(r.length))
+			if t.br.Buffered() < len(payload) {
+				t.readerIdle()
+			}
 			if _, err := io.ReadFull(t.br, payload); err != nil {
 				t.srv.bufs.put(payload)
 				return fmt.Errorf("read %d-byte write payload: %w", r.length, err)
@@ -413,8 +474,73 @@ func (t *transmission) loop() error {
 			t.send(func(w *replyWriter) { t.writeError(w, r, errno, "") })
 			continue
 		}
+		if t.inlinable(r) {
+			if !t.runInline(r, payload) {
+				return errHandedOff
+			}
+			continue
+		}
 		t.dispatch(work{r, payload})
 	}
+}
+
+// Inline execution: reads and writes up to inlineMax bytes run on the
+// reader. One that takes longer than inlineSlow shows a backend that waits
+// for a device, and the next inlineBackoff requests go to workers so that
+// such waits overlap.
+const (
+	inlineMax     = 64 << 10
+	inlineSlow    = 50 * time.Microsecond
+	inlineBackoff = 1024
+)
+
+func (t *transmission) inlinable(r request) bool {
+	if t.noInline > 0 {
+		t.noInline--
+		return false
+	}
+	switch r.cmd {
+	case CmdRead:
+		return r.length <= inlineMax
+	case CmdWrite:
+		return r.length <= inlineMax && r.flags&CmdFlagFUA == 0
+	}
+	return false
+}
+
+// runInline runs one request on the reader. It reports false when the
+// request stalled and the reader role passed to another goroutine.
+func (t *transmission) runInline(r request, payload []byte) bool {
+	running := t.inline.Add(1)
+	t.srv.stalls.touch()
+	start := time.Since(t.start) // monotonic clock only: one clock read
+	t.handle(r, payload)
+	if !t.inline.CompareAndSwap(running, running+1) {
+		// The stall watch took the reader role and counted this
+		// request in flight.
+		t.inflight.Done()
+		return false
+	}
+	if time.Since(t.start)-start > inlineSlow {
+		t.noInline = inlineBackoff
+	}
+	return true
+}
+
+// takeOver is the stall watch's move when the inline request that was
+// running at its last tick still runs: if it wins the race against the
+// request's end, a new goroutine becomes the reader.
+func (t *transmission) takeOver(running uint64) bool {
+	if running&1 == 0 || !t.inline.CompareAndSwap(running, running+1) {
+		return false
+	}
+	t.inflight.Add(1) // the stalled request, until its old reader is done
+	t.log.Debug("inline request stalled; reading on in a new goroutine")
+	go func() {
+		t.noInline = inlineBackoff
+		t.read()
+	}()
+	return true
 }
 
 // Limits on what one connection may have in flight: requests weigh their
@@ -430,13 +556,16 @@ type work struct {
 	payload []byte
 }
 
-func weight(r request) int64 { return max(int64(r.length), minWeight) }
+func weight(r request) int64 { return min(max(int64(r.length), minWeight), maxInflightBytes) }
 
 // dispatch hands w to an idle worker, or starts a new one, so a slow
 // request never waits for another. Workers outlive their request, which
 // keeps their grown stacks and spares a goroutine start per request.
 func (t *transmission) dispatch(w work) {
-	t.budget.Acquire(context.Background(), min(weight(w.r), maxInflightBytes))
+	if !t.budget.TryAcquire(weight(w.r)) {
+		t.readerIdle() // the replies may be what the client waits for
+		t.budget.Acquire(context.Background(), weight(w.r))
+	}
 	t.inflight.Add(1)
 	t.active.Add(1)
 	select {
@@ -449,7 +578,7 @@ func (t *transmission) dispatch(w work) {
 func (t *transmission) worker(w work) {
 	for ok := true; ok; w, ok = <-t.work {
 		t.handle(w.r, w.payload)
-		t.budget.Release(min(weight(w.r), maxInflightBytes))
+		t.budget.Release(weight(w.r))
 		t.active.Add(-1)
 		t.inflight.Done()
 	}
@@ -462,9 +591,20 @@ func (t *transmission) traceReq(r request, errno Errno, took time.Duration) {
 	}
 }
 
+// since is the time since start, when requests are traced.
+func (t *transmission) since(start time.Time) time.Duration {
+	if !t.trace {
+		return 0
+	}
+	return time.Since(start)
+}
+
 // handle executes one valid request and sends its reply.
 func (t *transmission) handle(r request, payload []byte) {
-	start := time.Now()
+	var start time.Time
+	if t.trace {
+		start = time.Now()
+	}
 	var errno Errno
 	defer func() {
 		if p := recover(); p != nil {
@@ -482,7 +622,7 @@ func (t *transmission) handle(r request, payload []byte) {
 			t.bytesOut.Add(n)
 			t.send(func(w *replyWriter) { t.writeRead(w, r, buf) })
 			t.srv.bufs.put(buf)
-			t.traceReq(r, 0, time.Since(start))
+			t.traceReq(r, 0, t.since(start))
 			return
 		}
 		t.srv.bufs.put(buf)
@@ -524,7 +664,7 @@ func (t *transmission) handle(r request, payload []byte) {
 		if ext, err = extentsOf(b, off, n); err == nil {
 			ext = clipExtents(ext, n, r.flags&CmdFlagReqOne != 0)
 			t.send(func(w *replyWriter) { t.writeBlockStatus(w, r, ext) })
-			t.traceReq(r, 0, time.Since(start))
+			t.traceReq(r, 0, t.since(start))
 			return
 		}
 	}
@@ -537,7 +677,7 @@ func (t *transmission) handle(r request, payload []byte) {
 	} else {
 		t.send(func(w *replyWriter) { t.writeDone(w, r) })
 	}
-	t.traceReq(r, errno, time.Since(start))
+	t.traceReq(r, errno, t.since(start))
 }
 
 // fua completes a write-like command that carries NBD_CMD_FLAG_FUA.
@@ -574,13 +714,15 @@ func clipExtents(ext []Extent, n int64, reqOne bool) []Extent {
 	return out
 }
 
-// send writes one reply under the connection's write lock. The buffer is
-// flushed when no other reply is waiting for the lock, so replies that
-// complete together leave in one system call.
+// send writes one reply under the connection's write lock and decides who
+// sends it on: replies that complete together should leave in one system
+// call, but none may wait long.
 //
-// While other requests are still running, the flush is left to the
-// flusher goroutine, which yields once first so that replies completing
-// together share a system call; the last request in flight flushes at once.
+//   - another reply is waiting for the lock: its writer decides;
+//   - the reader is busy: it flushes before it next blocks;
+//   - other requests are still running: the flusher goroutine flushes
+//     after one yield, so that the replies completing meanwhile join;
+//   - otherwise this is the last reply in flight and goes at once.
 func (t *transmission) send(fn func(w *replyWriter)) {
 	t.waiting.Add(1)
 	t.wmu.Lock()
@@ -589,20 +731,25 @@ func (t *transmission) send(fn func(w *replyWriter)) {
 		fn(t.bw)
 		switch {
 		case t.waiting.Load() > 0:
-			// The next writer flushes.
+		case t.readerBusy.Load():
 		case t.active.Load() > 1:
 			select {
 			case t.kick <- struct{}{}:
 			default:
 			}
 		default:
-			t.werr = t.bw.Flush()
-		}
-		if t.werr != nil && t.conn != nil {
-			t.conn.Close() // the reader sees it and ends the session
+			t.flushLocked()
 		}
 	}
 	t.wmu.Unlock()
+}
+
+// flushLocked sends the buffered replies; wmu is held. A write error ends
+// the session: closing the connection stops the reader.
+func (t *transmission) flushLocked() {
+	if t.werr = t.bw.Flush(); t.werr != nil && t.conn != nil {
+		t.conn.Close()
+	}
 }
 
 // flusher flushes replies that send left buffered.
@@ -611,9 +758,7 @@ func (t *transmission) flusher() {
 		runtime.Gosched()
 		t.wmu.Lock()
 		if t.werr == nil && t.bw.Buffered() > 0 {
-			if t.werr = t.bw.Flush(); t.werr != nil && t.conn != nil {
-				t.conn.Close()
-			}
+			t.flushLocked()
 		}
 		t.wmu.Unlock()
 	}

@@ -235,6 +235,46 @@ func TestSlowRequestDoesNotBlockFastOnes(t *testing.T) {
 	}
 }
 
+// slowDisk stands for a backend that waits for a device: every read
+// takes a few milliseconds. It records how many reads ran at once.
+type slowDisk struct {
+	*nbd.Mem
+	now, most atomic.Int32
+}
+
+func (d *slowDisk) ReadAt(p []byte, off int64) (int, error) {
+	n := d.now.Add(1)
+	for m := d.most.Load(); n > m && !d.most.CompareAndSwap(m, n); m = d.most.Load() {
+	}
+	time.Sleep(2 * time.Millisecond)
+	d.now.Add(-1)
+	return d.Mem.ReadAt(p, off)
+}
+
+// Small requests run on the connection's reader, one after another, only
+// while the backend answers at once; a slow one makes the next ones run
+// side by side.
+func TestSlowBackendGetsConcurrentRequests(t *testing.T) {
+	d := &slowDisk{Mem: nbd.NewMem(1 << 20)}
+	c := nbdtest.Pair(t, newServer(&nbd.Export{Backend: d}), nil)
+	var wg sync.WaitGroup
+	for round := 0; round < 4; round++ {
+		for i := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := c.ReadAt(make([]byte, 4096), int64(i)*4096); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	if got := d.most.Load(); got < 2 {
+		t.Fatalf("at most %d read ran at once; want reads to overlap once the backend proved slow", got)
+	}
+}
+
 type panicky struct{ *nbd.Mem }
 
 func (panicky) ReadAt([]byte, int64) (int, error) { panic("backend bug") }

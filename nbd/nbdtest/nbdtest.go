@@ -1,5 +1,6 @@
 // Package nbdtest provides stand-ins for tests of code that uses package
-// nbd: an in-memory client/server pair and throwaway TLS credentials.
+// nbd: a client/server pair over a socket pair and throwaway TLS
+// credentials.
 package nbdtest
 
 import (
@@ -11,21 +12,24 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nbdlab/nbdlab/nbd"
 )
 
-// Pair serves srv on one end of an in-memory connection and returns a
-// client negotiated on the other. Both are closed when the test ends.
+// Pair serves srv on one end of a unix socket pair, as the kernel client
+// is served, and returns a client negotiated on the other. Both are closed
+// when the test ends.
 func Pair(t testing.TB, srv *nbd.Server, cfg *nbd.ClientConfig) *nbd.Client {
 	t.Helper()
-	a, b := net.Pipe()
+	a, b := SocketPair(t)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -44,6 +48,26 @@ func Pair(t testing.TB, srv *nbd.Server, cfg *nbd.ClientConfig) *nbd.Client {
 		<-done
 	})
 	return c
+}
+
+// SocketPair returns the two ends of a connected unix stream socket pair.
+func SocketPair(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("nbdtest: socketpair: %v", err)
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), fmt.Sprintf("socketpair-%d", i))
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatalf("nbdtest: socketpair: %v", err)
+		}
+		conns[i] = c
+	}
+	return conns[0], conns[1]
 }
 
 // TLS holds PEM files of a throwaway CA, a server certificate for

@@ -1,0 +1,122 @@
+package nbd
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func socketPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "pair")
+		if c[i], err = net.FileConn(f); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	t.Cleanup(func() { c[0].Close(); c[1].Close() })
+	return c[0], c[1]
+}
+
+func TestDetachKeepsTheSocketAndClosesTheOriginal(t *testing.T) {
+	a, b := socketPair(t)
+	d, err := detach(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, ok := d.(*fdConn); !ok {
+		t.Fatalf("detach(%T) = %T, want *fdConn", a, d)
+	}
+	if _, err := a.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write on the original after detach: %v, want net.ErrClosed", err)
+	}
+	if d.RemoteAddr() != a.RemoteAddr() || d.LocalAddr() != a.LocalAddr() {
+		t.Fatal("addresses not kept")
+	}
+	// Large enough to fill the socket buffer several times: Writev must
+	// finish partial writes.
+	want := make([]byte, 8<<20)
+	rand.Read(want)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := d.(*fdConn).Writev([][]byte{want[:100], want[100 : 5<<20], want[5<<20:]})
+		errc <- err
+	}()
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(b, got); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("bytes differ after Writev")
+	}
+	b.Write([]byte("ping"))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(d, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+	b.Close()
+	if n, err := d.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("read after the peer closed: %d, %v; want 0, io.EOF", n, err)
+	}
+}
+
+func TestDetachedConnUnblocks(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		stop    func(c *fdConn) error
+		wantErr error
+	}{
+		{"CloseRead", (*fdConn).CloseRead, io.EOF},
+		{"Close", (*fdConn).Close, nil}, // any error will do
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _ := socketPair(t)
+			d, err := detach(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			errc := make(chan error, 1)
+			go func() {
+				_, err := d.Read(make([]byte, 10))
+				errc <- err
+			}()
+			time.Sleep(20 * time.Millisecond) // let the read block
+			if err := tc.stop(d.(*fdConn)); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-errc:
+				if err == nil || tc.wantErr != nil && err != tc.wantErr {
+					t.Fatalf("blocked read returned %v, want %v", err, tc.wantErr)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("blocked read did not return")
+			}
+			if tc.name == "Close" {
+				if _, err := d.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+					t.Fatalf("read after Close: %v, want net.ErrClosed", err)
+				}
+				if err := d.Close(); !errors.Is(err, net.ErrClosed) {
+					t.Fatalf("second Close: %v, want net.ErrClosed", err)
+				}
+			}
+		})
+	}
+}
