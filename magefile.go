@@ -21,7 +21,7 @@ import (
 // measured in the same run.
 type Bench mg.Namespace
 
-// Server runs fio against nbdlab serve, nbdkit and qemu-nbd (BENCH_TIME=seconds per job).
+// Server runs fio against nbdlab serve, nbdkit and qemu-nbd (BENCH_TIME=seconds per job, BENCH_ROUNDS=rounds).
 func (Bench) Server(ctx context.Context) error {
 	mg.CtxDeps(ctx, Deps)
 	return bench.RunServer(ctx, bench.Options{})

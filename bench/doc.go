@@ -6,5 +6,7 @@
 // mage.go deps" installs them. File exports live on a tmpfs (/dev/shm by
 // default) so that the servers, not a disk, are measured.
 //
-// Environment: BENCH_TIME sets the seconds each fio job runs (default 10).
+// Environment: BENCH_TIME sets the seconds each fio job runs (default 5),
+// BENCH_ROUNDS how many times every job runs on every server (default 3);
+// the report gives the median round and the range.
 package bench

@@ -28,3 +28,44 @@ func TestParseFio(t *testing.T) {
 		}
 	}
 }
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		iops           []float64
+		mid, low, high float64
+	}{
+		{nil, 0, 0, 0},
+		{[]float64{5}, 5, 5, 5},
+		{[]float64{9, 1, 5}, 5, 1, 9},
+		{[]float64{4, 8, 2, 6}, 6, 2, 8},
+	} {
+		var rs []Result
+		for i, x := range tc.iops {
+			rs = append(rs, Result{IOPS: x, Bytes: int64(i)})
+		}
+		mid, lo, hi := median(rs)
+		if mid.IOPS != tc.mid || lo != tc.low || hi != tc.high {
+			t.Errorf("median(%v) = %v, %v, %v; want %v, %v, %v", tc.iops, mid.IOPS, lo, hi, tc.mid, tc.low, tc.high)
+		}
+		if len(rs) > 0 && rs[0].IOPS != tc.iops[0] {
+			t.Errorf("median reordered its input")
+		}
+	}
+}
+
+func TestEnvInt(t *testing.T) {
+	for _, tc := range []struct {
+		val  string
+		want int
+		err  bool
+	}{{"", 3, false}, {"7", 7, false}, {"0", 0, true}, {"-2", 0, true}, {"ten", 0, true}} {
+		t.Setenv("BENCH_TEST_N", tc.val)
+		got, err := envInt("BENCH_TEST_N", 3)
+		if got != tc.want || (err != nil) != tc.err {
+			t.Errorf("envInt(%q) = %d, %v", tc.val, got, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "BENCH_TEST_N") {
+			t.Errorf("error %q does not name the variable", err)
+		}
+	}
+}

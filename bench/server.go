@@ -1,12 +1,14 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -19,8 +21,22 @@ type Options struct {
 	Nbdlab   string        // nbdlab binary; built from this tree if empty
 	Dir      string        // tmpfs directory for file exports; default /dev/shm
 	Size     int64         // export size; default 1 GiB
-	Duration time.Duration // per fio job; default BENCH_TIME or 10 s
+	Duration time.Duration // per fio job; default BENCH_TIME or 5 s
+	Rounds   int           // runs of every job on every server; default BENCH_ROUNDS or 3
 	Out      io.Writer     // report; default os.Stdout
+}
+
+// envInt reads a positive whole number from the environment.
+func envInt(name string, def int) (int, error) {
+	s := os.Getenv(name)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("bench: %s=%q: want a whole number above 0", name, s)
+	}
+	return n, nil
 }
 
 func (o *Options) defaults(ctx context.Context) error {
@@ -31,13 +47,16 @@ func (o *Options) defaults(ctx context.Context) error {
 		o.Size = 1 << 30
 	}
 	if o.Duration == 0 {
-		o.Duration = 10 * time.Second
-		if s := os.Getenv("BENCH_TIME"); s != "" {
-			n, err := strconv.Atoi(s)
-			if err != nil || n < 1 {
-				return fmt.Errorf("bench: BENCH_TIME=%q: want whole seconds", s)
-			}
-			o.Duration = time.Duration(n) * time.Second
+		n, err := envInt("BENCH_TIME", 5)
+		if err != nil {
+			return err
+		}
+		o.Duration = time.Duration(n) * time.Second
+	}
+	if o.Rounds == 0 {
+		var err error
+		if o.Rounds, err = envInt("BENCH_ROUNDS", 3); err != nil {
+			return err
 		}
 	}
 	if o.Dir == "" {
@@ -132,9 +151,11 @@ func measure(ctx context.Context, dir, uri string, p *harness.Proc, job Job, siz
 	return r, err
 }
 
-// RunServer runs every job against every target and prints a report with
-// the ratio of nbdlab to the best peer for each job, then the peak RSS of
-// nbdlab under load on a 100 GiB sparse export.
+// RunServer runs every job against every target, Rounds times, and prints
+// a report of the median run of each with the ratio of nbdlab to the best
+// peer per job, then the peak RSS of nbdlab under load on a 100 GiB sparse
+// export. The rounds interleave the servers, each round in another order,
+// so that a noisy moment on the machine hits one run, not one server.
 func RunServer(ctx context.Context, o Options) error {
 	if err := o.defaults(ctx); err != nil {
 		return err
@@ -148,38 +169,61 @@ func RunServer(ctx context.Context, o Options) error {
 	if err := fillFile(img, o.Size); err != nil {
 		return err
 	}
-	fmt.Fprintf(o.Out, "bench:server: %d jobs x %d servers, %s each, %d MiB exports, file exports on %s\n",
-		len(ServerJobs), len(ServerTargets), o.Duration, o.Size>>20, o.Dir)
-	results := map[string]map[string]Result{} // job -> target -> result
-	for _, t := range ServerTargets {
-		sock := filepath.Join(work, "nbd.sock")
-		p, err := startTarget(ctx, o.Nbdlab, t.args(sock, img, o.Size), sock)
-		if err != nil {
-			return err
-		}
-		uri := "nbd+unix:///?socket=" + sock
-		if !t.Peer {
-			uri = "nbd+unix:///bench?socket=" + sock
-		}
-		for _, j := range ServerJobs {
-			r, err := measure(ctx, work, uri, p, j, o.Size, o.Duration)
-			if err != nil {
-				p.Kill()
+	fmt.Fprintf(o.Out, "bench:server: %d jobs x %d servers x %d rounds, %s each, %d MiB exports, file exports on %s\n",
+		len(ServerJobs), len(ServerTargets), o.Rounds, o.Duration, o.Size>>20, o.Dir)
+	runs := map[string]map[string][]Result{} // job -> target -> one result a round
+	for _, j := range ServerJobs {
+		runs[j.Name] = map[string][]Result{}
+	}
+	for round := range o.Rounds {
+		fmt.Fprintf(o.Out, "round %d of %d\n", round+1, o.Rounds)
+		for k := range ServerTargets {
+			t := ServerTargets[(k+round)%len(ServerTargets)]
+			if err := runTarget(ctx, o, work, img, t, runs); err != nil {
 				return err
 			}
-			if results[j.Name] == nil {
-				results[j.Name] = map[string]Result{}
-			}
-			results[j.Name][t.Name] = r
-			fmt.Fprintf(o.Out, "  %-18s %-14s %9.0f IOPS %8.1f MiB/s\n", j.Name, t.Name, r.IOPS, r.MiBps())
 		}
-		if err := p.Stop(30 * time.Second); err != nil {
-			return fmt.Errorf("bench: stop %s: %w", t.Name, err)
-		}
-		os.Remove(sock)
 	}
-	report(o.Out, results)
+	report(o.Out, runs)
 	return rssUnderLoad(ctx, o, work)
+}
+
+// runTarget starts one server, runs every job against it and stops it.
+func runTarget(ctx context.Context, o Options, work, img string, t Target, runs map[string]map[string][]Result) error {
+	sock := filepath.Join(work, "nbd.sock")
+	defer os.Remove(sock)
+	p, err := startTarget(ctx, o.Nbdlab, t.args(sock, img, o.Size), sock)
+	if err != nil {
+		return err
+	}
+	uri := "nbd+unix:///?socket=" + sock
+	if !t.Peer {
+		uri = "nbd+unix:///bench?socket=" + sock
+	}
+	for _, j := range ServerJobs {
+		r, err := measure(ctx, work, uri, p, j, o.Size, o.Duration)
+		if err != nil {
+			p.Kill()
+			return err
+		}
+		runs[j.Name][t.Name] = append(runs[j.Name][t.Name], r)
+		fmt.Fprintf(o.Out, "  %-18s %-14s %9.0f IOPS %8.1f MiB/s\n", j.Name, t.Name, r.IOPS, r.MiBps())
+	}
+	if err := p.Stop(30 * time.Second); err != nil {
+		return fmt.Errorf("bench: stop %s: %w", t.Name, err)
+	}
+	return nil
+}
+
+// median returns the run with the median IOPS (the upper one of an even
+// count) and the lowest and highest IOPS of all.
+func median(rs []Result) (mid Result, lo, hi float64) {
+	if len(rs) == 0 {
+		return Result{}, 0, 0
+	}
+	s := slices.Clone(rs)
+	slices.SortFunc(s, func(a, b Result) int { return cmp.Compare(a.IOPS, b.IOPS) })
+	return s[len(s)/2], s[0].IOPS, s[len(s)-1].IOPS
 }
 
 // fillFile writes size bytes of non-zero data, so reads hit real pages.
@@ -201,14 +245,17 @@ func fillFile(path string, size int64) error {
 	return nil
 }
 
-func report(w io.Writer, results map[string]map[string]Result) {
-	fmt.Fprintln(w)
+func report(w io.Writer, runs map[string]map[string][]Result) {
+	results := map[string]map[string]Result{}
+	fmt.Fprintln(w, "\nmedian of the rounds; IOPS range is the lowest and highest round:")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "job\tserver\tIOPS\tMiB/s\tp99\tCPU s/GiB\tpeak RSS MiB\t")
+	fmt.Fprintln(tw, "job\tserver\tIOPS\tIOPS range\tMiB/s\tp99\tCPU s/GiB\tpeak RSS MiB\t")
 	for _, j := range ServerJobs {
+		results[j.Name] = map[string]Result{}
 		for _, t := range ServerTargets {
-			r := results[j.Name][t.Name]
-			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%s\t%.3f\t%d\t\n", j.Name, t.Name, r.IOPS, r.MiBps(),
+			r, lo, hi := median(runs[j.Name][t.Name])
+			results[j.Name][t.Name] = r
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f-%.0f\t%.1f\t%s\t%.3f\t%d\t\n", j.Name, t.Name, r.IOPS, lo, hi, r.MiBps(),
 				r.P99.Round(time.Microsecond), r.CPUPerGiB(), r.PeakRSS>>20)
 		}
 	}
