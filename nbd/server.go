@@ -782,11 +782,11 @@ func (t *transmission) writeChunk(w *replyWriter, r request, flags uint16, typ C
 	w.Write(h[:])
 }
 
+// writeDone answers a successful request that returns no data. The
+// simple reply serves with structured replies too (the specification
+// allows it for every command but NBD_CMD_READ), and it is the shorter:
+// clients such as libnbd read a structured chunk header in two parts.
 func (t *transmission) writeDone(w *replyWriter, r request) {
-	if t.structured {
-		t.writeChunk(w, r, ReplyFlagDone, ReplyTypeNone, 0)
-		return
-	}
 	t.writeSimple(w, r, 0)
 }
 
