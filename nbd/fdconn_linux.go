@@ -34,6 +34,14 @@ type fdConn struct {
 	local, remote net.Addr
 }
 
+// unixSendBuffer is the send buffer asked for unix-domain connections. A
+// unix stream socket has no receive buffer: the sender's buffer is the
+// whole queue to the client, 208 KiB by default, a fifth of a 1 MiB read.
+// Each large reply then stopped the writer several times, each stop a
+// sleep and a wake-up on both sides. TCP connections keep the kernel's
+// autotuning, which setting SO_SNDBUF would turn off.
+const unixSendBuffer = 4 << 20
+
 // detach moves a TCP or unix-domain connection out of the poller and
 // closes c; the socket lives on in the returned connection. Other
 // connections (TLS, pipes) are returned unchanged.
@@ -53,6 +61,10 @@ func detach(c net.Conn) (net.Conn, error) {
 	}
 	if derr != nil {
 		return nil, fmt.Errorf("nbd: take socket from the poller: dup: %w", derr)
+	}
+	if _, ok := c.(*net.UnixConn); ok {
+		// Best effort: the kernel caps it at net.core.wmem_max.
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, unixSendBuffer)
 	}
 	if err := unix.SetNonblock(fd, false); err != nil {
 		unix.Close(fd)

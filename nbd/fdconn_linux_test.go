@@ -120,3 +120,63 @@ func TestDetachedConnUnblocks(t *testing.T) {
 		})
 	}
 }
+
+func TestSpliceFileToSocket(t *testing.T) {
+	path := t.TempDir() + "/img"
+	want := make([]byte, 3<<20)
+	rand.Read(want)
+	if err := os.WriteFile(path, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := OpenFile(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	a, b := socketPair(t)
+	d, err := detach(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	var pool pipePool
+	defer pool.closeAll()
+	for _, tc := range []struct{ off, n int }{{0, 128 << 10}, {4095, 1<<20 - 4096}, {2 << 20, 1 << 20}} {
+		p, err := pool.get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.size < tc.n {
+			t.Skipf("pipe holds %d bytes; this kernel refused %d", p.size, pipeSize)
+		}
+		if err := f.fillPipe(p.w, int64(tc.off), tc.n); err != nil {
+			t.Fatalf("fillPipe(%d, %d): %v", tc.off, tc.n, err)
+		}
+		errc := make(chan error, 1)
+		go func() { errc <- d.(*fdConn).spliceFrom(p.r, tc.n) }()
+		got := make([]byte, tc.n)
+		if _, err := io.ReadFull(b, got); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want[tc.off:tc.off+tc.n]) {
+			t.Fatalf("spliced bytes at %d+%d differ from the file", tc.off, tc.n)
+		}
+		pool.put(p, true)
+	}
+	// More pages than the pipe has buffers: the copying path, not a hang.
+	p, _ := pool.get()
+	if err := f.fillPipe(p.w, 4095, p.size); !errors.Is(err, errCopyInstead) {
+		t.Fatalf("fillPipe of %d pages into a %d-page pipe: %v, want errCopyInstead", p.size/os.Getpagesize()+1, p.size/os.Getpagesize(), err)
+	}
+	pool.put(p, false)
+	// Past the end of the file: an error before anything reaches the
+	// client, and the pipe is not reused.
+	p, _ = pool.get()
+	if err := f.fillPipe(p.w, 3<<20-100, 200); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("fillPipe past the end: %v, want io.ErrUnexpectedEOF", err)
+	}
+	pool.put(p, false)
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -22,6 +23,7 @@ type File struct {
 	fd       int
 	size     int64
 	blockDev bool
+	noSplice atomic.Bool // splice(2) failed with EINVAL: copy instead
 }
 
 // OpenFile opens path, a regular file or a block device, as a backend.

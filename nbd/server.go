@@ -41,6 +41,7 @@ type Server struct {
 	closing   atomic.Bool
 	wg        sync.WaitGroup
 	bufs      bufPool
+	pipes     pipePool
 	stalls    stallWatch
 }
 
@@ -235,6 +236,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		err = ctx.Err()
 	}
+	s.pipes.closeAll()
 	for _, e := range s.Exports {
 		if serr := e.Backend.Sync(); serr != nil && err == nil {
 			err = fmt.Errorf("nbd: flush export %q: %w", e.Name, serr)
@@ -254,6 +256,7 @@ func (s *Server) Close() error {
 	for c := range s.conns {
 		c.close()
 	}
+	s.pipes.closeAll()
 	return nil
 }
 
@@ -617,6 +620,15 @@ func (t *transmission) handle(r request, payload []byte) {
 	var err error
 	switch r.cmd {
 	case CmdRead:
+		var spliced bool
+		if spliced, err = t.spliceRead(r); spliced && err == nil {
+			t.bytesOut.Add(n)
+			t.traceReq(r, 0, t.since(start))
+			return
+		}
+		if spliced {
+			break
+		}
 		buf := t.srv.bufs.get(int(n))
 		if _, err = b.ReadAt(buf, off); err == nil {
 			t.bytesOut.Add(n)
@@ -744,6 +756,20 @@ func (t *transmission) send(fn func(w *replyWriter)) {
 	t.wmu.Unlock()
 }
 
+// sendNow writes one reply under the write lock with fn, which sends it
+// and everything buffered before it; an error ends the session.
+func (t *transmission) sendNow(fn func(w *replyWriter) error) {
+	t.waiting.Add(1)
+	t.wmu.Lock()
+	t.waiting.Add(-1)
+	if t.werr == nil {
+		if t.werr = fn(t.bw); t.werr != nil && t.conn != nil {
+			t.conn.Close()
+		}
+	}
+	t.wmu.Unlock()
+}
+
 // flushLocked sends the buffered replies; wmu is held. A write error ends
 // the session: closing the connection stops the reader.
 func (t *transmission) flushLocked() {
@@ -804,16 +830,20 @@ func (t *transmission) writeError(w *replyWriter, r request, errno Errno, msg st
 }
 
 func (t *transmission) writeRead(w *replyWriter, r request, data []byte) {
+	t.writeReadHeader(w, r, len(data))
+	w.Write(data)
+}
+
+// writeReadHeader writes what goes before n bytes of read data.
+func (t *transmission) writeReadHeader(w *replyWriter, r request, n int) {
 	if !t.structured {
 		t.writeSimple(w, r, 0)
-		w.Write(data)
 		return
 	}
-	t.writeChunk(w, r, ReplyFlagDone, ReplyTypeOffsetData, 8+len(data))
+	t.writeChunk(w, r, ReplyFlagDone, ReplyTypeOffsetData, 8+n)
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], r.off)
 	w.Write(b[:])
-	w.Write(data)
 }
 
 func (t *transmission) writeBlockStatus(w *replyWriter, r request, ext []Extent) {

@@ -275,6 +275,51 @@ func TestSlowBackendGetsConcurrentRequests(t *testing.T) {
 	}
 }
 
+// Large reads from a file export are spliced; they must carry the file's
+// bytes, and a read the file can no longer satisfy must fail alone.
+func TestLargeFileReads(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	want := make([]byte, 4<<20)
+	for i := range want {
+		want[i] = byte(i * 31 >> 7)
+	}
+	if err := os.WriteFile(path, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := nbd.OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, cfg := range []*nbd.ClientConfig{nil, {NoStructuredReplies: true}} {
+		c := nbdtest.Pair(t, newServer(&nbd.Export{Backend: f}), cfg)
+		for _, r := range []struct{ off, n int }{{0, 4096}, {1, 128 << 10}, {1 << 20, 1 << 20}, {4095, 1 << 20}, {12345, 2<<20 + 7}} {
+			got := make([]byte, r.n)
+			if _, err := c.ReadAt(got, int64(r.off)); err != nil {
+				t.Fatalf("read %d at %d: %v", r.n, r.off, err)
+			}
+			if !bytes.Equal(got, want[r.off:r.off+r.n]) {
+				t.Fatalf("read %d at %d: bytes differ", r.n, r.off)
+			}
+		}
+		// Shrink the file behind the server's back: the read past the new
+		// end fails, the session goes on.
+		if err := os.Truncate(path, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.ReadAt(make([]byte, 1<<20), 2<<20); !errors.Is(err, nbd.EIO) {
+			t.Fatalf("read past the shrunk file: %v, want EIO", err)
+		}
+		got := make([]byte, 256<<10)
+		if _, err := c.ReadAt(got, 0); err != nil || !bytes.Equal(got, want[:len(got)]) {
+			t.Fatalf("read after the failed one: %v", err)
+		}
+		if err := os.WriteFile(path, want, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 type panicky struct{ *nbd.Mem }
 
 func (panicky) ReadAt([]byte, int64) (int, error) { panic("backend bug") }
