@@ -35,7 +35,14 @@
 // blocks in read(2) on its own thread, as a C server's would. The poller
 // would wake a thread every time the client drained a batch of replies;
 // on small requests those wake-ups cost more than the requests. TLS
-// connections stay in the poller.
+// connections stay in the poller. Unix-socket connections ask for a 4 MiB
+// send buffer, so that a large reply does not stop its writer again and
+// again.
+//
+// Reads of 128 KiB and more from a file export are spliced: the file's
+// page-cache pages go through a pipe into the socket and the server copies
+// nothing. The pipe is filled before the reply header is sent, so a read
+// that fails is still answered with an error.
 //
 // # Backends
 //
