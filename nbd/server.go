@@ -386,9 +386,7 @@ func (t *transmission) run() error {
 	close(t.work)
 	close(t.kick)
 	t.wmu.Lock()
-	if t.werr == nil {
-		t.werr = t.bw.Flush()
-	}
+	t.flushLocked()
 	t.wmu.Unlock()
 	if t.dirty.Load() {
 		if serr := e.Backend.Sync(); serr != nil {
@@ -423,9 +421,7 @@ func (t *transmission) read() {
 func (t *transmission) readerIdle() {
 	t.wmu.Lock()
 	t.readerBusy.Store(false)
-	if t.werr == nil && t.bw.Buffered() > 0 {
-		t.flushLocked()
-	}
+	t.flushLocked()
 	t.wmu.Unlock()
 }
 
@@ -442,7 +438,9 @@ func (t *transmission) loop() error {
 			}
 			return fmt.Errorf("read request: %w", err)
 		}
-		t.readerBusy.Store(true)
+		if !t.readerBusy.Load() {
+			t.readerBusy.Store(true)
+		}
 		r, err := parseRequest(hdr[:])
 		if err != nil {
 			return err
@@ -770,9 +768,13 @@ func (t *transmission) sendNow(fn func(w *replyWriter) error) {
 	t.wmu.Unlock()
 }
 
-// flushLocked sends the buffered replies; wmu is held. A write error ends
-// the session: closing the connection stops the reader.
+// flushLocked sends the buffered replies, if any and if the connection
+// still works; wmu is held. A write error ends the session: closing the
+// connection stops the reader.
 func (t *transmission) flushLocked() {
+	if t.werr != nil || t.bw.Buffered() == 0 {
+		return
+	}
 	if t.werr = t.bw.Flush(); t.werr != nil && t.conn != nil {
 		t.conn.Close()
 	}
@@ -783,9 +785,7 @@ func (t *transmission) flusher() {
 	for range t.kick {
 		runtime.Gosched()
 		t.wmu.Lock()
-		if t.werr == nil && t.bw.Buffered() > 0 {
-			t.flushLocked()
-		}
+		t.flushLocked()
 		t.wmu.Unlock()
 	}
 }
