@@ -138,6 +138,13 @@ func LabGuest(ctx context.Context, out io.Writer, bin string) error {
 	uri := "nbd+unix:///lab?socket=" + sock
 	var dev string
 	var sum [32]byte
+	unmountAndDisconnect := func() error {
+		if _, err := run("umount", mnt); err != nil {
+			return err
+		}
+		_, err := run(bin, "disconnect", dev)
+		return err
+	}
 	steps := []struct {
 		name string
 		fn   func() error
@@ -196,13 +203,7 @@ func LabGuest(ctx context.Context, out io.Writer, bin string) error {
 			os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o644)
 			return checkSum(filepath.Join(mnt, "data"), sum)
 		}},
-		{"unmount and disconnect", func() error {
-			if _, err := run("umount", mnt); err != nil {
-				return err
-			}
-			_, err := run(bin, "disconnect", dev)
-			return err
-		}},
+		{"unmount and disconnect", unmountAndDisconnect},
 		{"reattach, mount and check the data is still there", func() error {
 			var err error
 			if dev, err = run(bin, "connect", "any", uri, "--connections", "2"); err != nil {
@@ -216,13 +217,7 @@ func LabGuest(ctx context.Context, out io.Writer, bin string) error {
 			}
 			return checkSum(filepath.Join(mnt, "data"), sum)
 		}},
-		{"unmount and detach", func() error {
-			if _, err := run("umount", mnt); err != nil {
-				return err
-			}
-			_, err := run(bin, "disconnect", dev)
-			return err
-		}},
+		{"unmount and detach", unmountAndDisconnect},
 	}
 	for _, st := range steps {
 		if err := s.do(st.name, st.fn); err != nil {

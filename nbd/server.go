@@ -361,7 +361,7 @@ type transmission struct {
 	readerDone chan error    // why reading ended
 	inline     atomic.Uint64 // inline requests run, times two; odd while one runs
 	noInline   int           // requests still to hand to workers (reader's)
-	start      time.Time
+	start      time.Time     // session start; inline timing reads the monotonic clock from it
 
 	requests, bytesIn, bytesOut atomic.Int64
 }
@@ -618,24 +618,11 @@ func (t *transmission) handle(r request, payload []byte) {
 	var err error
 	switch r.cmd {
 	case CmdRead:
-		var spliced bool
-		if spliced, err = t.spliceRead(r); spliced && err == nil {
+		if err = t.answerRead(r); err == nil {
 			t.bytesOut.Add(n)
 			t.traceReq(r, 0, t.since(start))
 			return
 		}
-		if spliced {
-			break
-		}
-		buf := t.srv.bufs.get(int(n))
-		if _, err = b.ReadAt(buf, off); err == nil {
-			t.bytesOut.Add(n)
-			t.send(func(w *replyWriter) { t.writeRead(w, r, buf) })
-			t.srv.bufs.put(buf)
-			t.traceReq(r, 0, t.since(start))
-			return
-		}
-		t.srv.bufs.put(buf)
 	case CmdWrite:
 		if r.flags&CmdFlagFUA != 0 {
 			if fw, ok := b.(FUAWriter); ok {
@@ -688,6 +675,21 @@ func (t *transmission) handle(r request, payload []byte) {
 		t.send(func(w *replyWriter) { t.writeDone(w, r) })
 	}
 	t.traceReq(r, errno, t.since(start))
+}
+
+// answerRead sends the data of a read, spliced from the backend where it
+// can be, copied through a buffer otherwise. On error nothing was sent.
+func (t *transmission) answerRead(r request) error {
+	if spliced, err := t.spliceRead(r); spliced {
+		return err
+	}
+	buf := t.srv.bufs.get(int(r.length))
+	defer t.srv.bufs.put(buf)
+	if _, err := t.export.Backend.ReadAt(buf, int64(r.off)); err != nil {
+		return err
+	}
+	t.send(func(w *replyWriter) { t.writeRead(w, r, buf) })
+	return nil
 }
 
 // fua completes a write-like command that carries NBD_CMD_FLAG_FUA.
