@@ -361,6 +361,7 @@ type transmission struct {
 	readerDone chan error    // why reading ended
 	inline     atomic.Uint64 // inline requests run, times two; odd while one runs
 	noInline   int           // requests still to hand to workers (reader's)
+	slowRun    int           // inline requests in a row that were slow (reader's)
 	start      time.Time     // session start; inline timing reads the monotonic clock from it
 
 	requests, bytesIn, bytesOut atomic.Int64
@@ -486,12 +487,17 @@ func (t *transmission) loop() error {
 }
 
 // Inline execution: reads and writes up to inlineMax bytes run on the
-// reader. One that takes longer than inlineSlow shows a backend that waits
-// for a device, and the next inlineBackoff requests go to workers so that
-// such waits overlap.
+// reader. inlineSlowRun requests in a row that each take longer than
+// inlineSlow show a backend that waits for a device, and the next
+// inlineBackoff requests go to workers so that such waits overlap. One slow
+// request alone shows nothing: a thread preempted for a moment, which
+// happens dozens of times a second on a busy virtual machine, and which
+// sent a fifth of a fast backend's requests down the slower path when one
+// was enough.
 const (
 	inlineMax     = 64 << 10
 	inlineSlow    = 50 * time.Microsecond
+	inlineSlowRun = 3
 	inlineBackoff = 1024
 )
 
@@ -522,7 +528,10 @@ func (t *transmission) runInline(r request, payload []byte) bool {
 		t.inflight.Done()
 		return false
 	}
-	if time.Since(t.start)-start > inlineSlow {
+	if time.Since(t.start)-start <= inlineSlow {
+		t.slowRun = 0
+	} else if t.slowRun++; t.slowRun == inlineSlowRun {
+		t.slowRun = 0
 		t.noInline = inlineBackoff
 	}
 	return true

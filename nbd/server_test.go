@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -272,6 +273,40 @@ func TestSlowBackendGetsConcurrentRequests(t *testing.T) {
 	}
 	if got := d.most.Load(); got < 2 {
 		t.Fatalf("at most %d read ran at once; want reads to overlap once the backend proved slow", got)
+	}
+}
+
+// hiccup is a fast backend whose read at one offset takes a moment, as
+// when the thread serving it is preempted. It records which goroutine ran
+// each read.
+type hiccup struct {
+	*nbd.Mem
+	at         int64
+	goroutines map[string]int
+}
+
+func (h *hiccup) ReadAt(p []byte, off int64) (int, error) {
+	if off == h.at {
+		time.Sleep(time.Millisecond)
+	}
+	var b [64]byte
+	id, _, _ := bytes.Cut(b[:runtime.Stack(b[:], false)], []byte(" ["))
+	h.goroutines[string(id)]++ // reads come one at a time
+	return h.Mem.ReadAt(p, off)
+}
+
+// One slow request alone is no sign of a slow backend: the requests after
+// it still run on the reader.
+func TestLoneSlowRequestKeepsRequestsInline(t *testing.T) {
+	h := &hiccup{Mem: nbd.NewMem(1 << 20), at: 8 * 4096, goroutines: map[string]int{}}
+	c := nbdtest.Pair(t, newServer(&nbd.Export{Backend: h}), nil)
+	for i := range 16 {
+		if _, err := c.ReadAt(make([]byte, 4096), int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(h.goroutines) != 1 {
+		t.Fatalf("16 reads ran on %d goroutines %v; want all on the connection's reader", len(h.goroutines), h.goroutines)
 	}
 }
 
