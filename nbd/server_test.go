@@ -276,12 +276,65 @@ func TestSlowBackendGetsConcurrentRequests(t *testing.T) {
 	}
 }
 
+// stuckWrite is a backend whose first write at offset 0 waits until
+// released, holding on to its payload the while.
+type stuckWrite struct {
+	*nbd.Mem
+	once    sync.Once
+	started chan struct{}
+	release chan struct{}
+}
+
+func (s *stuckWrite) WriteAt(p []byte, off int64) (int, error) {
+	if off == 0 {
+		s.once.Do(func() {
+			close(s.started)
+			<-s.release
+		})
+	}
+	return s.Mem.WriteAt(p, off)
+}
+
+// A small write stuck on the reader long enough for the stall watch to
+// give the reader role away must still write its own bytes, although the
+// requests read after it came through the same connection.
+func TestStuckWriteKeepsItsPayload(t *testing.T) {
+	b := &stuckWrite{Mem: nbd.NewMem(1 << 20), started: make(chan struct{}), release: make(chan struct{})}
+	c := nbdtest.Pair(t, newServer(&nbd.Export{Backend: b}), nil)
+	block := func(i int) []byte { return bytes.Repeat([]byte{byte(i + 1)}, 4096) }
+	stuck := make(chan error, 1)
+	go func() {
+		_, err := c.WriteAt(block(0), 0)
+		stuck <- err
+	}()
+	<-b.started
+	for i := 1; i < 64; i++ {
+		if _, err := c.WriteAt(block(i), int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(b.release)
+	if err := <-stuck; err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 64*4096)
+	if _, err := c.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 64 {
+		if blk := got[i*4096 : (i+1)*4096]; !bytes.Equal(blk, block(i)) {
+			t.Fatalf("block %d holds %d..., want %d", i, blk[0], i+1)
+		}
+	}
+}
+
 // hiccup is a fast backend whose read at one offset takes a moment, as
 // when the thread serving it is preempted. It records which goroutine ran
 // each read.
 type hiccup struct {
 	*nbd.Mem
 	at         int64
+	mu         sync.Mutex
 	goroutines map[string]int
 }
 
@@ -291,7 +344,9 @@ func (h *hiccup) ReadAt(p []byte, off int64) (int, error) {
 	}
 	var b [64]byte
 	id, _, _ := bytes.Cut(b[:runtime.Stack(b[:], false)], []byte(" ["))
-	h.goroutines[string(id)]++ // reads come one at a time
+	h.mu.Lock()
+	h.goroutines[string(id)]++
+	h.mu.Unlock()
 	return h.Mem.ReadAt(p, off)
 }
 
@@ -305,6 +360,8 @@ func TestLoneSlowRequestKeepsRequestsInline(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if len(h.goroutines) != 1 {
 		t.Fatalf("16 reads ran on %d goroutines %v; want all on the connection's reader", len(h.goroutines), h.goroutines)
 	}
