@@ -119,6 +119,37 @@ func (c *fdConn) Read(p []byte) (int, error) {
 	}
 }
 
+// ReadSpin is Read, but while the socket is empty it polls it for up to d
+// before it blocks.
+func (c *fdConn) ReadSpin(p []byte, d time.Duration) (int, error) {
+	fd, err := c.acquire()
+	if err != nil {
+		return 0, err
+	}
+	var start time.Time
+	for i := 0; ; i++ {
+		n, _, err := unix.Recvfrom(fd, p, unix.MSG_DONTWAIT)
+		switch {
+		case err == nil && n == 0 && len(p) > 0:
+			c.release()
+			return 0, io.EOF
+		case err == nil:
+			c.release()
+			return n, nil
+		case err != unix.EAGAIN && err != unix.EINTR:
+			c.release()
+			return 0, c.opErr("read", err)
+		}
+		if i == 0 {
+			start = time.Now()
+		} else if i%4 == 0 && time.Since(start) > d {
+			break
+		}
+	}
+	c.release()
+	return c.Read(p)
+}
+
 // Write writes all of p.
 func (c *fdConn) Write(p []byte) (int, error) {
 	fd, err := c.acquire()

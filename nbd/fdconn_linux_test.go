@@ -122,6 +122,53 @@ func TestDetachedConnUnblocks(t *testing.T) {
 	}
 }
 
+// ReadSpin returns what arrives while it polls, what arrives after it
+// gave up polling and blocked, and the end of the stream.
+func TestReadSpin(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		after   time.Duration // when the peer writes
+		data    string        // "" closes instead
+		wantErr error
+	}{
+		{"waiting", 0, "abc", nil},
+		{"while polling", 100 * time.Microsecond, "abc", nil},
+		{"after polling", 30 * time.Millisecond, "abc", nil},
+		{"peer closes", 30 * time.Millisecond, "", io.EOF},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := socketPair(t)
+			d, err := detach(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			go func() {
+				time.Sleep(tc.after)
+				if tc.data == "" {
+					b.Close()
+					return
+				}
+				b.Write([]byte(tc.data))
+			}()
+			buf := make([]byte, 16)
+			n, err := d.(*fdConn).ReadSpin(buf, time.Millisecond)
+			if err != tc.wantErr || string(buf[:n]) != tc.data {
+				t.Fatalf("ReadSpin = %q, %v; want %q, %v", buf[:n], err, tc.data, tc.wantErr)
+			}
+		})
+	}
+	a, _ := socketPair(t)
+	d, err := detach(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if _, err := d.(*fdConn).ReadSpin(make([]byte, 1), time.Millisecond); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("ReadSpin after Close: %v, want net.ErrClosed", err)
+	}
+}
+
 func TestSpliceFileToSocket(t *testing.T) {
 	path := t.TempDir() + "/img"
 	want := make([]byte, 3<<20)

@@ -32,6 +32,8 @@ func NewMem(size int64) *Mem {
 	return &Mem{size: size, leaves: make([]atomic.Pointer[memLeaf], (nchunks+memLeafSize-1)>>memLeafShift)}
 }
 
+func (m *Mem) inMemory() {}
+
 // Size implements Backend.
 func (m *Mem) Size() int64 { return m.size }
 

@@ -360,6 +360,7 @@ type transmission struct {
 	readerBusy atomic.Bool   // the reader flushes before it next blocks
 	readerDone chan error    // why reading ended
 	inline     atomic.Uint64 // inline requests run, times two; odd while one runs
+	memory     bool          // the backend is a memoryBackend
 	noInline   int           // requests still to hand to workers (reader's)
 	slowRun    int           // inline requests in a row that were slow (reader's)
 	start      time.Time     // session start; inline timing reads the monotonic clock from it
@@ -368,7 +369,8 @@ type transmission struct {
 }
 
 func newTransmission(s *session, log *slog.Logger) *transmission {
-	return &transmission{session: s, log: log, trace: log.Enabled(context.Background(), slog.LevelDebug),
+	_, memory := s.export.Backend.(memoryBackend)
+	return &transmission{session: s, log: log, trace: log.Enabled(context.Background(), slog.LevelDebug), memory: memory,
 		work: make(chan work), budget: semaphore.NewWeighted(maxInflightBytes), kick: make(chan struct{}, 1),
 		readerDone: make(chan error, 1), start: time.Now()}
 }
@@ -464,7 +466,7 @@ func (t *transmission) loop() error {
 			if t.br.Buffered() < len(payload) {
 				t.readerIdle()
 			}
-			if _, err := io.ReadFull(t.br, payload); err != nil {
+			if err := t.readPayload(payload); err != nil {
 				t.srv.bufs.put(payload)
 				return fmt.Errorf("read %d-byte write payload: %w", r.length, err)
 			}
@@ -486,9 +488,52 @@ func (t *transmission) loop() error {
 	}
 }
 
+// Polling for the rest of a large payload: while a client sends one, the
+// socket passes it on in pieces (a unix socket's queue holds a fifth of a
+// megabyte), and the reader, faster than the client, would sleep and be
+// woken for every piece, as would the client waiting for room. When
+// nothing else of the session runs, and the client has a CPU of its own,
+// the reader polls the socket for up to payloadSpin before it sleeps.
+const (
+	payloadSpin    = 100 * time.Microsecond
+	payloadSpinMin = 64 << 10 // bytes still to come
+)
+
+var spinCPUs = runtime.NumCPU() > 1
+
+// spinReader is a connection that can poll before it blocks (fdConn).
+type spinReader interface {
+	ReadSpin(p []byte, d time.Duration) (int, error)
+}
+
+// readPayload fills p with a write's payload.
+func (t *transmission) readPayload(p []byte) error {
+	sr, ok := t.in.r.(spinReader)
+	if !ok || !spinCPUs || len(p)-t.br.Buffered() < payloadSpinMin || t.active.Load() > 0 {
+		_, err := io.ReadFull(t.br, p)
+		return err
+	}
+	n := 0
+	if t.br.Buffered() > 0 {
+		n, _ = t.br.Read(p)
+	}
+	for n < len(p) {
+		m, err := sr.ReadSpin(p[n:], payloadSpin)
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		n += m
+	}
+	return nil
+}
+
 // Inline execution: reads and writes up to inlineMax bytes run on the
-// reader. inlineSlowRun requests in a row that each take longer than
-// inlineSlow show a backend that waits for a device, and the next
+// reader, and writes of any size to a memory backend. inlineSlowRun
+// requests in a row that each take longer than slowAfter show a backend
+// that waits for a device, and the next
 // inlineBackoff requests go to workers so that such waits overlap. One slow
 // request alone shows nothing: a thread preempted for a moment, which
 // happens dozens of times a second on a busy virtual machine, and which
@@ -510,9 +555,20 @@ func (t *transmission) inlinable(r request) bool {
 	case CmdRead:
 		return r.length <= inlineMax
 	case CmdWrite:
-		return r.length <= inlineMax && r.flags&CmdFlagFUA == 0
+		return (r.length <= inlineMax || t.memory) && r.flags&CmdFlagFUA == 0
 	}
 	return false
+}
+
+// memoryBackend is a backend whose writes are memory copies (Mem). A
+// large write to it costs less on the reader, which has the payload hot
+// in its cache, than the hand-off to a worker and back.
+type memoryBackend interface{ inMemory() }
+
+// slowAfter is how long an inline request of n bytes may run before it
+// counts as slow: inlineSlow, and a nanosecond a byte (1 GB/s).
+func slowAfter(n uint32) time.Duration {
+	return inlineSlow + time.Duration(n)*time.Nanosecond
 }
 
 // runInline runs one request on the reader. It reports false when the
@@ -528,7 +584,7 @@ func (t *transmission) runInline(r request, payload []byte) bool {
 		t.inflight.Done()
 		return false
 	}
-	if time.Since(t.start)-start <= inlineSlow {
+	if time.Since(t.start)-start <= slowAfter(r.length) {
 		t.slowRun = 0
 	} else if t.slowRun++; t.slowRun == inlineSlowRun {
 		t.slowRun = 0

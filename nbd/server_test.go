@@ -367,6 +367,71 @@ func TestLoneSlowRequestKeepsRequestsInline(t *testing.T) {
 	}
 }
 
+// onWhich is a memory backend that records which goroutine ran each write.
+type onWhich struct {
+	*nbd.Mem
+	mu         sync.Mutex
+	goroutines map[string]int
+}
+
+func (o *onWhich) WriteAt(p []byte, off int64) (int, error) {
+	var b [64]byte
+	id, _, _ := bytes.Cut(b[:runtime.Stack(b[:], false)], []byte(" ["))
+	o.mu.Lock()
+	o.goroutines[string(id)]++
+	o.mu.Unlock()
+	return o.Mem.WriteAt(p, off)
+}
+
+// Writes to memory are copies, which the reader does at once whatever
+// their size; they must land whole while others stream in behind them.
+func TestLargeWritesToMemory(t *testing.T) {
+	o := &onWhich{Mem: nbd.NewMem(64 << 20), goroutines: map[string]int{}}
+	c := nbdtest.Pair(t, newServer(&nbd.Export{Backend: o}), nil)
+	writes := []struct{ off, n int }{{0, 1 << 20}, {1 << 20, 3<<20 + 7}, {5 << 20, 64<<10 + 1}, {6 << 20, 2 << 20}}
+	fill := func(client, w int) byte { return byte(client*len(writes) + w + 1) }
+	data := map[byte][]byte{}
+	for b := range byte(8*len(writes) + 2) {
+		data[b] = bytes.Repeat([]byte{b}, 3<<20+7)
+	}
+	// Twice: the first time the backend allocates its memory, which is
+	// slow enough to send some writes to workers.
+	for pass := range 2 {
+		o.mu.Lock()
+		clear(o.goroutines)
+		o.mu.Unlock()
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j, w := range writes {
+					if _, err := c.WriteAt(data[fill(i, j)+byte(pass)][:w.n], int64(i<<23+w.off)); err != nil {
+						t.Error(err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	got := make([]byte, 64<<20)
+	if _, err := c.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		for j, w := range writes {
+			if b := got[i<<23+w.off:][:w.n]; bytes.Count(b, []byte{fill(i, j) + 1}) != w.n {
+				t.Fatalf("write %d of client %d (%d bytes at %d) did not land whole", j, i, w.n, i<<23+w.off)
+			}
+		}
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.goroutines) != 1 && !raceEnabled {
+		t.Fatalf("writes ran on %d goroutines %v; want all on the connection's reader", len(o.goroutines), o.goroutines)
+	}
+}
+
 // Large reads from a file export are spliced; they must carry the file's
 // bytes, and a read the file can no longer satisfy must fail alone.
 func TestLargeFileReads(t *testing.T) {
