@@ -32,8 +32,6 @@ func NewMem(size int64) *Mem {
 	return &Mem{size: size, leaves: make([]atomic.Pointer[memLeaf], (nchunks+memLeafSize-1)>>memLeafShift)}
 }
 
-func (m *Mem) inMemory() {}
-
 // Size implements Backend.
 func (m *Mem) Size() int64 { return m.size }
 
@@ -133,6 +131,45 @@ func (m *Mem) WriteAt(p []byte, off int64) (int, error) {
 		return nil
 	})
 	return len(p), nil
+}
+
+// spareChunks recycles chunks that receive replaced. Their bytes are
+// stale: a spare chunk is used only where it is overwritten whole.
+var spareChunks = sync.Pool{New: func() any { return new(memChunk) }}
+
+// receive writes n bytes at off, which must lie within the export, that
+// fill supplies piece by piece, copying them once: every chunk the range
+// covers whole is filled in a spare chunk, with no lock held while fill
+// waits, and then replaces the old chunk; a chunk covered in part is
+// filled in a spare one and copied in. If fill fails, the chunks finished
+// before keep their new bytes, as a disk keeps part of a write cut short.
+func (m *Mem) receive(off, n int64, fill func([]byte) error) error {
+	return span(off, n, func(idx int64, lo, hi int, _ int64) error {
+		buf := spareChunks.Get().(*memChunk)
+		if err := fill(buf[:hi-lo]); err != nil {
+			spareChunks.Put(buf)
+			return err
+		}
+		mu := &m.locks[idx%memStripes]
+		mu.Lock()
+		s := m.slot(idx, true)
+		c := s.Load()
+		if hi-lo == memChunkSize {
+			s.Store(buf)
+			buf = c
+		} else {
+			if c == nil {
+				c = new(memChunk)
+				s.Store(c)
+			}
+			copy(c[lo:hi], buf[:hi-lo])
+		}
+		mu.Unlock()
+		if buf != nil {
+			spareChunks.Put(buf)
+		}
+		return nil
+	})
 }
 
 // Trim implements Trimmer: whole chunks are released, partial ones zeroed.

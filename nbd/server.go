@@ -360,7 +360,7 @@ type transmission struct {
 	readerBusy atomic.Bool   // the reader flushes before it next blocks
 	readerDone chan error    // why reading ended
 	inline     atomic.Uint64 // inline requests run, times two; odd while one runs
-	memory     bool          // the backend is a memoryBackend
+	mem        *Mem          // the backend, when it is plain memory
 	noInline   int           // requests still to hand to workers (reader's)
 	slowRun    int           // inline requests in a row that were slow (reader's)
 	start      time.Time     // session start; inline timing reads the monotonic clock from it
@@ -369,8 +369,8 @@ type transmission struct {
 }
 
 func newTransmission(s *session, log *slog.Logger) *transmission {
-	_, memory := s.export.Backend.(memoryBackend)
-	return &transmission{session: s, log: log, trace: log.Enabled(context.Background(), slog.LevelDebug), memory: memory,
+	mem, _ := s.export.Backend.(*Mem)
+	return &transmission{session: s, log: log, trace: log.Enabled(context.Background(), slog.LevelDebug), mem: mem,
 		work: make(chan work), budget: semaphore.NewWeighted(maxInflightBytes), kick: make(chan struct{}, 1),
 		readerDone: make(chan error, 1), start: time.Now()}
 }
@@ -462,10 +462,16 @@ func (t *transmission) loop() error {
 				t.send(func(w *replyWriter) { t.writeError(w, r, EINVAL, "write larger than the 32 MiB maximum") })
 				return &ProtocolError{Phase: "transmission", Msg: fmt.Sprintf("NBD_CMD_WRITE of %d bytes exceeds the %d-byte maximum", r.length, MaxPayload)}
 			}
-			payload = t.srv.bufs.get(int(r.length))
-			if t.br.Buffered() < len(payload) {
+			if t.br.Buffered() < int(r.length) {
 				t.readerIdle()
 			}
+			if errno == 0 && t.mem != nil && r.length > inlineMax {
+				if err := t.receive(r); err != nil {
+					return err
+				}
+				continue
+			}
+			payload = t.srv.bufs.get(int(r.length))
 			if err := t.readPayload(payload); err != nil {
 				t.srv.bufs.put(payload)
 				return fmt.Errorf("read %d-byte write payload: %w", r.length, err)
@@ -496,7 +502,7 @@ func (t *transmission) loop() error {
 // the reader polls the socket for up to payloadSpin before it sleeps.
 const (
 	payloadSpin    = 100 * time.Microsecond
-	payloadSpinMin = 64 << 10 // bytes still to come
+	payloadSpinMin = 32 << 10 // bytes still to come
 )
 
 var spinCPUs = runtime.NumCPU() > 1
@@ -504,6 +510,23 @@ var spinCPUs = runtime.NumCPU() > 1
 // spinReader is a connection that can poll before it blocks (fdConn).
 type spinReader interface {
 	ReadSpin(p []byte, d time.Duration) (int, error)
+}
+
+// receive takes a large write to a memory export from the connection
+// straight into the export's memory (Mem.receive), on the reader: one copy
+// fewer, and nothing to hand to a worker.
+func (t *transmission) receive(r request) error {
+	var start time.Time
+	if t.trace {
+		start = time.Now()
+	}
+	if err := t.mem.receive(int64(r.off), int64(r.length), t.readPayload); err != nil {
+		return fmt.Errorf("read %d-byte write payload: %w", r.length, err)
+	}
+	t.bytesIn.Add(int64(r.length))
+	t.send(func(w *replyWriter) { t.writeDone(w, r) })
+	t.traceReq(r, 0, t.since(start))
+	return nil
 }
 
 // readPayload fills p with a write's payload.
@@ -531,9 +554,8 @@ func (t *transmission) readPayload(p []byte) error {
 }
 
 // Inline execution: reads and writes up to inlineMax bytes run on the
-// reader, and writes of any size to a memory backend. inlineSlowRun
-// requests in a row that each take longer than slowAfter show a backend
-// that waits for a device, and the next
+// reader. inlineSlowRun requests in a row that each take longer than
+// slowAfter show a backend that waits for a device, and the next
 // inlineBackoff requests go to workers so that such waits overlap. One slow
 // request alone shows nothing: a thread preempted for a moment, which
 // happens dozens of times a second on a busy virtual machine, and which
@@ -555,15 +577,10 @@ func (t *transmission) inlinable(r request) bool {
 	case CmdRead:
 		return r.length <= inlineMax
 	case CmdWrite:
-		return (r.length <= inlineMax || t.memory) && r.flags&CmdFlagFUA == 0
+		return r.length <= inlineMax && r.flags&CmdFlagFUA == 0
 	}
 	return false
 }
-
-// memoryBackend is a backend whose writes are memory copies (Mem). A
-// large write to it costs less on the reader, which has the payload hot
-// in its cache, than the hand-off to a worker and back.
-type memoryBackend interface{ inMemory() }
 
 // slowAfter is how long an inline request of n bytes may run before it
 // counts as slow: inlineSlow, and a nanosecond a byte (1 GB/s).
