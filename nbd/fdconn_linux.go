@@ -122,6 +122,9 @@ func (c *fdConn) Read(p []byte) (int, error) {
 // ReadSpin is Read, but while the socket is empty it polls it for up to d
 // before it blocks.
 func (c *fdConn) ReadSpin(p []byte, d time.Duration) (int, error) {
+	if d <= 0 {
+		return c.Read(p)
+	}
 	fd, err := c.acquire()
 	if err != nil {
 		return 0, err

@@ -520,7 +520,7 @@ func (t *transmission) receive(r request) error {
 	if t.trace {
 		start = time.Now()
 	}
-	if err := t.mem.receive(int64(r.off), int64(r.length), t.readPayload); err != nil {
+	if err := t.mem.receive(int64(r.off), int64(r.length), t.payload(int(r.length)).fill); err != nil {
 		return fmt.Errorf("read %d-byte write payload: %w", r.length, err)
 	}
 	t.bytesIn.Add(int64(r.length))
@@ -529,10 +529,29 @@ func (t *transmission) receive(r request) error {
 	return nil
 }
 
-// readPayload fills p with a write's payload.
+// readPayload reads a write's payload of len(p) bytes.
 func (t *transmission) readPayload(p []byte) error {
+	return t.payload(len(p)).fill(p)
+}
+
+// payloadReader reads a write's payload, in one piece or several.
+type payloadReader struct {
+	t    *transmission
+	left int // bytes of the payload not read yet
+}
+
+func (t *transmission) payload(n int) *payloadReader { return &payloadReader{t: t, left: n} }
+
+// fill reads the next len(p) bytes of the payload. Bytes the read buffer
+// holds are copied out of it; when more than payloadSpinMin bytes are
+// still to come, the rest goes from the socket straight into p, polling
+// first if nothing else of the session runs. Small payloads go through the
+// buffer, which picks up the requests behind them in the same read.
+func (pr *payloadReader) fill(p []byte) error {
+	t := pr.t
+	pr.left -= len(p)
 	sr, ok := t.in.r.(spinReader)
-	if !ok || !spinCPUs || len(p)-t.br.Buffered() < payloadSpinMin || t.active.Load() > 0 {
+	if !ok || pr.left+len(p)-t.br.Buffered() < payloadSpinMin {
 		_, err := io.ReadFull(t.br, p)
 		return err
 	}
@@ -540,8 +559,12 @@ func (t *transmission) readPayload(p []byte) error {
 	if t.br.Buffered() > 0 {
 		n, _ = t.br.Read(p)
 	}
+	spin := time.Duration(0)
+	if spinCPUs && t.active.Load() == 0 {
+		spin = payloadSpin
+	}
 	for n < len(p) {
-		m, err := sr.ReadSpin(p[n:], payloadSpin)
+		m, err := sr.ReadSpin(p[n:], spin)
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
