@@ -21,9 +21,10 @@
 // and writes run on the goroutine that reads the connection, as long as the
 // backend answers them at once (a memory export, a file in the page
 // cache): handing each to another goroutine would cost more than the work.
-// A small request slower than 50µs sends the next thousand to worker
-// goroutines, where slow requests overlap; so do large requests, flushes,
-// trims and the rest. An inline request that stalls for good is noticed
+// Three small requests in a row slower than 50µs send the next thousand to
+// worker goroutines, where slow requests overlap (one alone is a thread
+// preempted for a moment); so do large requests, flushes, trims and the
+// rest. An inline request that stalls for good is noticed
 // within 10 ms, and a new goroutine takes over reading, so a slow request
 // never holds up the ones behind it for long. Replies are written under
 // one lock per connection and flushed in groups: the reader flushes before
@@ -38,6 +39,14 @@
 // connections stay in the poller. Unix-socket connections ask for a 4 MiB
 // send buffer, so that a large reply does not stop its writer again and
 // again.
+//
+// A large write payload is read from the socket into place, not through
+// the read buffer: into the request's buffer, or for a memory export into
+// fresh 64 KiB chunks that replace the ones the write covers whole. While
+// it streams in and nothing else of the session runs, the reader polls the
+// socket for up to 100µs before it sleeps: a unix socket passes a megabyte
+// on in five or more pieces, and each would be a sleep and a wake-up on
+// both sides.
 //
 // Reads of 128 KiB and more from a file export are spliced: the file's
 // page-cache pages go through a pipe into the socket and the server copies
