@@ -32,6 +32,7 @@ type fdConn struct {
 	closed bool // fd is shut down; closed when users drops to 0
 
 	local, remote net.Addr
+	nearby        bool // the peer is on this machine: ReadSpin may poll
 }
 
 // unixSendBuffer is the send buffer asked for unix-domain connections. A
@@ -70,7 +71,7 @@ func detach(c net.Conn) (net.Conn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("nbd: take socket from the poller: %w", err)
 	}
-	fc := &fdConn{fd: fd, local: c.LocalAddr(), remote: c.RemoteAddr()}
+	fc := &fdConn{fd: fd, local: c.LocalAddr(), remote: c.RemoteAddr(), nearby: onThisMachine(c)}
 	c.Close() // removes the original descriptor from the poller
 	return fc, nil
 }
@@ -119,10 +120,22 @@ func (c *fdConn) Read(p []byte) (int, error) {
 	}
 }
 
+// onThisMachine reports whether c's peer is local: a unix socket, or TCP
+// from a loopback address.
+func onThisMachine(c net.Conn) bool {
+	if _, ok := c.(*net.UnixConn); ok {
+		return true
+	}
+	a, ok := c.RemoteAddr().(*net.TCPAddr)
+	return ok && a.IP.IsLoopback()
+}
+
 // ReadSpin is Read, but while the socket is empty it polls it for up to d
-// before it blocks.
+// before it blocks, if the peer is on this machine. A local sender fills
+// the socket at memory speed, so the wait is short; a remote one is paced
+// by the network, and polling for it would only burn the CPU.
 func (c *fdConn) ReadSpin(p []byte, d time.Duration) (int, error) {
-	if d <= 0 {
+	if d <= 0 || !c.nearby {
 		return c.Read(p)
 	}
 	fd, err := c.acquire()

@@ -169,6 +169,38 @@ func TestReadSpin(t *testing.T) {
 	}
 }
 
+// farConn is a connection from a remote address.
+type farConn struct{ net.Conn }
+
+func (farConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 10809} }
+
+func TestOnThisMachine(t *testing.T) {
+	unixConn, _ := socketPair(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	tcpConn, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcpConn.Close()
+	for _, tc := range []struct {
+		name string
+		c    net.Conn
+		want bool
+	}{
+		{"unix", unixConn, true},
+		{"tcp loopback", tcpConn, true},
+		{"tcp remote", farConn{tcpConn}, false},
+	} {
+		if got := onThisMachine(tc.c); got != tc.want {
+			t.Errorf("%s: onThisMachine = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 func TestSpliceFileToSocket(t *testing.T) {
 	path := t.TempDir() + "/img"
 	want := make([]byte, 3<<20)
