@@ -43,10 +43,10 @@
 // A large write payload is read from the socket into place, not through
 // the read buffer: into the request's buffer, or for a memory export into
 // fresh 64 KiB chunks that replace the ones the write covers whole. While
-// it streams in and nothing else of the session runs, the reader polls the
-// socket for up to 100µs before it sleeps: a unix socket passes a megabyte
-// on in five or more pieces, and each would be a sleep and a wake-up on
-// both sides.
+// it streams in from a client on the same machine and nothing else of the
+// session runs, the reader polls the socket for up to 100µs before it
+// sleeps: a unix socket passes a megabyte on in five or more pieces, and
+// each would be a sleep and a wake-up on both sides.
 //
 // Reads of 128 KiB and more from a file export are spliced: the file's
 // page-cache pages go through a pipe into the socket and the server copies

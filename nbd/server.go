@@ -498,8 +498,9 @@ func (t *transmission) loop() error {
 // socket passes it on in pieces (a unix socket's queue holds a fifth of a
 // megabyte), and the reader, faster than the client, would sleep and be
 // woken for every piece, as would the client waiting for room. When
-// nothing else of the session runs, and the client has a CPU of its own,
-// the reader polls the socket for up to payloadSpin before it sleeps.
+// nothing else of the session runs, and the client is on this machine and
+// has a CPU of its own, the reader polls the socket for up to payloadSpin
+// before it sleeps.
 const (
 	payloadSpin    = 100 * time.Microsecond
 	payloadSpinMin = 32 << 10 // bytes still to come
