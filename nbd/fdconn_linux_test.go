@@ -30,6 +30,23 @@ func socketPair(t *testing.T) (net.Conn, net.Conn) {
 	return c[0], c[1]
 }
 
+// detachedPair returns a detached socket, closed when the test ends, and
+// its peer.
+func detachedPair(t *testing.T) (*fdConn, net.Conn) {
+	t.Helper()
+	a, b := socketPair(t)
+	d, err := detach(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc, ok := d.(*fdConn)
+	if !ok {
+		t.Fatalf("detach(%T) = %T, want *fdConn", a, d)
+	}
+	t.Cleanup(func() { fc.Close() })
+	return fc, b
+}
+
 func TestDetachKeepsTheSocketAndClosesTheOriginal(t *testing.T) {
 	a, b := socketPair(t)
 	d, err := detach(a)
@@ -87,19 +104,14 @@ func TestDetachedConnUnblocks(t *testing.T) {
 		{"Close", (*fdConn).Close, nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, _ := socketPair(t)
-			d, err := detach(a)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer d.Close()
+			d, _ := detachedPair(t)
 			errc := make(chan error, 1)
 			go func() {
 				_, err := d.Read(make([]byte, 10))
 				errc <- err
 			}()
 			time.Sleep(20 * time.Millisecond) // let the read block
-			if err := tc.stop(d.(*fdConn)); err != nil {
+			if err := tc.stop(d); err != nil {
 				t.Fatal(err)
 			}
 			select {
@@ -137,12 +149,7 @@ func TestReadSpin(t *testing.T) {
 		{"peer closes", 30 * time.Millisecond, "", io.EOF},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := socketPair(t)
-			d, err := detach(a)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer d.Close()
+			d, b := detachedPair(t)
 			go func() {
 				time.Sleep(tc.after)
 				if tc.data == "" {
@@ -152,19 +159,15 @@ func TestReadSpin(t *testing.T) {
 				b.Write([]byte(tc.data))
 			}()
 			buf := make([]byte, 16)
-			n, err := d.(*fdConn).ReadSpin(buf, time.Millisecond)
+			n, err := d.ReadSpin(buf, time.Millisecond)
 			if err != tc.wantErr || string(buf[:n]) != tc.data {
 				t.Fatalf("ReadSpin = %q, %v; want %q, %v", buf[:n], err, tc.data, tc.wantErr)
 			}
 		})
 	}
-	a, _ := socketPair(t)
-	d, err := detach(a)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, _ := detachedPair(t)
 	d.Close()
-	if _, err := d.(*fdConn).ReadSpin(make([]byte, 1), time.Millisecond); !errors.Is(err, net.ErrClosed) {
+	if _, err := d.ReadSpin(make([]byte, 1), time.Millisecond); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("ReadSpin after Close: %v, want net.ErrClosed", err)
 	}
 }
@@ -213,12 +216,7 @@ func TestSpliceFileToSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	a, b := socketPair(t)
-	d, err := detach(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d, b := detachedPair(t)
 	var pool pipePool
 	defer pool.closeAll()
 	p, err := pool.get()
@@ -236,7 +234,7 @@ func TestSpliceFileToSocket(t *testing.T) {
 			t.Fatalf("fillPipe(%d, %d): %v", tc.off, tc.n, err)
 		}
 		errc := make(chan error, 1)
-		go func() { errc <- d.(*fdConn).spliceFrom(p.r, tc.n) }()
+		go func() { errc <- d.spliceFrom(p.r, tc.n) }()
 		got := make([]byte, tc.n)
 		if _, err := io.ReadFull(b, got); err != nil {
 			t.Fatal(err)
