@@ -344,6 +344,7 @@ type transmission struct {
 	*session
 	log   *slog.Logger
 	trace bool
+	mem   *Mem // the backend, when it is plain memory: large writes go into it directly
 
 	wmu     sync.Mutex
 	waiting atomic.Int32 // replies waiting for wmu
@@ -360,7 +361,6 @@ type transmission struct {
 	readerBusy atomic.Bool   // the reader flushes before it next blocks
 	readerDone chan error    // why reading ended
 	inline     atomic.Uint64 // inline requests run, times two; odd while one runs
-	mem        *Mem          // the backend, when it is plain memory
 	noInline   int           // requests still to hand to workers (reader's)
 	slowRun    int           // inline requests in a row that were slow (reader's)
 	start      time.Time     // session start; inline timing reads the monotonic clock from it
@@ -501,10 +501,12 @@ func (t *transmission) loop() error {
 // nothing else of the session runs, and the client is on this machine and
 // has a CPU of its own, the reader polls the socket for up to payloadSpin
 // before it sleeps.
-const (
-	payloadSpin    = 100 * time.Microsecond
-	payloadSpinMin = 32 << 10 // bytes still to come
-)
+const payloadSpin = 100 * time.Microsecond
+
+// payloadDirectMin is how many bytes of a payload must still be to come,
+// beyond what the read buffer holds, for the reader to read them into
+// place; fewer go through the buffer.
+const payloadDirectMin = 32 << 10
 
 var spinCPUs = runtime.NumCPU() > 1
 
@@ -517,10 +519,7 @@ type spinReader interface {
 // straight into the export's memory (Mem.receive), on the reader: one copy
 // fewer, and nothing to hand to a worker.
 func (t *transmission) receive(r request) error {
-	var start time.Time
-	if t.trace {
-		start = time.Now()
-	}
+	start := t.clock()
 	if err := t.mem.receive(int64(r.off), int64(r.length), t.payload(int(r.length)).fill); err != nil {
 		return fmt.Errorf("read %d-byte write payload: %w", r.length, err)
 	}
@@ -544,7 +543,7 @@ type payloadReader struct {
 func (t *transmission) payload(n int) *payloadReader { return &payloadReader{t: t, left: n} }
 
 // fill reads the next len(p) bytes of the payload. Bytes the read buffer
-// holds are copied out of it; when more than payloadSpinMin bytes are
+// holds are copied out of it; when payloadDirectMin bytes or more are
 // still to come, the rest goes from the socket straight into p, polling
 // first if nothing else of the session runs. Small payloads go through the
 // buffer, which picks up the requests behind them in the same read.
@@ -552,7 +551,7 @@ func (pr *payloadReader) fill(p []byte) error {
 	t := pr.t
 	pr.left -= len(p)
 	sr, ok := t.in.r.(spinReader)
-	if !ok || pr.left+len(p)-t.br.Buffered() < payloadSpinMin {
+	if !ok || pr.left+len(p)-t.br.Buffered() < payloadDirectMin {
 		_, err := io.ReadFull(t.br, p)
 		return err
 	}
@@ -698,7 +697,15 @@ func (t *transmission) traceReq(r request, errno Errno, took time.Duration) {
 	}
 }
 
-// since is the time since start, when requests are traced.
+// clock is the time now, when requests are traced; since is the time
+// since a clock reading.
+func (t *transmission) clock() time.Time {
+	if !t.trace {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
 func (t *transmission) since(start time.Time) time.Duration {
 	if !t.trace {
 		return 0
@@ -708,10 +715,7 @@ func (t *transmission) since(start time.Time) time.Duration {
 
 // handle executes one valid request and sends its reply.
 func (t *transmission) handle(r request, payload []byte) {
-	var start time.Time
-	if t.trace {
-		start = time.Now()
-	}
+	start := t.clock()
 	var errno Errno
 	defer func() {
 		if p := recover(); p != nil {
@@ -842,9 +846,7 @@ func clipExtents(ext []Extent, n int64, reqOne bool) []Extent {
 //     after one yield, so that the replies completing meanwhile join;
 //   - otherwise this is the last reply in flight and goes at once.
 func (t *transmission) send(fn func(w *replyWriter)) {
-	t.waiting.Add(1)
-	t.wmu.Lock()
-	t.waiting.Add(-1)
+	t.lockWriter()
 	if t.werr == nil {
 		fn(t.bw)
 		switch {
@@ -865,27 +867,35 @@ func (t *transmission) send(fn func(w *replyWriter)) {
 // sendNow writes one reply under the write lock with fn, which sends it
 // and everything buffered before it; an error ends the session.
 func (t *transmission) sendNow(fn func(w *replyWriter) error) {
-	t.waiting.Add(1)
-	t.wmu.Lock()
-	t.waiting.Add(-1)
+	t.lockWriter()
 	if t.werr == nil {
-		if t.werr = fn(t.bw); t.werr != nil && t.conn != nil {
-			t.conn.Close()
-		}
+		t.writeFailed(fn(t.bw))
 	}
 	t.wmu.Unlock()
 }
 
+// lockWriter takes the write lock, counted in waiting while it waits.
+func (t *transmission) lockWriter() {
+	t.waiting.Add(1)
+	t.wmu.Lock()
+	t.waiting.Add(-1)
+}
+
+// writeFailed records the result of a write under wmu. An error ends the
+// session: closing the connection stops the reader.
+func (t *transmission) writeFailed(err error) {
+	if t.werr = err; err != nil && t.conn != nil {
+		t.conn.Close()
+	}
+}
+
 // flushLocked sends the buffered replies, if any and if the connection
-// still works; wmu is held. A write error ends the session: closing the
-// connection stops the reader.
+// still works; wmu is held.
 func (t *transmission) flushLocked() {
 	if t.werr != nil || t.bw.Buffered() == 0 {
 		return
 	}
-	if t.werr = t.bw.Flush(); t.werr != nil && t.conn != nil {
-		t.conn.Close()
-	}
+	t.writeFailed(t.bw.Flush())
 }
 
 // flusher flushes replies that send left buffered.

@@ -215,15 +215,19 @@ func TestSlowRequestDoesNotBlockFastOnes(t *testing.T) {
 	g := &gate{Mem: nbd.NewMem(1 << 20), release: make(chan struct{}), started: make(chan struct{})}
 	srv := newServer(&nbd.Export{Backend: g})
 	c := nbdtest.Pair(t, srv, nil)
+	release := sync.OnceFunc(func() { close(g.release) })
+	defer release() // on failure too: the session cannot end while the read waits
 	slow := make(chan error, 1)
 	go func() {
 		_, err := c.ReadAt(make([]byte, 4096), 0)
 		slow <- err
 	}()
 	<-g.started
+	// With a deadline: if the slow read held the others up, they fail
+	// instead of hanging the suite.
 	for i := 1; i <= 10; i++ {
-		if _, err := c.ReadAt(make([]byte, 4096), int64(i)*4096); err != nil {
-			t.Fatal(err)
+		if _, err := c.Do(ctx(t), nbd.Request{Cmd: nbd.CmdRead, Offset: uint64(i) * 4096, Length: 4096}, make([]byte, 4096)); err != nil {
+			t.Fatalf("fast read %d behind the slow one: %v", i, err)
 		}
 	}
 	select {
@@ -231,7 +235,7 @@ func TestSlowRequestDoesNotBlockFastOnes(t *testing.T) {
 		t.Fatal("slow read finished before it was released")
 	default:
 	}
-	close(g.release)
+	release()
 	if err := <-slow; err != nil {
 		t.Fatal(err)
 	}
@@ -302,6 +306,8 @@ func (s *stuckWrite) WriteAt(p []byte, off int64) (int, error) {
 func TestStuckWriteKeepsItsPayload(t *testing.T) {
 	b := &stuckWrite{Mem: nbd.NewMem(1 << 20), started: make(chan struct{}), release: make(chan struct{})}
 	c := nbdtest.Pair(t, newServer(&nbd.Export{Backend: b}), nil)
+	release := sync.OnceFunc(func() { close(b.release) })
+	defer release() // on failure too: the session cannot end while the write waits
 	block := func(i int) []byte { return bytes.Repeat([]byte{byte(i + 1)}, 4096) }
 	stuck := make(chan error, 1)
 	go func() {
@@ -310,11 +316,11 @@ func TestStuckWriteKeepsItsPayload(t *testing.T) {
 	}()
 	<-b.started
 	for i := 1; i < 64; i++ {
-		if _, err := c.WriteAt(block(i), int64(i)*4096); err != nil {
-			t.Fatal(err)
+		if _, err := c.Do(ctx(t), nbd.Request{Cmd: nbd.CmdWrite, Offset: uint64(i) * 4096, Length: 4096, Data: block(i)}, nil); err != nil {
+			t.Fatalf("write %d behind the stuck one: %v", i, err)
 		}
 	}
-	close(b.release)
+	release()
 	if err := <-stuck; err != nil {
 		t.Fatal(err)
 	}
