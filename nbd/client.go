@@ -3,7 +3,6 @@ package nbd
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -12,64 +11,6 @@ import (
 	"sync"
 	"time"
 )
-
-// ClientConfig configures a client handshake. The zero value asks for the
-// default export with structured replies and base:allocation.
-type ClientConfig struct {
-	// Export is the export name; empty selects the server's default.
-	Export string
-	// TLSConfig, when set, makes the client upgrade with NBD_OPT_STARTTLS
-	// before anything else.
-	TLSConfig *tls.Config
-	// NoStructuredReplies keeps to simple replies (no block status).
-	NoStructuredReplies bool
-}
-
-// ExportInfo is what the server told about the export during the handshake.
-type ExportInfo struct {
-	Name          string
-	Size          int64
-	Flags         TransmissionFlags
-	MinBlock      uint32
-	PreferredBlck uint32
-	MaxBlock      uint32
-	Structured    bool
-	BaseAlloc     bool
-}
-
-// OptionError is an error reply to a handshake option.
-type OptionError struct {
-	Option Option
-	Reply  ReplyType
-	Msg    string
-}
-
-func (e *OptionError) Error() string {
-	if e.Msg == "" {
-		return fmt.Sprintf("nbd: %v: %v", e.Option, e.Reply)
-	}
-	return fmt.Sprintf("nbd: %v: %v: %s", e.Option, e.Reply, e.Msg)
-}
-
-// RequestError is an error reply to a transmission request.
-type RequestError struct {
-	Cmd   Cmd
-	Errno Errno
-	Msg   string
-}
-
-func (e *RequestError) Error() string {
-	if e.Msg == "" {
-		return fmt.Sprintf("nbd: %v: %v", e.Cmd, e.Errno)
-	}
-	return fmt.Sprintf("nbd: %v: %v: %s", e.Cmd, e.Errno, e.Msg)
-}
-
-// Unwrap lets errors.Is(err, nbd.EPERM) work.
-func (e *RequestError) Unwrap() error { return e.Errno }
-
-// ErrClientClosed is returned for requests on a closed client.
-var ErrClientClosed = errors.New("nbd: client closed")
 
 // Client is an NBD client connection in the transmission phase. Its
 // methods may be called concurrently; requests are pipelined.
@@ -135,175 +76,8 @@ func NewClient(ctx context.Context, conn net.Conn, cfg *ClientConfig) (*Client, 
 	return c, nil
 }
 
-// Negotiate runs the handshake on conn and returns what the server said
-// and the connection to continue on (conn itself, or its TLS session),
-// positioned at the start of the transmission phase. It is for handing the
-// connection to something else, such as the kernel.
-func Negotiate(ctx context.Context, conn net.Conn, cfg *ClientConfig) (ExportInfo, net.Conn, error) {
-	h, info, err := negotiate(ctx, conn, cfg)
-	if err != nil {
-		return info, nil, err
-	}
-	if h.br.Buffered() != 0 {
-		return info, nil, errors.New("nbd: server sent data after the handshake")
-	}
-	return info, h.conn, nil
-}
-
-func negotiate(ctx context.Context, conn net.Conn, cfg *ClientConfig) (*clientHandshake, ExportInfo, error) {
-	if cfg == nil {
-		cfg = &ClientConfig{}
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-		defer conn.SetDeadline(time.Time{})
-	}
-	h := &clientHandshake{conn: conn, br: bufio.NewReader(conn), bw: bufio.NewWriter(conn)}
-	info, err := h.run(ctx, cfg)
-	return h, info, err
-}
-
 // Conn returns the connection, for example to hand it to the kernel.
 func (c *Client) Conn() net.Conn { return c.conn }
-
-type clientHandshake struct {
-	conn net.Conn
-	br   *bufio.Reader
-	bw   *bufio.Writer
-}
-
-func (h *clientHandshake) run(ctx context.Context, cfg *ClientConfig) (ExportInfo, error) {
-	var info ExportInfo
-	var hello [18]byte
-	if _, err := io.ReadFull(h.br, hello[:]); err != nil {
-		return info, fmt.Errorf("nbd: read server greeting: %w", err)
-	}
-	if binary.BigEndian.Uint64(hello[0:]) != MagicInit || binary.BigEndian.Uint64(hello[8:]) != MagicOpt {
-		return info, errors.New("nbd: server does not speak newstyle NBD")
-	}
-	sflags := HandshakeFlags(binary.BigEndian.Uint16(hello[16:]))
-	if sflags&FlagFixedNewstyle == 0 {
-		return info, errors.New("nbd: server does not support fixed newstyle")
-	}
-	cflags := FlagCFixedNewstyle
-	if sflags&FlagNoZeroes != 0 {
-		cflags |= FlagCNoZeroes
-	}
-	h.bw.Write(binary.BigEndian.AppendUint32(nil, uint32(cflags)))
-	if cfg.TLSConfig != nil {
-		if _, err := h.simple(OptStartTLS, nil); err != nil {
-			return info, err
-		}
-		tc := tls.Client(h.conn, cfg.TLSConfig)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			return info, fmt.Errorf("nbd: TLS handshake: %w", err)
-		}
-		h.conn = tc
-		h.br.Reset(tc)
-		h.bw.Reset(tc)
-	}
-	if !cfg.NoStructuredReplies {
-		if _, err := h.simple(OptStructuredReply, nil); err == nil {
-			info.Structured = true
-		} else if oe := (*OptionError)(nil); !errors.As(err, &oe) {
-			return info, err
-		}
-	}
-	if info.Structured {
-		q := appendString(nil, cfg.Export)
-		q = binary.BigEndian.AppendUint32(q, 1)
-		q = appendString(q, MetaContextBaseAllocation)
-		replies, err := h.simple(OptSetMetaContext, q)
-		if oe := (*OptionError)(nil); err != nil && !errors.As(err, &oe) {
-			return info, err
-		}
-		for _, r := range replies {
-			if r.typ == RepMetaContext && len(r.data) >= 4 && string(r.data[4:]) == MetaContextBaseAllocation {
-				info.BaseAlloc = true
-			}
-		}
-	}
-	q := appendString(nil, cfg.Export)
-	q = binary.BigEndian.AppendUint16(q, 2)
-	q = binary.BigEndian.AppendUint16(q, uint16(InfoName))
-	q = binary.BigEndian.AppendUint16(q, uint16(InfoBlockSize))
-	replies, err := h.simple(OptGo, q)
-	if err != nil {
-		return info, err
-	}
-	info.Name = cfg.Export
-	info.MinBlock, info.PreferredBlck, info.MaxBlock = 1, 4096, MaxPayload
-	for _, r := range replies {
-		if r.typ != RepInfo || len(r.data) < 2 {
-			continue
-		}
-		d := r.data[2:]
-		switch InfoType(binary.BigEndian.Uint16(r.data)) {
-		case InfoExport:
-			if len(d) >= 10 {
-				info.Size = int64(binary.BigEndian.Uint64(d))
-				info.Flags = TransmissionFlags(binary.BigEndian.Uint16(d[8:]))
-			}
-		case InfoName:
-			info.Name = string(d)
-		case InfoBlockSize:
-			if len(d) >= 12 {
-				info.MinBlock = binary.BigEndian.Uint32(d)
-				info.PreferredBlck = binary.BigEndian.Uint32(d[4:])
-				info.MaxBlock = binary.BigEndian.Uint32(d[8:])
-			}
-		}
-	}
-	return info, nil
-}
-
-type optReply struct {
-	typ  ReplyType
-	data []byte
-}
-
-// simple sends one option and collects its replies up to the final ACK.
-func (h *clientHandshake) simple(opt Option, data []byte) ([]optReply, error) {
-	var hdr [16]byte
-	binary.BigEndian.PutUint64(hdr[0:], MagicOpt)
-	binary.BigEndian.PutUint32(hdr[8:], uint32(opt))
-	binary.BigEndian.PutUint32(hdr[12:], uint32(len(data)))
-	h.bw.Write(hdr[:])
-	h.bw.Write(data)
-	if err := h.bw.Flush(); err != nil {
-		return nil, fmt.Errorf("nbd: send %v: %w", opt, err)
-	}
-	var out []optReply
-	for {
-		var rh [20]byte
-		if _, err := io.ReadFull(h.br, rh[:]); err != nil {
-			return nil, fmt.Errorf("nbd: read reply to %v: %w", opt, err)
-		}
-		if binary.BigEndian.Uint64(rh[0:]) != MagicOptReply || Option(binary.BigEndian.Uint32(rh[8:])) != opt {
-			return nil, fmt.Errorf("nbd: malformed reply to %v", opt)
-		}
-		typ := ReplyType(binary.BigEndian.Uint32(rh[12:]))
-		n := binary.BigEndian.Uint32(rh[16:])
-		if n > maxOptionLen {
-			return nil, fmt.Errorf("nbd: %d-byte reply to %v", n, opt)
-		}
-		d := make([]byte, n)
-		if _, err := io.ReadFull(h.br, d); err != nil {
-			return nil, fmt.Errorf("nbd: read reply to %v: %w", opt, err)
-		}
-		if typ.IsError() {
-			return nil, &OptionError{Option: opt, Reply: typ, Msg: string(d)}
-		}
-		if typ == RepAck {
-			return out, nil
-		}
-		out = append(out, optReply{typ, d})
-	}
-}
-
-func appendString(b []byte, s string) []byte {
-	return append(binary.BigEndian.AppendUint32(b, uint32(len(s))), s...)
-}
 
 // Request is a raw transmission request, for tests and tools that need to
 // send what the typed methods would refuse.
@@ -330,14 +104,8 @@ func (c *Client) Do(ctx context.Context, r Request, buf []byte) ([]Extent, error
 	}
 	c.mu.Unlock()
 	var hdr [requestHeaderLen]byte
-	binary.BigEndian.PutUint32(hdr[0:], MagicRequest)
-	binary.BigEndian.PutUint16(hdr[4:], uint16(r.Flags))
-	binary.BigEndian.PutUint16(hdr[6:], uint16(r.Cmd))
-	binary.BigEndian.PutUint64(hdr[8:], cookie)
-	binary.BigEndian.PutUint64(hdr[16:], r.Offset)
-	binary.BigEndian.PutUint32(hdr[24:], r.Length)
 	c.wmu.Lock()
-	c.bw.Write(hdr[:])
+	c.bw.Write(AppendRequestHeader(hdr[:0], r, cookie))
 	c.bw.Write(r.Data)
 	err := c.bw.Flush()
 	c.wmu.Unlock()
@@ -398,48 +166,43 @@ func (c *Client) finish(cookie uint64) {
 }
 
 func (c *Client) readReplies() error {
-	var h [structuredHeaderLen]byte
+	var h [chunkHeaderLen]byte
 	for {
-		if _, err := io.ReadFull(c.br, h[:4]); err != nil {
+		if _, err := io.ReadFull(c.br, h[:replyMagicLen]); err != nil {
 			return err
 		}
-		switch binary.BigEndian.Uint32(h[:]) {
-		case MagicSimpleReply:
-			if _, err := io.ReadFull(c.br, h[4:simpleReplyLen]); err != nil {
-				return err
-			}
-			errno := Errno(binary.BigEndian.Uint32(h[4:]))
-			cookie := binary.BigEndian.Uint64(h[8:])
-			cl, err := c.take(cookie)
-			if err != nil {
-				return err
-			}
-			if errno != 0 {
-				cl.err = &RequestError{Cmd: cl.cmd, Errno: errno}
-			} else if cl.cmd == CmdRead {
-				if _, err := io.ReadFull(c.br, cl.buf); err != nil {
-					return err
-				}
-			}
-			c.finish(cookie)
-		case MagicStructuredReply:
-			if _, err := io.ReadFull(c.br, h[4:]); err != nil {
-				return err
-			}
-			if err := c.chunk(h); err != nil {
-				return err
-			}
-		default:
-			return fmt.Errorf("nbd: bad reply magic %#x", binary.BigEndian.Uint32(h[:]))
+		n, err := replyLen(h[:])
+		if err != nil {
+			return err
 		}
+		if _, err := io.ReadFull(c.br, h[replyMagicLen:n]); err != nil {
+			return err
+		}
+		if n == chunkHeaderLen {
+			ch, _ := parseChunkHeader(h[:])
+			if err := c.chunk(ch); err != nil {
+				return err
+			}
+			continue
+		}
+		sr, _ := parseSimpleReply(h[:])
+		cl, err := c.take(sr.cookie)
+		if err != nil {
+			return err
+		}
+		if sr.errno != 0 {
+			cl.err = &RequestError{Cmd: cl.cmd, Errno: sr.errno}
+		} else if cl.cmd == CmdRead {
+			if _, err := io.ReadFull(c.br, cl.buf); err != nil {
+				return err
+			}
+		}
+		c.finish(sr.cookie)
 	}
 }
 
-func (c *Client) chunk(h [structuredHeaderLen]byte) error {
-	flags := binary.BigEndian.Uint16(h[4:])
-	typ := ChunkType(binary.BigEndian.Uint16(h[6:]))
-	cookie := binary.BigEndian.Uint64(h[8:])
-	n := binary.BigEndian.Uint32(h[16:])
+func (c *Client) chunk(h chunkHeader) error {
+	flags, typ, cookie, n := h.flags, h.typ, h.cookie, h.length
 	cl, err := c.take(cookie)
 	if err != nil {
 		return err

@@ -56,20 +56,11 @@ type stream struct {
 }
 
 func opt(o Option, data []byte) []byte {
-	b := binary.BigEndian.AppendUint64(nil, MagicOpt)
-	b = binary.BigEndian.AppendUint32(b, uint32(o))
-	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-	return append(b, data...)
+	return append(appendOptionHeader(nil, optionHeader{opt: o, length: uint32(len(data))}), data...)
 }
 
 func req(cmd Cmd, flags CmdFlags, off uint64, n uint32, payload []byte) []byte {
-	b := binary.BigEndian.AppendUint32(nil, MagicRequest)
-	b = binary.BigEndian.AppendUint16(b, uint16(flags))
-	b = binary.BigEndian.AppendUint16(b, uint16(cmd))
-	b = binary.BigEndian.AppendUint64(b, 7)
-	b = binary.BigEndian.AppendUint64(b, off)
-	b = binary.BigEndian.AppendUint32(b, n)
-	return append(b, payload...)
+	return append(appendRequest(nil, request{flags: flags, cmd: cmd, cookie: 7, off: off, length: n}), payload...)
 }
 
 func nameQuery(name string, extra []byte) []byte {

@@ -29,10 +29,6 @@ const (
 	maxOptionLen = 64 << 10
 	// maxString is the specification's limit on names and messages.
 	maxString = 4096
-
-	requestHeaderLen    = 28
-	simpleReplyLen      = 16
-	structuredHeaderLen = 20
 )
 
 // HandshakeFlags are sent by the server after the initial magic.

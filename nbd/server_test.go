@@ -3,7 +3,6 @@ package nbd_test
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
@@ -455,12 +454,9 @@ func TestWriteCutShort(t *testing.T) {
 		t.Fatal(err)
 	}
 	bad := nbdtest.Pair(t, srv, nil)
-	var hdr [28]byte
-	binary.BigEndian.PutUint32(hdr[0:], nbd.MagicRequest)
-	binary.BigEndian.PutUint16(hdr[6:], uint16(nbd.CmdWrite))
-	binary.BigEndian.PutUint32(hdr[24:], 1<<20)
+	hdr := nbd.AppendRequestHeader(nil, nbd.Request{Cmd: nbd.CmdWrite, Length: 1 << 20}, 0)
 	const sent = 300 << 10
-	if _, err := bad.Conn().Write(append(hdr[:], bytes.Repeat([]byte{0x11}, sent)...)); err != nil {
+	if _, err := bad.Conn().Write(append(hdr, bytes.Repeat([]byte{0x11}, sent)...)); err != nil {
 		t.Fatal(err)
 	}
 	bad.Conn().Close()

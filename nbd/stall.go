@@ -7,7 +7,7 @@ import (
 )
 
 // stallWatch catches inline requests that stall. Every stallTick it looks
-// at each connection's inline counter; a request seen running at two
+// at each connection's inline ticket; a request seen running at two
 // ticks in a row has run for at least one tick, and the watch gives that
 // connection's reader role to a new goroutine (transmission.takeOver).
 //
@@ -16,7 +16,7 @@ import (
 // an idle server does not wake up a thousand times a second.
 type stallWatch struct {
 	mu      sync.Mutex
-	seen    map[*transmission]uint64 // inline counter at the last tick
+	seen    map[*transmission]uint64 // inline ticket at the last tick
 	running bool                     // the watch goroutine exists
 
 	parked atomic.Bool
@@ -35,7 +35,7 @@ func (w *stallWatch) add(t *transmission) {
 		w.seen = map[*transmission]uint64{}
 		w.wake = make(chan struct{}, 1)
 	}
-	w.seen[t] = t.inline.Load()
+	w.seen[t], _ = t.inline.look()
 	if !w.running {
 		w.running = true
 		go w.watch()
@@ -70,8 +70,8 @@ func (w *stallWatch) tick() (busy, alive bool) {
 		return false, false
 	}
 	for t, last := range w.seen {
-		now := t.inline.Load()
-		if now&1 == 1 {
+		now, running := t.inline.look()
+		if running {
 			busy = true
 			if now == last && t.takeOver(now) {
 				now++

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -20,22 +19,6 @@ const (
 
 // metaContextID is the id given to base:allocation when it is selected.
 const metaContextID = 1
-
-// errAbort ends a session that the client ended with NBD_OPT_ABORT.
-var errAbort = errors.New("client sent NBD_OPT_ABORT")
-
-// ProtocolError is a malformed message from a peer. The session that
-// received it is closed; the rest of the server is unaffected.
-type ProtocolError struct {
-	Phase string // "handshake" or "transmission"
-	Msg   string
-}
-
-func (e *ProtocolError) Error() string { return "nbd: malformed " + e.Phase + ": " + e.Msg }
-
-func handshakeErr(format string, a ...any) error {
-	return &ProtocolError{Phase: "handshake", Msg: fmt.Sprintf(format, a...)}
-}
 
 // session is the state of one client connection.
 type session struct {
@@ -75,15 +58,11 @@ func (s *session) switchConn(c net.Conn) {
 // export. It returns errAbort when the client aborts and a *ProtocolError
 // when it breaks the protocol.
 func (s *session) negotiate(ctx context.Context) error {
-	var hello [18]byte
-	binary.BigEndian.PutUint64(hello[0:], MagicInit)
-	binary.BigEndian.PutUint64(hello[8:], MagicOpt)
-	binary.BigEndian.PutUint16(hello[16:], uint16(FlagFixedNewstyle|FlagNoZeroes))
-	s.bw.Write(hello[:])
+	s.bw.buf = appendGreeting(s.bw.buf, FlagFixedNewstyle|FlagNoZeroes)
 	if err := s.bw.Flush(); err != nil {
 		return err
 	}
-	var cf [4]byte
+	var cf [clientFlagsLen]byte
 	if _, err := io.ReadFull(s.br, cf[:]); err != nil {
 		return err
 	}
@@ -93,15 +72,15 @@ func (s *session) negotiate(ctx context.Context) error {
 	}
 	s.noZeroes = flags&FlagCNoZeroes != 0
 	for {
-		var hdr [16]byte
+		var hdr [optionHeaderLen]byte
 		if _, err := io.ReadFull(s.br, hdr[:]); err != nil {
 			return err
 		}
-		if m := binary.BigEndian.Uint64(hdr[0:]); m != MagicOpt {
-			return handshakeErr("option magic %#x, want %#x", m, MagicOpt)
+		h, err := parseOptionHeader(hdr[:])
+		if err != nil {
+			return err
 		}
-		opt := Option(binary.BigEndian.Uint32(hdr[8:]))
-		n := binary.BigEndian.Uint32(hdr[12:])
+		opt, n := h.opt, h.length
 		if n > maxOptionLen {
 			return handshakeErr("%v with %d bytes of data (limit %d)", opt, n, maxOptionLen)
 		}
@@ -143,11 +122,11 @@ func (s *session) option(ctx context.Context, opt Option, data []byte) (done boo
 			return false, handshakeErr("%v: no export named %q", opt, data)
 		}
 		s.selectExport(e)
-		var b [10 + 124]byte
+		var b [exportNameReplyLen + exportNamePadLen]byte
 		binary.BigEndian.PutUint64(b[0:], uint64(e.Backend.Size()))
 		binary.BigEndian.PutUint16(b[8:], uint16(e.flags(s.structured)))
 		if s.noZeroes {
-			s.bw.Write(b[:10])
+			s.bw.Write(b[:exportNameReplyLen])
 		} else {
 			s.bw.Write(b[:])
 		}
@@ -218,20 +197,8 @@ func (s *session) startTLS(ctx context.Context, data []byte) error {
 	return nil
 }
 
-// parseName reads a 32-bit-length-prefixed string from data.
-func parseName(data []byte) (name string, rest []byte, ok bool) {
-	if len(data) < 4 {
-		return "", nil, false
-	}
-	n := binary.BigEndian.Uint32(data)
-	if n > maxString || uint64(len(data)-4) < uint64(n) {
-		return "", nil, false
-	}
-	return string(data[4 : 4+n]), data[4+n:], true
-}
-
 func (s *session) info(opt Option, data []byte) (bool, error) {
-	name, rest, ok := parseName(data)
+	name, rest, ok := parseString(data)
 	if !ok || len(rest) < 2 {
 		return false, s.replyErr(opt, RepErrInvalid, fmt.Sprintf("%v: malformed export name", opt))
 	}
@@ -277,7 +244,7 @@ func (s *session) metaContext(opt Option, data []byte) error {
 	if !s.structured {
 		return s.replyErr(opt, RepErrInvalid, fmt.Sprintf("%v needs NBD_OPT_STRUCTURED_REPLY first", opt))
 	}
-	name, rest, ok := parseName(data)
+	name, rest, ok := parseString(data)
 	if !ok || len(rest) < 4 {
 		return s.replyErr(opt, RepErrInvalid, fmt.Sprintf("%v: malformed export name", opt))
 	}
@@ -286,7 +253,7 @@ func (s *session) metaContext(opt Option, data []byte) error {
 	var queries []string
 	for i := uint32(0); i < nq; i++ {
 		var q string
-		if q, rest, ok = parseName(rest); !ok {
+		if q, rest, ok = parseString(rest); !ok {
 			return s.replyErr(opt, RepErrInvalid, fmt.Sprintf("%v: malformed query %d", opt, i))
 		}
 		queries = append(queries, q)
@@ -317,12 +284,7 @@ func (s *session) metaContext(opt Option, data []byte) error {
 }
 
 func (s *session) reply(opt Option, typ ReplyType, data []byte) error {
-	var hdr [20]byte
-	binary.BigEndian.PutUint64(hdr[0:], MagicOptReply)
-	binary.BigEndian.PutUint32(hdr[8:], uint32(opt))
-	binary.BigEndian.PutUint32(hdr[12:], uint32(typ))
-	binary.BigEndian.PutUint32(hdr[16:], uint32(len(data)))
-	s.bw.Write(hdr[:])
+	s.bw.buf = appendOptionReplyHeader(s.bw.buf, optionReplyHeader{opt: opt, typ: typ, length: uint32(len(data))})
 	_, err := s.bw.Write(data)
 	return err
 }

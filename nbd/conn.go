@@ -1,0 +1,114 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+)
+
+// serverConn is the server's handle on one connection, for Shutdown and
+// Close: they end it differently before and after the handshake.
+type serverConn struct {
+	mu           sync.Mutex
+	conn         net.Conn
+	transmitting bool
+}
+
+// ServeConn serves one client connection until it disconnects, and closes
+// it. It returns why the session ended: nil for a clean disconnect.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
+	sc := &serverConn{conn: c}
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		c.Close()
+		return ErrServerClosed
+	}
+	if s.conns == nil {
+		s.conns = map[*serverConn]struct{}{}
+	}
+	s.conns[sc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, sc)
+		s.mu.Unlock()
+		sc.close()
+		s.wg.Done()
+	}()
+	log := s.logger().With("peer", peerName(c))
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("nbd: panic serving %s: %v", peerName(c), p)
+			log.Error("session crashed; other sessions are unaffected", "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
+	sess := newSession(s, c, c)
+	if err := sess.negotiate(ctx); err != nil {
+		switch {
+		case errors.Is(err, errAbort):
+			log.Debug("client aborted the handshake")
+			return nil
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+			log.Info("client closed the connection during the handshake")
+			return nil
+		}
+		log.Warn("handshake failed; closing connection", "err", err)
+		return err
+	}
+	sc.mu.Lock()
+	if s.closing.Load() {
+		sc.mu.Unlock()
+		return ErrServerClosed
+	}
+	if !sess.tls {
+		fc, err := detach(sess.conn)
+		if err != nil {
+			sc.mu.Unlock()
+			log.Error("cannot serve the connection", "err", err)
+			return err
+		}
+		sess.switchConn(fc)
+	}
+	sc.conn, sc.transmitting = sess.conn, true
+	sc.mu.Unlock()
+	return newTransmission(sess, log).run()
+}
+
+// close ends the connection at once.
+func (sc *serverConn) close() {
+	sc.mu.Lock()
+	sc.conn.Close()
+	sc.mu.Unlock()
+}
+
+// drain stops a connection from reading new requests; one still in the
+// handshake is closed.
+func (sc *serverConn) drain() {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if !sc.transmitting {
+		sc.conn.Close()
+	} else if cr, ok := sc.conn.(interface{ CloseRead() error }); ok {
+		cr.CloseRead()
+	} else {
+		sc.conn.SetReadDeadline(time.Now())
+	}
+}
+
+// peerName names the client for the log.
+func peerName(c net.Conn) string {
+	if a := c.RemoteAddr(); a != nil && a.String() != "" && a.String() != "@" {
+		return a.String()
+	}
+	if a := c.LocalAddr(); a != nil {
+		return "unix:" + a.String()
+	}
+	return "?"
+}

@@ -1,0 +1,220 @@
+package nbd
+
+import (
+	"context"
+	"runtime/debug"
+)
+
+// allowedFlags lists the flags each command accepts.
+var allowedFlags = map[Cmd]CmdFlags{
+	CmdRead:        CmdFlagDF,
+	CmdWrite:       CmdFlagFUA,
+	CmdDisc:        0,
+	CmdFlush:       0,
+	CmdTrim:        CmdFlagFUA,
+	CmdCache:       0,
+	CmdWriteZeroes: CmdFlagFUA | CmdFlagNoHole | CmdFlagFastZero,
+	CmdBlockStatus: CmdFlagReqOne,
+}
+
+// validate checks a request against the export and the session, in the
+// order the specification implies: malformed, forbidden, out of range.
+func (t *transmission) validate(r request) Errno {
+	allowed, known := allowedFlags[r.cmd]
+	if !t.structured {
+		allowed &^= CmdFlagDF
+	}
+	if !known || r.flags&^allowed != 0 {
+		return EINVAL
+	}
+	e := t.export
+	switch r.cmd {
+	case CmdWrite, CmdTrim, CmdWriteZeroes:
+		if e.ReadOnly {
+			return EPERM
+		}
+	case CmdBlockStatus:
+		if !t.metaAlloc || r.length == 0 {
+			return EINVAL
+		}
+	case CmdRead:
+		if r.length > MaxPayload {
+			return EINVAL
+		}
+	case CmdFlush:
+		return 0
+	}
+	size := uint64(e.Backend.Size())
+	if r.off > size || uint64(r.length) > size-r.off {
+		if r.cmd == CmdWrite || r.cmd == CmdWriteZeroes {
+			return ENOSPC
+		}
+		return EINVAL
+	}
+	return 0
+}
+
+// Limits on what one connection may have in flight: requests weigh their
+// length, at least minWeight, against a budget of maxInflightBytes. A client
+// that sends more waits until replies drain.
+const (
+	maxInflightBytes = 256 << 20
+	minWeight        = 256 << 10
+)
+
+type work struct {
+	r       request
+	payload []byte
+}
+
+func weight(r request) int64 { return min(max(int64(r.length), minWeight), maxInflightBytes) }
+
+// dispatch hands w to an idle worker, or starts a new one, so a slow
+// request never waits for another. Workers outlive their request, which
+// keeps their grown stacks and spares a goroutine start per request.
+func (t *transmission) dispatch(w work) {
+	if !t.budget.TryAcquire(weight(w.r)) {
+		t.readerIdle() // the replies may be what the client waits for
+		t.budget.Acquire(context.Background(), weight(w.r))
+	}
+	t.inflight.Add(1)
+	t.active.Add(1)
+	select {
+	case t.work <- w:
+	default:
+		go t.worker(w)
+	}
+}
+
+func (t *transmission) worker(w work) {
+	for ok := true; ok; w, ok = <-t.work {
+		t.handle(w.r, w.payload)
+		t.budget.Release(weight(w.r))
+		t.active.Add(-1)
+		t.inflight.Done()
+	}
+}
+
+// handle executes one valid request and sends its reply.
+func (t *transmission) handle(r request, payload []byte) {
+	start := t.clock()
+	var errno Errno
+	defer func() {
+		if p := recover(); p != nil {
+			t.log.Error("request crashed", "cmd", r.cmd.String(), "panic", p, "stack", string(debug.Stack()))
+			t.send(func(w *replyWriter) { t.writeError(w, r, EIO, "internal error") })
+		}
+	}()
+	b := t.export.Backend
+	off, n := int64(r.off), int64(r.length)
+	var err error
+	switch r.cmd {
+	case CmdRead:
+		if err = t.answerRead(r); err == nil {
+			t.bytesOut.Add(n)
+			t.traceReq(r, 0, t.since(start))
+			return
+		}
+	case CmdWrite:
+		if r.flags&CmdFlagFUA != 0 {
+			if fw, ok := b.(FUAWriter); ok {
+				_, err = fw.WriteAtFUA(payload, off)
+			} else if _, err = b.WriteAt(payload, off); err == nil {
+				err = b.Sync()
+			}
+		} else {
+			_, err = b.WriteAt(payload, off)
+			t.dirty.Store(true)
+		}
+		t.srv.bufs.put(payload)
+	case CmdFlush:
+		err = b.Sync()
+	case CmdTrim:
+		if tr, ok := b.(Trimmer); ok {
+			err = tr.Trim(off, n)
+		}
+		err = t.fua(r, err)
+	case CmdWriteZeroes:
+		flags := ZeroFlags{NoHole: r.flags&CmdFlagNoHole != 0, Fast: r.flags&CmdFlagFastZero != 0}
+		if z, ok := b.(Zeroer); ok {
+			err = z.Zero(off, n, flags)
+		} else if flags.Fast {
+			err = ENOTSUP
+		} else {
+			err = writeZeroes(b, off, n)
+		}
+		err = t.fua(r, err)
+	case CmdCache:
+		if c, ok := b.(Cacher); ok {
+			err = c.Cache(off, n)
+		}
+	case CmdBlockStatus:
+		var ext []Extent
+		if ext, err = extentsOf(b, off, n); err == nil {
+			ext = clipExtents(ext, n, r.flags&CmdFlagReqOne != 0)
+			t.send(func(w *replyWriter) { t.writeBlockStatus(w, r, ext) })
+			t.traceReq(r, 0, t.since(start))
+			return
+		}
+	}
+	if err != nil {
+		errno = errnoOf(err)
+		if errno == EIO {
+			t.log.Error("backend error", "cmd", r.cmd.String(), "offset", r.off, "length", r.length, "err", err)
+		}
+		t.send(func(w *replyWriter) { t.writeError(w, r, errno, "") })
+	} else {
+		t.send(func(w *replyWriter) { t.writeDone(w, r) })
+	}
+	t.traceReq(r, errno, t.since(start))
+}
+
+// answerRead sends the data of a read, spliced from the backend where it
+// can be, copied through a buffer otherwise. On error nothing was sent.
+func (t *transmission) answerRead(r request) error {
+	if spliced, err := t.spliceRead(r); spliced {
+		return err
+	}
+	buf := t.srv.bufs.get(int(r.length))
+	defer t.srv.bufs.put(buf)
+	if _, err := t.export.Backend.ReadAt(buf, int64(r.off)); err != nil {
+		return err
+	}
+	t.send(func(w *replyWriter) { t.writeRead(w, r, buf) })
+	return nil
+}
+
+// fua completes a write-like command that carries NBD_CMD_FLAG_FUA.
+func (t *transmission) fua(r request, err error) error {
+	if err != nil {
+		return err
+	}
+	if r.flags&CmdFlagFUA != 0 {
+		return t.export.Backend.Sync()
+	}
+	t.dirty.Store(true)
+	return nil
+}
+
+// clipExtents trims a backend's answer to the request: at most n bytes, at
+// most maxExtents descriptors, one if reqOne, none of zero length.
+func clipExtents(ext []Extent, n int64, reqOne bool) []Extent {
+	out := ext[:0]
+	var total int64
+	for _, e := range ext {
+		if total >= n || len(out) == maxExtents || (reqOne && len(out) == 1) {
+			break
+		}
+		e.Length = min(e.Length, n-total)
+		if e.Length <= 0 {
+			continue
+		}
+		out = append(out, e)
+		total += e.Length
+	}
+	if len(out) == 0 { // a backend that said nothing: call it data
+		out = append(out, Extent{Length: n})
+	}
+	return out
+}
+

@@ -1,0 +1,274 @@
+package nbd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"time"
+)
+
+// errHandedOff ends a reader whose role a new goroutine took over.
+var errHandedOff = errors.New("nbd: reader role handed off")
+
+// read holds the reader role until the session ends or the role passes on.
+func (t *transmission) read() {
+	err := t.loop()
+	if err == errHandedOff {
+		return
+	}
+	t.readerIdle()
+	t.readerDone <- err
+}
+
+// readerIdle sends the replies the reader left buffered. The reader calls
+// it before any read that may block.
+func (t *transmission) readerIdle() {
+	t.wmu.Lock()
+	t.readerBusy.Store(false)
+	t.flushLocked()
+	t.wmu.Unlock()
+}
+
+// loop reads requests until NBD_CMD_DISC, end of stream, or a fatal error.
+func (t *transmission) loop() error {
+	var hdr [requestHeaderLen]byte
+	for {
+		if t.br.Buffered() < requestHeaderLen {
+			t.readerIdle()
+		}
+		if _, err := io.ReadFull(t.br, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("read request: %w", err)
+		}
+		if !t.readerBusy.Load() {
+			t.readerBusy.Store(true)
+		}
+		r, err := parseRequest(hdr[:])
+		if err != nil {
+			return err
+		}
+		t.requests.Add(1)
+		if r.cmd == CmdDisc {
+			t.traceReq(r, 0, 0)
+			return nil
+		}
+		errno := t.validate(r)
+		var payload []byte
+		if r.cmd == CmdWrite {
+			if r.length > MaxPayload {
+				// The payload cannot be skipped without reading it all;
+				// answer, then drop the connection as the spec allows.
+				t.send(func(w *replyWriter) { t.writeError(w, r, EINVAL, "write larger than the 32 MiB maximum") })
+				return &ProtocolError{Phase: "transmission", Msg: fmt.Sprintf("NBD_CMD_WRITE of %d bytes exceeds the %d-byte maximum", r.length, MaxPayload)}
+			}
+			if t.br.Buffered() < int(r.length) {
+				t.readerIdle()
+			}
+			if errno == 0 && t.mem != nil && r.length > inlineMax {
+				if err := t.receive(r); err != nil {
+					return err
+				}
+				continue
+			}
+			payload = t.srv.bufs.get(int(r.length))
+			if err := t.payload(len(payload)).fill(payload); err != nil {
+				t.srv.bufs.put(payload)
+				return fmt.Errorf("read %d-byte write payload: %w", r.length, err)
+			}
+			t.bytesIn.Add(int64(r.length))
+		}
+		if errno != 0 {
+			t.srv.bufs.put(payload)
+			t.traceReq(r, errno, 0)
+			t.send(func(w *replyWriter) { t.writeError(w, r, errno, "") })
+			continue
+		}
+		if t.inlinable(r) {
+			if !t.runInline(r, payload) {
+				return errHandedOff
+			}
+			continue
+		}
+		t.dispatch(work{r, payload})
+	}
+}
+
+// Polling for the rest of a large payload: while a client sends one, the
+// socket passes it on in pieces (a unix socket's queue holds a fifth of a
+// megabyte), and the reader, faster than the client, would sleep and be
+// woken for every piece, as would the client waiting for room. When
+// nothing else of the session runs, and the client is on this machine and
+// has a CPU of its own, the reader polls the socket for up to payloadSpin
+// before it sleeps.
+const payloadSpin = 100 * time.Microsecond
+
+// payloadDirectMin is how many bytes of a payload must still be to come,
+// beyond what the read buffer holds, for the reader to read them into
+// place; fewer go through the buffer.
+const payloadDirectMin = 32 << 10
+
+var spinCPUs = runtime.NumCPU() > 1
+
+// spinReader is a connection that can poll before it blocks (fdConn).
+type spinReader interface {
+	ReadSpin(p []byte, d time.Duration) (int, error)
+}
+
+// receive takes a large write to a memory export from the connection
+// straight into the export's memory (Mem.receive), on the reader: one copy
+// fewer, and nothing to hand to a worker.
+func (t *transmission) receive(r request) error {
+	start := t.clock()
+	if err := t.mem.receive(int64(r.off), int64(r.length), t.payload(int(r.length)).fill); err != nil {
+		return fmt.Errorf("read %d-byte write payload: %w", r.length, err)
+	}
+	t.bytesIn.Add(int64(r.length))
+	t.send(func(w *replyWriter) { t.writeDone(w, r) })
+	t.traceReq(r, 0, t.since(start))
+	return nil
+}
+
+// payloadReader reads a write's payload, in one piece or several.
+type payloadReader struct {
+	t    *transmission
+	left int // bytes of the payload not read yet
+}
+
+func (t *transmission) payload(n int) *payloadReader { return &payloadReader{t: t, left: n} }
+
+// fill reads the next len(p) bytes of the payload. Bytes the read buffer
+// holds are copied out of it; when payloadDirectMin bytes or more are
+// still to come, the rest goes from the socket straight into p, polling
+// first if nothing else of the session runs. Small payloads go through the
+// buffer, which picks up the requests behind them in the same read.
+func (pr *payloadReader) fill(p []byte) error {
+	t := pr.t
+	pr.left -= len(p)
+	sr, ok := t.in.r.(spinReader)
+	if !ok || pr.left+len(p)-t.br.Buffered() < payloadDirectMin {
+		_, err := io.ReadFull(t.br, p)
+		return err
+	}
+	n := 0
+	if t.br.Buffered() > 0 {
+		n, _ = t.br.Read(p)
+	}
+	spin := time.Duration(0)
+	if spinCPUs && t.active.Load() == 0 {
+		spin = payloadSpin
+	}
+	for n < len(p) {
+		m, err := sr.ReadSpin(p[n:], spin)
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		n += m
+	}
+	return nil
+}
+
+// Inline execution: reads and writes up to inlineMax bytes run on the
+// reader. inlineSlowRun requests in a row that each take longer than
+// slowAfter show a backend that waits for a device, and the next
+// inlineBackoff requests go to workers so that such waits overlap. One slow
+// request alone shows nothing: a thread preempted for a moment, which
+// happens dozens of times a second on a busy virtual machine, and which
+// sent a fifth of a fast backend's requests down the slower path when one
+// was enough.
+const (
+	inlineMax     = 64 << 10
+	inlineSlow    = 50 * time.Microsecond
+	inlineSlowRun = 3
+	inlineBackoff = 1024
+)
+
+func (t *transmission) inlinable(r request) bool {
+	if t.noInline > 0 {
+		t.noInline--
+		return false
+	}
+	switch r.cmd {
+	case CmdRead:
+		return r.length <= inlineMax
+	case CmdWrite:
+		return r.length <= inlineMax && r.flags&CmdFlagFUA == 0
+	}
+	return false
+}
+
+// slowAfter is how long an inline request of n bytes may run before it
+// counts as slow: inlineSlow, and a nanosecond a byte (1 GB/s).
+func slowAfter(n uint32) time.Duration {
+	return inlineSlow + time.Duration(n)*time.Nanosecond
+}
+
+// runInline runs one request on the reader. It reports false when the
+// request stalled and the reader role passed to another goroutine.
+func (t *transmission) runInline(r request, payload []byte) bool {
+	ticket := t.inline.begin()
+	t.srv.stalls.touch()
+	start := time.Since(t.start) // monotonic clock only: one clock read
+	t.handle(r, payload)
+	if !t.inline.end(ticket) {
+		// The stall watch took the reader role and counted this
+		// request in flight.
+		t.inflight.Done()
+		return false
+	}
+	if time.Since(t.start)-start <= slowAfter(r.length) {
+		t.slowRun = 0
+	} else if t.slowRun++; t.slowRun == inlineSlowRun {
+		t.slowRun = 0
+		t.noInline = inlineBackoff
+	}
+	return true
+}
+
+// takeOver is the stall watch's move when the inline request that held
+// ticket at its last look still runs: if it wins the race against the
+// request's end, a new goroutine becomes the reader.
+func (t *transmission) takeOver(ticket uint64) bool {
+	if !t.inline.steal(ticket) {
+		return false
+	}
+	t.inflight.Add(1) // the stalled request, until its old reader is done
+	t.log.Debug("inline request stalled; reading on in a new goroutine")
+	go func() {
+		t.noInline = inlineBackoff
+		t.read()
+	}()
+	return true
+}
+
+// inlineGate tells the stall watch whether a request runs on the reader,
+// and settles the race between that request's end and the watch taking
+// the reader role from it. Its counter rises by one when a request begins
+// and by one when it ends or is stolen, so it is odd while one runs, and
+// a ticket (the value at begin) names one run.
+type inlineGate struct{ n atomic.Uint64 }
+
+// begin marks a request running and returns its ticket.
+func (g *inlineGate) begin() uint64 { return g.n.Add(1) }
+
+// end marks the request done; false means the watch stole the role first.
+func (g *inlineGate) end(ticket uint64) bool { return g.n.CompareAndSwap(ticket, ticket+1) }
+
+// look returns the current ticket and whether its request runs.
+func (g *inlineGate) look() (ticket uint64, running bool) {
+	v := g.n.Load()
+	return v, v&1 == 1
+}
+
+// steal takes the role from the request holding ticket, if it still runs.
+func (g *inlineGate) steal(ticket uint64) bool {
+	return ticket&1 == 1 && g.n.CompareAndSwap(ticket, ticket+1)
+}
