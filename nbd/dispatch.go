@@ -217,4 +217,3 @@ func clipExtents(ext []Extent, n int64, reqOne bool) []Extent {
 	}
 	return out
 }
-
