@@ -90,18 +90,23 @@ func errnoOf(err error) Errno {
 	return EIO
 }
 
-// zeroBuf is a shared read-only page of zeroes for zero-filled writes.
-var zeroBuf = make([]byte, 1<<20)
+// zeroChunk bounds the buffer of one zero-filled write.
+const zeroChunk = 1 << 20
 
-// writeZeroes zero-fills [off, off+n) with plain writes.
+// writeZeroes zero-fills [off, off+n) with plain writes. The zeroes are
+// its own: a buffer shared between calls would carry whatever a careless
+// backend wrote into it to every later caller, so it is cleared before
+// each write.
 func writeZeroes(w io.WriterAt, off, n int64) error {
+	buf := make([]byte, min(n, zeroChunk))
 	for n > 0 {
-		chunk := min(n, int64(len(zeroBuf)))
-		if _, err := w.WriteAt(zeroBuf[:chunk], off); err != nil {
+		chunk := buf[:min(n, int64(len(buf)))]
+		clear(chunk)
+		if _, err := w.WriteAt(chunk, off); err != nil {
 			return err
 		}
-		off += chunk
-		n -= chunk
+		off += int64(len(chunk))
+		n -= int64(len(chunk))
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/nbdlab/nbdlab/nbd"
+	"github.com/nbdlab/nbdlab/nbd/nbdtest"
 )
 
 type sparseBackend interface {
@@ -166,5 +167,38 @@ func TestParseExportSpec(t *testing.T) {
 				t.Fatalf("got %+v, %v; want %+v", got, err, tt.want)
 			}
 		})
+	}
+}
+
+// scribbler is a careless backend without a Zeroer: it writes into the
+// buffers handed to WriteAt after storing them.
+type scribbler struct{ m *nbd.Mem }
+
+func (s scribbler) ReadAt(p []byte, off int64) (int, error) { return s.m.ReadAt(p, off) }
+func (s scribbler) Size() int64                             { return s.m.Size() }
+func (s scribbler) Sync() error                             { return nil }
+func (s scribbler) WriteAt(p []byte, off int64) (int, error) {
+	n, err := s.m.WriteAt(p, off)
+	for i := range p {
+		p[i] = 0xbd
+	}
+	return n, err
+}
+
+// Zero-filled writes for a backend without a Zeroer never share their
+// zeroes: what one backend wrote into them does not reach a later write.
+func TestWriteZeroesOwnBuffer(t *testing.T) {
+	c := nbdtest.Pair(t, newServer(&nbd.Export{Backend: scribbler{nbd.NewMem(4 << 20)}}), nil)
+	for k, r := range []struct{ off, n int64 }{{0, 3 << 20}, {1 << 20, 2<<20 + 5}} {
+		if err := c.WriteZeroes(ctx(t), r.off, r.n, 0); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, r.n)
+		if _, err := c.ReadAt(got, r.off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, make([]byte, r.n)) {
+			t.Fatalf("write-zeroes %d: the range does not read back as zeroes", k)
+		}
 	}
 }
