@@ -143,8 +143,8 @@ func TestParseExportSpec(t *testing.T) {
 		wantErr string
 	}{
 		{in: "d=file:/tmp/x.img", want: nbd.ExportSpec{Name: "d", Kind: "file", Path: "/tmp/x.img"}},
-		{in: "d=file:/tmp/a,b.img,ro", want: nbd.ExportSpec{Name: "d", Kind: "file", Path: "/tmp/a,b.img", RO: true}},
-		{in: "=mem:1G,cow,ro", want: nbd.ExportSpec{Kind: "mem", Size: 1 << 30, RO: true, COW: true}},
+		{in: "d=file:/tmp/a,b.img,ro", want: nbd.ExportSpec{Name: "d", Kind: "file", Path: "/tmp/a,b.img", ReadOnly: true}},
+		{in: "=mem:1G,cow,ro", want: nbd.ExportSpec{Kind: "mem", Size: 1 << 30, ReadOnly: true, COW: true}},
 		{in: "m=mem:64KiB", want: nbd.ExportSpec{Name: "m", Kind: "mem", Size: 64 << 10}},
 		{in: "file:/x", wantErr: "want NAME=file:PATH"},
 		{in: "d=/x", wantErr: "has no type"},

@@ -41,14 +41,13 @@ type call struct {
 // Dial connects to addr ("HOST:PORT" or "unix:PATH", as Listen takes) and
 // negotiates.
 func Dial(ctx context.Context, addr string, cfg *ClientConfig) (*Client, error) {
-	network, a := "tcp", addr
-	if p, ok := cutUnix(addr); ok {
-		network, a = "unix", p
-	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, network, a)
+	a, err := ParseAddr(addr)
 	if err != nil {
-		return nil, fmt.Errorf("nbd: dial %s: %w", addr, err)
+		return nil, err
+	}
+	c, err := a.DialConn(ctx)
+	if err != nil {
+		return nil, err
 	}
 	cl, err := NewClient(ctx, c, cfg)
 	if err != nil {
@@ -56,13 +55,6 @@ func Dial(ctx context.Context, addr string, cfg *ClientConfig) (*Client, error) 
 		return nil, err
 	}
 	return cl, nil
-}
-
-func cutUnix(addr string) (string, bool) {
-	if len(addr) > 5 && addr[:5] == "unix:" {
-		return addr[5:], true
-	}
-	return "", false
 }
 
 // NewClient negotiates on conn and returns a client ready for requests.

@@ -35,12 +35,12 @@ func (e *Export) flags(structured bool) TransmissionFlags {
 
 // ExportSpec is a parsed NAME=SPEC export argument.
 type ExportSpec struct {
-	Name string
-	Kind string // "file" or "mem"
-	Path string // for file
-	Size int64  // for mem
-	RO   bool
-	COW  bool
+	Name     string
+	Kind     string // "file" or "mem"
+	Path     string // for file
+	Size     int64  // for mem
+	ReadOnly bool
+	COW      bool
 }
 
 // ParseExportSpec parses NAME=file:PATH[,ro][,cow] or NAME=mem:SIZE[,ro][,cow].
@@ -71,7 +71,7 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 		}
 		switch opt := arg[i+1:]; {
 		case opt == "ro":
-			spec.RO = true
+			spec.ReadOnly = true
 		case opt == "cow":
 			spec.COW = true
 		case kind == "file":
@@ -113,7 +113,7 @@ func (spec ExportSpec) Open() (*Export, io.Closer, error) {
 	case "mem":
 		b = NewMem(spec.Size)
 	case "file":
-		f, err := OpenFile(spec.Path, spec.RO || spec.COW)
+		f, err := OpenFile(spec.Path, spec.ReadOnly || spec.COW)
 		if err != nil {
 			return nil, nil, fmt.Errorf("export %s: %w", spec.Name, err)
 		}
@@ -124,7 +124,7 @@ func (spec ExportSpec) Open() (*Export, io.Closer, error) {
 	if spec.COW {
 		b = NewCOW(b)
 	}
-	return &Export{Name: spec.Name, Backend: b, ReadOnly: spec.RO}, closer, nil
+	return &Export{Name: spec.Name, Backend: b, ReadOnly: spec.ReadOnly}, closer, nil
 }
 
 // ParseSize parses a byte count with an optional binary suffix: 4096, 64K,

@@ -17,10 +17,9 @@ import (
 // nbd://host[:port]/export, nbds:// for TLS, nbd+unix:///export?socket=PATH
 // and nbds+unix://.
 type URI struct {
-	TLS     bool
-	Network string // "tcp" or "unix"
-	Addr    string // host:port, or the socket path
-	Export  string
+	TLS    bool
+	Addr   Addr
+	Export string
 	// TLSCertDir holds ca-cert.pem and, for client authentication,
 	// client-cert.pem and client-key.pem (query tls-certificates=DIR).
 	TLSCertDir string
@@ -40,7 +39,7 @@ func ParseURI(s string) (*URI, error) {
 	out.TLSCertDir = q["tls-certificates"]
 	switch u.Scheme {
 	case "nbd", "nbds":
-		out.TLS, out.Network = u.Scheme == "nbds", "tcp"
+		out.TLS, out.Addr.Network = u.Scheme == "nbds", "tcp"
 		if u.Hostname() == "" {
 			return nil, fmt.Errorf("nbd: URI %q has no host", s)
 		}
@@ -48,14 +47,14 @@ func ParseURI(s string) (*URI, error) {
 		if port == "" {
 			port = strconv.Itoa(DefaultPort)
 		}
-		out.Addr = net.JoinHostPort(u.Hostname(), port)
+		out.Addr.Address = net.JoinHostPort(u.Hostname(), port)
 	case "nbd+unix", "nbds+unix":
-		out.TLS, out.Network = u.Scheme == "nbds+unix", "unix"
+		out.TLS, out.Addr.Network = u.Scheme == "nbds+unix", "unix"
 		if u.Host != "" {
 			return nil, fmt.Errorf("nbd: URI %q: a unix URI has no host (write nbd+unix:///export?socket=PATH)", s)
 		}
-		out.Addr = q["socket"]
-		if out.Addr == "" {
+		out.Addr.Address = q["socket"]
+		if out.Addr.Address == "" {
 			return nil, fmt.Errorf("nbd: URI %q needs ?socket=PATH", s)
 		}
 	default:
@@ -91,10 +90,10 @@ func (u *URI) String() string {
 	if u.TLS {
 		scheme = "nbds"
 	}
-	if u.Network == "unix" {
-		return scheme + "+unix:///" + u.Export + "?socket=" + url.PathEscape(u.Addr) + u.certQuery("&")
+	if u.Addr.Network == "unix" {
+		return scheme + "+unix:///" + u.Export + "?socket=" + url.PathEscape(u.Addr.Address) + u.certQuery("&")
 	}
-	return scheme + "://" + u.Addr + "/" + u.Export + u.certQuery("?")
+	return scheme + "://" + u.Addr.Address + "/" + u.Export + u.certQuery("?")
 }
 
 func (u *URI) certQuery(sep string) string {
@@ -111,8 +110,8 @@ func (u *URI) ClientConfig() (*ClientConfig, error) {
 		return cfg, nil
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if u.Network == "tcp" {
-		tc.ServerName, _, _ = net.SplitHostPort(u.Addr)
+	if u.Addr.Network == "tcp" {
+		tc.ServerName, _, _ = net.SplitHostPort(u.Addr.Address)
 	}
 	if u.TLSCertDir != "" {
 		ca := filepath.Join(u.TLSCertDir, "ca-cert.pem")
@@ -139,10 +138,5 @@ func (u *URI) ClientConfig() (*ClientConfig, error) {
 
 // DialConn opens the URI's transport, without negotiating.
 func (u *URI) DialConn(ctx context.Context) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, u.Network, u.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("nbd: dial %s: %w", u, err)
-	}
-	return c, nil
+	return u.Addr.DialConn(ctx)
 }

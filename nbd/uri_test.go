@@ -39,7 +39,7 @@ func TestParseURI(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if u.Network != tt.network || u.Addr != tt.addr || u.Export != tt.export || u.TLS != tt.tls {
+			if u.Addr.Network != tt.network || u.Addr.Address != tt.addr || u.Export != tt.export || u.TLS != tt.tls {
 				t.Fatalf("got %+v", u)
 			}
 			again, err := nbd.ParseURI(u.String())
@@ -78,4 +78,32 @@ func TestURIWithTLSCertificates(t *testing.T) {
 		t.Fatalf("TLS through the URI's certificates: %v", err)
 	}
 	c.Close()
+}
+
+func TestParseAddr(t *testing.T) {
+	for _, tt := range []struct {
+		in, network, address, wantErr string
+	}{
+		{in: "127.0.0.1:10809", network: "tcp", address: "127.0.0.1:10809"},
+		{in: "[::1]:0", network: "tcp", address: "[::1]:0"},
+		{in: "unix:/run/a.sock", network: "unix", address: "/run/a.sock"},
+		{in: "unix:", wantErr: "needs a socket path"},
+		{in: "localhost", wantErr: "want HOST:PORT or unix:PATH"},
+	} {
+		t.Run(tt.in, func(t *testing.T) {
+			a, err := nbd.ParseAddr(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("ParseAddr(%q) = %v, %v; want error with %q", tt.in, a, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || a.Network != tt.network || a.Address != tt.address {
+				t.Fatalf("ParseAddr(%q) = %+v, %v", tt.in, a, err)
+			}
+			if a.String() != tt.in {
+				t.Fatalf("%+v prints as %q, want %q", a, a.String(), tt.in)
+			}
+		})
+	}
 }
