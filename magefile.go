@@ -7,15 +7,20 @@ package main
 import (
 	"context"
 	"os"
+	"path/filepath"
 
 	"github.com/magefile/mage/mg"
 	"github.com/magefile/mage/sh"
 
 	"github.com/nbdlab/nbdlab/bench"
 	"github.com/nbdlab/nbdlab/ci"
-	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/kmod"
+	"github.com/nbdlab/nbdlab/lab"
 )
+
+// binary is where Build puts the static nbdlab.
+const binary = "bin/nbdlab"
 
 // Bench groups the benchmarks; each prints figures and ratios against peers
 // measured in the same run.
@@ -29,25 +34,29 @@ func (Bench) Server(ctx context.Context) error {
 
 // Lab is the main job: build nbd.ko for the newest installed kernel, boot it, attach, partition, mount, check.
 func Lab(ctx context.Context) error {
-	mg.CtxDeps(ctx, Deps)
-	return harness.Lab(ctx, harness.LabOptions{Kernel: os.Getenv("KVER")})
+	mg.CtxDeps(ctx, Deps, Build)
+	bin, err := filepath.Abs(binary)
+	if err != nil {
+		return err
+	}
+	return lab.Lab(ctx, lab.Options{Kernel: os.Getenv("KVER"), Nbdlab: bin})
 }
 
 // Deps installs every Debian package the tests and benchmarks use.
 func Deps(ctx context.Context) error {
-	return ci.Deps(ctx, ci.Exec, os.Stdout, ci.Packages)
+	return ci.Deps(ctx, command.Exec, os.Stdout, ci.Packages())
 }
 
 // Lint runs gofmt, go vet and staticcheck.
 func Lint(ctx context.Context) error {
-	return ci.Lint(ctx, ci.Exec, os.Stdout)
+	return ci.Lint(ctx, command.Exec, os.Stdout)
 }
 
 // Test installs what is needed, lints, and runs the whole suite.
 func Test(ctx context.Context) error {
 	mg.CtxDeps(ctx, Deps)
 	mg.CtxDeps(ctx, Lint)
-	return ci.Test(ctx, ci.Exec, os.Stdout)
+	return ci.Test(ctx, command.Exec, os.Stdout)
 }
 
 // VM boots a lab VM 5 times running true and prints the median wall time (KVER=release).
@@ -64,5 +73,5 @@ func BuildNbd(ctx context.Context) error {
 
 // Build builds a static nbdlab binary into ./bin.
 func Build() error {
-	return sh.RunWithV(map[string]string{"CGO_ENABLED": "0"}, "go", "build", "-o", "bin/nbdlab", "./cmd/nbdlab")
+	return sh.RunWithV(map[string]string{"CGO_ENABLED": "0"}, "go", "build", "-o", binary, "./cmd/nbdlab")
 }

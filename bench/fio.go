@@ -19,13 +19,15 @@ type Job struct {
 	Depth int
 }
 
-// ServerJobs are the workloads of the server benchmark, writes first so
-// that the reads that follow find data.
-var ServerJobs = []Job{
-	{"4k randwrite QD16", "randwrite", "4k", 16},
-	{"1M write QD4", "write", "1M", 4},
-	{"4k randread QD16", "randread", "4k", 16},
-	{"1M read QD4", "read", "1M", 4},
+// ServerJobs returns the workloads of the server benchmark, writes first
+// so that the reads that follow find data.
+func ServerJobs() []Job {
+	return []Job{
+		{"4k randwrite QD16", "randwrite", "4k", 16},
+		{"1M write QD4", "write", "1M", 4},
+		{"4k randread QD16", "randread", "4k", 16},
+		{"1M read QD4", "read", "1M", 4},
+	}
 }
 
 // Result is what fio measured for one job.

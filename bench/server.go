@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +13,10 @@ import (
 	"time"
 
 	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/procfs"
+	"github.com/nbdlab/nbdlab/internal/selfbuild"
+	"github.com/nbdlab/nbdlab/internal/testenv"
+	"github.com/nbdlab/nbdlab/nbd"
 )
 
 // Options configure RunServer. Zero values mean defaults.
@@ -62,12 +65,12 @@ func (o *Options) defaults(ctx context.Context) error {
 	if o.Dir == "" {
 		o.Dir = "/dev/shm"
 	}
-	if err := harness.Require("fio", "nbdkit", "qemu-nbd"); err != nil {
+	if err := testenv.Require("fio", "nbdkit", "qemu-nbd"); err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
 	if o.Nbdlab == "" {
 		var err error
-		if o.Nbdlab, err = harness.BuildNbdlabCached(ctx); err != nil {
+		if o.Nbdlab, err = selfbuild.Nbdlab(ctx); err != nil {
 			return err
 		}
 	}
@@ -82,57 +85,47 @@ type Target struct {
 	args  func(sock, img string, size int64) []string
 }
 
-// ServerTargets are nbdlab's two exports and the peers'.
-var ServerTargets = []Target{
-	{"nbdlab mem", false, "mem", func(sock, _ string, size int64) []string {
-		return []string{"NBDLAB", "serve", "--listen", "unix:" + sock, fmt.Sprintf("bench=mem:%d", size)}
-	}},
-	{"nbdlab file", false, "file", func(sock, img string, _ int64) []string {
-		return []string{"NBDLAB", "serve", "--listen", "unix:" + sock, "bench=file:" + img}
-	}},
-	{"nbdkit memory", true, "mem", func(sock, _ string, size int64) []string {
-		return []string{"nbdkit", "-f", "-U", sock, "memory", strconv.FormatInt(size, 10)}
-	}},
-	{"nbdkit file", true, "file", func(sock, img string, _ int64) []string {
-		return []string{"nbdkit", "-f", "-U", sock, "file", "file=" + img}
-	}},
-	{"qemu-nbd raw", true, "file", func(sock, img string, _ int64) []string {
-		return []string{"qemu-nbd", "-t", "-f", "raw", "-k", sock, img}
-	}},
+// ServerTargets returns nbdlab's two exports and the peers'.
+func ServerTargets() []Target {
+	return []Target{
+		{"nbdlab mem", false, "mem", func(sock, _ string, size int64) []string {
+			return []string{"NBDLAB", "serve", "--listen", "unix:" + sock, fmt.Sprintf("bench=mem:%d", size)}
+		}},
+		{"nbdlab file", false, "file", func(sock, img string, _ int64) []string {
+			return []string{"NBDLAB", "serve", "--listen", "unix:" + sock, "bench=file:" + img}
+		}},
+		{"nbdkit memory", true, "mem", func(sock, _ string, size int64) []string {
+			return []string{"nbdkit", "-f", "-U", sock, "memory", strconv.FormatInt(size, 10)}
+		}},
+		{"nbdkit file", true, "file", func(sock, img string, _ int64) []string {
+			return []string{"nbdkit", "-f", "-U", sock, "file", "file=" + img}
+		}},
+		{"qemu-nbd raw", true, "file", func(sock, img string, _ int64) []string {
+			return []string{"qemu-nbd", "-t", "-f", "raw", "-k", sock, img}
+		}},
+	}
 }
 
-// startTarget starts a server and waits until its socket accepts.
+// startTarget starts a server and returns once it listens on sock.
 func startTarget(ctx context.Context, nbdlab string, argv []string, sock string) (*harness.Proc, error) {
 	if argv[0] == "NBDLAB" {
-		argv[0] = nbdlab
+		s, err := harness.StartServe(ctx, nbdlab, argv[2:]...)
+		if err != nil {
+			return nil, fmt.Errorf("bench: %w", err)
+		}
+		return s.Proc, nil
 	}
-	p, err := harness.Start(ctx, 5*time.Second, nil, argv[0], argv[1:]...)
+	p, err := harness.StartListening(ctx, nbd.Addr{Network: "unix", Address: sock}, 30*time.Second, argv[0], argv[1:]...)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("bench: %w", err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.Dial("unix", sock)
-		if err == nil {
-			c.Close()
-			return p, nil
-		}
-		select {
-		case <-p.Done():
-			return nil, fmt.Errorf("bench: %s exited: %s", argv[0], p.Output())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			p.Kill()
-			return nil, fmt.Errorf("bench: %s not listening on %s after 30s: %s", argv[0], sock, p.Output())
-		}
-	}
+	return p, nil
 }
 
 // measure runs one job against a started server and adds its CPU and RSS.
 func measure(ctx context.Context, dir, uri string, p *harness.Proc, job Job, size int64, d time.Duration) (Result, error) {
 	pid := p.Cmd.Process.Pid
-	cpu0, err := cpuTime(pid)
+	st0, err := procfs.ReadStat(pid)
 	if err != nil {
 		return Result{}, err
 	}
@@ -142,12 +135,12 @@ func measure(ctx context.Context, dir, uri string, p *harness.Proc, job Job, siz
 		return r, err
 	}
 	r.Duration = time.Since(start)
-	cpu1, err := cpuTime(pid)
+	st1, err := procfs.ReadStat(pid)
 	if err != nil {
 		return r, err
 	}
-	r.CPU = cpu1 - cpu0
-	r.PeakRSS, err = peakRSS(pid)
+	r.CPU = st1.CPU - st0.CPU
+	r.PeakRSS, err = procfs.PeakRSS(pid)
 	return r, err
 }
 
@@ -170,15 +163,15 @@ func RunServer(ctx context.Context, o Options) error {
 		return err
 	}
 	fmt.Fprintf(o.Out, "bench:server: %d jobs x %d servers x %d rounds, %s each, %d MiB exports, file exports on %s\n",
-		len(ServerJobs), len(ServerTargets), o.Rounds, o.Duration, o.Size>>20, o.Dir)
+		len(ServerJobs()), len(ServerTargets()), o.Rounds, o.Duration, o.Size>>20, o.Dir)
 	runs := map[string]map[string][]Result{} // job -> target -> one result a round
-	for _, j := range ServerJobs {
+	for _, j := range ServerJobs() {
 		runs[j.Name] = map[string][]Result{}
 	}
 	for round := range o.Rounds {
 		fmt.Fprintf(o.Out, "round %d of %d\n", round+1, o.Rounds)
-		for k := range ServerTargets {
-			t := ServerTargets[(k+round)%len(ServerTargets)]
+		for k := range ServerTargets() {
+			t := ServerTargets()[(k+round)%len(ServerTargets())]
 			if err := runTarget(ctx, o, work, img, t, runs); err != nil {
 				return err
 			}
@@ -200,7 +193,7 @@ func runTarget(ctx context.Context, o Options, work, img string, t Target, runs 
 	if !t.Peer {
 		uri = "nbd+unix:///bench?socket=" + sock
 	}
-	for _, j := range ServerJobs {
+	for _, j := range ServerJobs() {
 		r, err := measure(ctx, work, uri, p, j, o.Size, o.Duration)
 		if err != nil {
 			p.Kill()
@@ -250,9 +243,9 @@ func report(w io.Writer, runs map[string]map[string][]Result) {
 	fmt.Fprintln(w, "\nmedian of the rounds; IOPS range is the lowest and highest round:")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "job\tserver\tIOPS\tIOPS range\tMiB/s\tp99\tCPU s/GiB\tpeak RSS MiB\t")
-	for _, j := range ServerJobs {
+	for _, j := range ServerJobs() {
 		results[j.Name] = map[string]Result{}
-		for _, t := range ServerTargets {
+		for _, t := range ServerTargets() {
 			r, lo, hi := median(runs[j.Name][t.Name])
 			results[j.Name][t.Name] = r
 			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f-%.0f\t%.1f\t%s\t%.3f\t%d\t\n", j.Name, t.Name, r.IOPS, lo, hi, r.MiBps(),
@@ -263,10 +256,10 @@ func report(w io.Writer, runs map[string]map[string][]Result) {
 	fmt.Fprintln(w, "\nratio nbdlab / best peer (goal >= 1.00; IOPS for 4k jobs, MiB/s for 1M jobs):")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "job\tnbdlab best\tbest peer\tratio\tmem vs memory peers\tfile vs file peers")
-	for _, j := range ServerJobs {
+	for _, j := range ServerJobs() {
 		best := func(peer bool, group string) (string, float64) {
 			name, v := "", 0.0
-			for _, t := range ServerTargets {
+			for _, t := range ServerTargets() {
 				if t.Peer != peer || (group != "" && t.Group != group) {
 					continue
 				}

@@ -8,7 +8,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/selfbuild"
 	"github.com/nbdlab/nbdlab/vm"
 )
 
@@ -28,7 +28,7 @@ func RunVM(ctx context.Context, o VMOptions) error {
 	if o.Out == nil {
 		o.Out = os.Stdout
 	}
-	bin, err := harness.BuildNbdlabCached(ctx)
+	bin, err := selfbuild.Nbdlab(ctx)
 	if err != nil {
 		return err
 	}

@@ -13,44 +13,34 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strings"
 	"time"
+
+	"github.com/nbdlab/nbdlab/internal/command"
 )
 
-// Packages are the Debian packages the suite and the benchmarks use.
-var Packages = []string{
-	// Peers and clients of the NBD server.
-	"nbdkit", "libnbd-bin", "python3-libnbd", "qemu-utils", "fio",
-	"nbd-server", "nbd-client",
-	// Lab VMs: QEMU and the Debian kernels they boot.
-	"qemu-system-x86", "linux-image-amd64", "linux-image-6.12-amd64",
-	// Building nbd.ko from a distribution's kernel source.
-	"build-essential", "bc", "flex", "bison", "libelf-dev", "libssl-dev", "dwarves", "xz-utils", "patch",
-	// Namespaces and the tools used inside the guests.
-	"iproute2", "kmod", "fdisk", "e2fsprogs", "util-linux",
-}
-
-// Runner runs external commands; tests substitute it.
-type Runner func(ctx context.Context, stdout, stderr io.Writer, name string, args ...string) error
-
-// Exec runs a command with os/exec.
-func Exec(ctx context.Context, stdout, stderr io.Writer, name string, args ...string) error {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
+// Packages returns the Debian packages the suite and the benchmarks use.
+func Packages() []string {
+	return []string{
+		// Peers and clients of the NBD server.
+		"nbdkit", "libnbd-bin", "python3-libnbd", "qemu-utils", "fio",
+		"nbd-server", "nbd-client",
+		// Lab VMs: QEMU and the Debian kernels they boot.
+		"qemu-system-x86", "linux-image-amd64", "linux-image-6.12-amd64",
+		// Building nbd.ko from a distribution's kernel source.
+		"build-essential", "bc", "flex", "bison", "libelf-dev", "libssl-dev", "dwarves", "xz-utils", "patch",
+		// Namespaces and the tools used inside the guests.
+		"iproute2", "kmod", "fdisk", "e2fsprogs", "util-linux",
 	}
-	return nil
 }
 
 // Missing returns the packages of pkgs that dpkg does not list as installed.
-func Missing(ctx context.Context, run Runner, pkgs []string) ([]string, error) {
+func Missing(ctx context.Context, run command.Runner, pkgs []string) ([]string, error) {
 	var out bytes.Buffer
 	args := append([]string{"-W", "-f", "${Package} ${db:Status-Abbrev}\n"}, pkgs...)
 	// dpkg-query exits 1 when some package is unknown; its output still
 	// lists the known ones.
-	_ = run(ctx, &out, io.Discard, "dpkg-query", args...)
+	_ = run(ctx, "", &out, io.Discard, "dpkg-query", args...)
 	installed := map[string]bool{}
 	for _, line := range strings.Split(out.String(), "\n") {
 		f := strings.Fields(line)
@@ -69,7 +59,7 @@ func Missing(ctx context.Context, run Runner, pkgs []string) ([]string, error) {
 
 // Deps installs whichever of pkgs are missing. With everything installed it
 // only asks dpkg, which takes well under a second.
-func Deps(ctx context.Context, run Runner, w io.Writer, pkgs []string) error {
+func Deps(ctx context.Context, run command.Runner, w io.Writer, pkgs []string) error {
 	missing, err := Missing(ctx, run, pkgs)
 	if err != nil {
 		return err
@@ -84,11 +74,11 @@ func Deps(ctx context.Context, run Runner, w io.Writer, pkgs []string) error {
 	}
 	start := time.Now()
 	fmt.Fprintf(w, "deps: installing %s\n", strings.Join(missing, " "))
-	if err := run(ctx, w, w, "apt-get", "update", "-q"); err != nil {
+	if err := run(ctx, "", w, w, "apt-get", "update", "-q"); err != nil {
 		return fmt.Errorf("deps: %w", err)
 	}
 	args := append([]string{"install", "-y", "-q", "--no-install-recommends"}, missing...)
-	if err := run(ctx, w, w, "apt-get", args...); err != nil {
+	if err := run(ctx, "", w, w, "apt-get", args...); err != nil {
 		return fmt.Errorf("deps: %w", err)
 	}
 	fmt.Fprintf(w, "deps: installed %d packages in %s\n", len(missing), time.Since(start).Round(time.Second))

@@ -9,7 +9,7 @@ import (
 )
 
 func TestMissing(t *testing.T) {
-	run := func(_ context.Context, stdout, _ io.Writer, name string, args ...string) error {
+	run := func(_ context.Context, _ string, stdout, _ io.Writer, name string, args ...string) error {
 		if name != "dpkg-query" {
 			t.Fatalf("ran %s", name)
 		}
@@ -26,7 +26,7 @@ func TestMissing(t *testing.T) {
 }
 
 func TestDepsDoesNothingWhenAllInstalled(t *testing.T) {
-	run := func(_ context.Context, stdout, _ io.Writer, name string, args ...string) error {
+	run := func(_ context.Context, _ string, stdout, _ io.Writer, name string, args ...string) error {
 		if name != "dpkg-query" {
 			t.Fatalf("ran %s %v; want only dpkg-query", name, args)
 		}

@@ -7,6 +7,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/nbdlab/nbdlab/internal/command"
 )
 
 // Fuzzer names a fuzz target that the suite runs briefly.
@@ -14,12 +16,15 @@ type Fuzzer struct {
 	Pkg, Name string
 }
 
-// Fuzzers are run for FuzzTime each by Test, after the unit tests have run
-// their seed corpora.
-var Fuzzers = []Fuzzer{
-	{"./nbd", "FuzzHandshake"},
-	{"./nbd", "FuzzTransmission"},
-	{"./cpio", "FuzzRead"},
+// Fuzzers returns the fuzz targets Test runs for FuzzTime each, after the
+// unit tests have run their seed corpora.
+func Fuzzers() []Fuzzer {
+	return []Fuzzer{
+		{"./nbd", "FuzzWire"},
+		{"./nbd", "FuzzHandshake"},
+		{"./nbd", "FuzzTransmission"},
+		{"./cpio", "FuzzRead"},
+	}
 }
 
 // FuzzTime is how long Test fuzzes each target.
@@ -27,18 +32,18 @@ const FuzzTime = 10 * time.Second
 
 // Lint fails when gofmt would change a file, or go vet or staticcheck
 // reports anything.
-func Lint(ctx context.Context, run Runner, w io.Writer) error {
+func Lint(ctx context.Context, run command.Runner, w io.Writer) error {
 	var out bytes.Buffer
-	if err := run(ctx, &out, w, "gofmt", "-l", "."); err != nil {
+	if err := run(ctx, "", &out, w, "gofmt", "-l", "."); err != nil {
 		return fmt.Errorf("lint: %w", err)
 	}
 	if s := strings.TrimSpace(out.String()); s != "" {
 		return fmt.Errorf("lint: gofmt would change:\n%s", s)
 	}
-	if err := run(ctx, w, w, "go", "vet", "./..."); err != nil {
+	if err := run(ctx, "", w, w, "go", "vet", "./..."); err != nil {
 		return fmt.Errorf("lint: %w", err)
 	}
-	if err := run(ctx, w, w, "go", "tool", "staticcheck", "./..."); err != nil {
+	if err := run(ctx, "", w, w, "go", "tool", "staticcheck", "./..."); err != nil {
 		return fmt.Errorf("lint: %w", err)
 	}
 	fmt.Fprintln(w, "lint: gofmt, go vet and staticcheck are clean")
@@ -46,13 +51,13 @@ func Lint(ctx context.Context, run Runner, w io.Writer) error {
 }
 
 // Test runs every package's tests, then each fuzzer for FuzzTime.
-func Test(ctx context.Context, run Runner, w io.Writer) error {
-	if err := run(ctx, w, w, "go", "test", "-count=1", "-timeout=80m", "./..."); err != nil {
+func Test(ctx context.Context, run command.Runner, w io.Writer) error {
+	if err := run(ctx, "", w, w, "go", "test", "-count=1", "-timeout=80m", "./..."); err != nil {
 		return fmt.Errorf("test: %w", err)
 	}
-	for _, f := range Fuzzers {
+	for _, f := range Fuzzers() {
 		args := []string{"test", "-run=^$", "-fuzz=^" + f.Name + "$", "-fuzztime=" + FuzzTime.String(), f.Pkg}
-		if err := run(ctx, w, w, "go", args...); err != nil {
+		if err := run(ctx, "", w, w, "go", args...); err != nil {
 			return fmt.Errorf("test: fuzz %s: %w", f.Name, err)
 		}
 	}

@@ -2,75 +2,27 @@ package harness
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/nbdlab/nbdlab/internal/cachedir"
+	"github.com/nbdlab/nbdlab/internal/ready"
+	"github.com/nbdlab/nbdlab/nbd"
 )
-
-// BuildNbdlab builds the nbdlab command into dir and returns its path. The
-// binary is static (CGO_ENABLED=0), so it can also be a lab VM's init.
-func BuildNbdlab(ctx context.Context, dir string) (string, error) {
-	out := filepath.Join(dir, "nbdlab")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/nbdlab/nbdlab/cmd/nbdlab")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("harness: go build nbdlab: %w\n%s", err, b)
-	}
-	return out, nil
-}
-
-// BuildNbdlabCached builds nbdlab and keeps it in the user cache directory
-// under a name derived from its contents, so identical builds share one
-// file. The path is visible inside lab VMs.
-func BuildNbdlabCached(ctx context.Context) (string, error) {
-	tmp, err := os.MkdirTemp("", "nbdlab-build-")
-	if err != nil {
-		return "", err
-	}
-	defer os.RemoveAll(tmp)
-	bin, err := BuildNbdlab(ctx, tmp)
-	if err != nil {
-		return "", err
-	}
-	data, err := os.ReadFile(bin)
-	if err != nil {
-		return "", err
-	}
-	sum := sha256.Sum256(data)
-	dir := cachedir.Dir("bin")
-	dst := filepath.Join(dir, "nbdlab-"+hex.EncodeToString(sum[:8]))
-	if _, err := os.Stat(dst); err == nil {
-		return dst, nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	part := dst + fmt.Sprintf(".%d.part", os.Getpid())
-	if err := os.WriteFile(part, data, 0o755); err != nil {
-		return "", err
-	}
-	return dst, os.Rename(part, dst)
-}
 
 // Proc is a child process with its combined output captured.
 type Proc struct {
 	Cmd  *exec.Cmd
 	mu   sync.Mutex
-	out  bytes.Buffer
+	out  strings.Builder
 	done chan struct{}
 	err  error
 }
@@ -82,33 +34,27 @@ func (p *Proc) Output() string {
 	return p.out.String()
 }
 
-// Start starts name with args. ready is called with each line the process
-// prints, until it returns true; Start returns once it has, or fails when
-// the process exits first or timeout passes.
-func Start(ctx context.Context, timeout time.Duration, ready func(line string) bool, name string, args ...string) (*Proc, error) {
-	p := &Proc{Cmd: exec.CommandContext(ctx, name, args...), done: make(chan struct{})}
+// Start starts name with args, capturing its output. The process is
+// killed when ctx ends.
+func Start(ctx context.Context, name string, args ...string) (*Proc, error) {
+	return start(exec.CommandContext(ctx, name, args...))
+}
+
+func start(cmd *exec.Cmd) (*Proc, error) {
+	p := &Proc{Cmd: cmd, done: make(chan struct{})}
 	p.Cmd.Cancel = func() error { return p.Cmd.Process.Signal(syscall.SIGKILL) }
 	pr, pw := io.Pipe()
 	p.Cmd.Stdout, p.Cmd.Stderr = pw, pw
 	if err := p.Cmd.Start(); err != nil {
-		return nil, fmt.Errorf("harness: start %s: %w", name, err)
+		return nil, fmt.Errorf("harness: start %s: %w", p.Cmd.Path, err)
 	}
-	readyc := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		signalled := ready == nil
-		if signalled {
-			close(readyc)
-		}
 		for sc.Scan() {
 			p.mu.Lock()
 			p.out.WriteString(sc.Text() + "\n")
 			p.mu.Unlock()
-			if !signalled && ready(sc.Text()) {
-				signalled = true
-				close(readyc)
-			}
 		}
 		io.Copy(io.Discard, pr)
 	}()
@@ -117,15 +63,7 @@ func Start(ctx context.Context, timeout time.Duration, ready func(line string) b
 		pw.Close()
 		close(p.done)
 	}()
-	select {
-	case <-readyc:
-		return p, nil
-	case <-p.done:
-		return nil, fmt.Errorf("harness: %s exited before it was ready: %v\n%s", name, p.err, p.Output())
-	case <-time.After(timeout):
-		p.Kill()
-		return nil, fmt.Errorf("harness: %s not ready after %s\n%s", name, timeout, p.Output())
-	}
+	return p, nil
 }
 
 // Stop sends SIGTERM and waits for the process to exit, up to timeout,
@@ -150,43 +88,81 @@ func (p *Proc) Kill() {
 // Done is closed when the process has exited.
 func (p *Proc) Done() <-chan struct{} { return p.done }
 
-// Server is a running "nbdlab serve".
-type Server struct {
-	*Proc
-	TCP  string // HOST:PORT of the first TCP listener, if any
-	Unix string // path of the first unix socket, if any
-}
-
-var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
-
-// StartServe runs "nbdlab serve" with args and waits until it listens on
-// all its addresses, whose number is given by the --listen flags (or 1).
-func StartServe(ctx context.Context, bin string, args ...string) (*Server, error) {
-	want := strings.Count(strings.Join(args, " "), "--listen")
-	if want == 0 {
-		want = 1
-	}
-	s := &Server{}
-	n := 0
-	p, err := Start(ctx, 30*time.Second, func(line string) bool {
-		m := listeningRE.FindStringSubmatch(line)
-		if m == nil {
-			return false
-		}
-		if path, ok := strings.CutPrefix(m[1], "unix:"); ok {
-			if s.Unix == "" {
-				s.Unix = path
-			}
-		} else if s.TCP == "" {
-			s.TCP = m[1]
-		}
-		n++
-		return n == want
-	}, bin, append([]string{"serve"}, args...)...)
+// StartListening starts a server that has no ready signal of its own (a
+// peer such as nbdkit or qemu-nbd) and returns once addr accepts
+// connections, or fails when the process exits first or timeout passes.
+func StartListening(ctx context.Context, addr nbd.Addr, timeout time.Duration, name string, args ...string) (*Proc, error) {
+	p, err := Start(ctx, name, args...)
 	if err != nil {
 		return nil, err
 	}
-	s.Proc = p
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout(addr.Network, addr.Address, time.Second)
+		if err == nil {
+			c.Close()
+			return p, nil
+		}
+		select {
+		case <-p.Done():
+			return nil, fmt.Errorf("harness: %s exited before it listened on %s: %v\n%s", name, addr, p.err, p.Output())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.Kill()
+			return nil, fmt.Errorf("harness: %s not listening on %s after %s\n%s", name, addr, timeout, p.Output())
+		}
+	}
+}
+
+// Server is a running "nbdlab serve".
+type Server struct {
+	*Proc
+	Addrs []nbd.Addr // where it listens, in the order of its --listen flags
+	TCP   string     // HOST:PORT of the first TCP listener, if any
+	Unix  string     // path of the first unix socket, if any
+}
+
+// StartServe runs "nbdlab serve" with args and returns once it says, on
+// its --ready-fd, that every listener is up.
+func StartServe(ctx context.Context, bin string, args ...string) (*Server, error) {
+	rp, err := ready.NewPipe()
+	if err != nil {
+		return nil, err
+	}
+	defer rp.Close()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"serve", "--ready-fd", "3"}, args...)...)
+	cmd.ExtraFiles = []*os.File{rp.Child()}
+	p, err := start(cmd)
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	addrs, err := rp.Wait(wctx)
+	if err != nil {
+		if errors.Is(err, ready.ErrExited) {
+			<-p.done
+		} else {
+			p.Kill()
+		}
+		return nil, fmt.Errorf("harness: nbdlab serve: %w (exit: %v)\n%s", err, p.err, p.Output())
+	}
+	s := &Server{Proc: p}
+	for _, f := range strings.Fields(addrs) {
+		a, err := nbd.ParseAddr(f)
+		if err != nil {
+			p.Kill()
+			return nil, fmt.Errorf("harness: nbdlab serve said it listens on %q: %w", addrs, err)
+		}
+		s.Addrs = append(s.Addrs, a)
+		switch {
+		case a.Network == "unix" && s.Unix == "":
+			s.Unix = a.Address
+		case a.Network == "tcp" && s.TCP == "":
+			s.TCP = a.Address
+		}
+	}
 	return s, nil
 }
 
@@ -194,27 +170,7 @@ func StartServe(ctx context.Context, bin string, args ...string) (*Server, error
 // unix socket.
 func (s *Server) URI(export string, unix bool) string {
 	if unix {
-		return fmt.Sprintf("nbd+unix:///%s?socket=%s", export, s.Unix)
+		return nbd.Addr{Network: "unix", Address: s.Unix}.URI(export)
 	}
-	return fmt.Sprintf("nbd://%s/%s", s.TCP, export)
+	return nbd.Addr{Network: "tcp", Address: s.TCP}.URI(export)
 }
-
-// ErrMissingTool is wrapped by Require when a tool is not installed.
-var ErrMissingTool = errors.New("not installed")
-
-// Require reports which of the named programs are not on PATH.
-func Require(tools ...string) error {
-	var missing []string
-	for _, t := range tools {
-		if _, err := exec.LookPath(t); err != nil {
-			missing = append(missing, t)
-		}
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("%s %w (go run mage.go deps installs it)", strings.Join(missing, ", "), ErrMissingTool)
-	}
-	return nil
-}
-
-// InCI reports whether CI=true, where missing tools are failures.
-func InCI() bool { return os.Getenv("CI") == "true" }

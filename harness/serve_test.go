@@ -14,8 +14,16 @@ import (
 	"time"
 
 	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/testenv"
 	"github.com/nbdlab/nbdlab/nbd/nbdtest"
 )
+
+// TestMain puts the system's Python first on PATH: python3-libnbd (nbdsh)
+// lives there, and a pyenv Python may come first.
+func TestMain(m *testing.M) {
+	os.Setenv("PATH", "/usr/bin:/bin:"+os.Getenv("PATH"))
+	os.Exit(m.Run())
+}
 
 // serveBoth starts nbdlab serve on TCP and a unix socket with the given
 // exports.
@@ -46,7 +54,7 @@ func randomFile(t *testing.T, size int) (string, []byte) {
 }
 
 func TestNbdinfo(t *testing.T) {
-	harness.Need(t, "nbdinfo")
+	testenv.Need(t, "nbdinfo")
 	img, _ := randomFile(t, 1<<20)
 	s := serveBoth(t, "disk=file:"+img, "scratch=mem:1G", "ro=mem:16M,ro")
 	transports(t, func(t *testing.T, unix bool) {
@@ -86,7 +94,7 @@ func TestNbdinfo(t *testing.T) {
 }
 
 func TestNbdshCommandsAndErrors(t *testing.T) {
-	harness.Need(t, "nbdsh")
+	testenv.Need(t, "nbdsh")
 	s := serveBoth(t, "rw=mem:64M", "ro=mem:64M,ro")
 	script, _ := filepath.Abs("testdata/commands.py")
 	transports(t, func(t *testing.T, unix bool) {
@@ -103,7 +111,7 @@ func TestNbdshCommandsAndErrors(t *testing.T) {
 }
 
 func TestNbdcopyRoundTrip(t *testing.T) {
-	harness.Need(t, "nbdcopy")
+	testenv.Need(t, "nbdcopy")
 	src, data := randomFile(t, 24<<20+12345)
 	s := serveBoth(t, fmt.Sprintf("scratch=mem:%d", len(data)))
 	transports(t, func(t *testing.T, unix bool) {
@@ -121,7 +129,7 @@ func TestNbdcopyRoundTrip(t *testing.T) {
 }
 
 func TestQemuImgAndQemuIo(t *testing.T) {
-	harness.Need(t, "qemu-img", "qemu-io")
+	testenv.Need(t, "qemu-img", "qemu-io")
 	src, orig := randomFile(t, 8<<20)
 	s := serveBoth(t, "img=file:"+src+",cow", "out=mem:8M")
 	transports(t, func(t *testing.T, unix bool) {
@@ -153,7 +161,7 @@ func mustRead(t *testing.T, path string) []byte {
 }
 
 func TestNbdinfoOverTLS(t *testing.T) {
-	harness.Need(t, "nbdinfo")
+	testenv.Need(t, "nbdinfo")
 	creds := nbdtest.NewTLS(t)
 	sock := filepath.Join(t.TempDir(), "tls.sock")
 	s := harness.Serve(t, "--listen", "127.0.0.1:0", "--listen", "unix:"+sock,
@@ -180,7 +188,7 @@ func TestNbdinfoOverTLS(t *testing.T) {
 }
 
 func TestFioVerify(t *testing.T) {
-	harness.Need(t, "fio")
+	testenv.Need(t, "fio")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "fio.img")
 	if err := os.WriteFile(img, nil, 0o644); err != nil {
@@ -222,7 +230,7 @@ func TestFioVerify(t *testing.T) {
 // TestServeLogsAndSurvivesBadClients checks the log line of a malformed
 // handshake, -v request tracing, and that the server keeps serving.
 func TestServeLogsAndSurvivesBadClients(t *testing.T) {
-	harness.Need(t, "nbdinfo")
+	testenv.Need(t, "nbdinfo")
 	s := harness.Serve(t, "-v", "--listen", "127.0.0.1:0", "d=mem:1M")
 	for _, garbage := range [][]byte{
 		[]byte("GET / HTTP/1.0\r\n\r\n"),                  // not NBD at all

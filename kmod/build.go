@@ -18,6 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdlab/nbdlab/internal/cachedir"
+	"github.com/nbdlab/nbdlab/internal/command"
+	"github.com/nbdlab/nbdlab/internal/step"
 )
 
 // Options configure Build. The zero value builds for the running kernel.
@@ -33,7 +35,7 @@ type Options struct {
 	CacheDir string // default the user cache directory's nbdlab/kmod
 	Root     string // where to inspect the system; default /
 	Out      io.Writer
-	Run      Runner
+	Run      command.Runner
 	Env      *Env // provider environment; built from the above when nil
 }
 
@@ -49,33 +51,24 @@ type Result struct {
 }
 
 // Step is one timed step of a build.
-type Step struct {
-	Name string
-	Took time.Duration
-}
+type Step = step.Step
 
 type builder struct {
 	o     Options
 	res   *Result
 	env   *Env
 	log   *os.File
+	steps *step.Printer
 	start time.Time
 }
 
 func (b *builder) printf(format string, a ...any) { fmt.Fprintf(b.o.Out, format+"\n", a...) }
 
-// step runs fn as a numbered step and prints its time.
+// step runs fn as the next of the build's five steps.
 func (b *builder) step(name string, fn func() error) error {
-	start := time.Now()
-	err := fn()
-	took := time.Since(start)
-	b.res.Steps = append(b.res.Steps, Step{name, took})
-	if err != nil {
-		b.printf("[%s] failed after %s", name, took.Round(time.Millisecond))
-		return err
-	}
-	b.printf("[%s] done in %s", name, took.Round(time.Millisecond))
-	return nil
+	err := b.steps.Do(name, fn)
+	b.res.Steps = b.steps.Steps
+	return err
 }
 
 // runLogged runs a command with its output in the build log.
@@ -101,7 +94,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		o.Out = os.Stdout
 	}
 	if o.Run == nil {
-		o.Run = Exec
+		o.Run = command.Exec
 	}
 	if o.Root == "" {
 		o.Root = "/"
@@ -116,23 +109,23 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if o.Kernel == "" {
 		o.Kernel = running
 	}
-	b := &builder{o: o, res: &Result{}, start: time.Now()}
+	b := &builder{o: o, res: &Result{}, start: time.Now(), steps: step.New(o.Out, 5)}
 	defer func() { b.res.TotalTime = time.Since(b.start) }()
 	b.env = o.Env
 	if b.env == nil {
 		b.env = &Env{CacheDir: o.CacheDir, Run: o.Run, Force: o.Force}
 	}
 	if b.env.Progress == nil {
-		b.env.Progress = func(format string, a ...any) { b.printf("    "+format, a...) }
+		b.env.Progress = func(format string, a ...any) { b.steps.Printf(format, a...) }
 	}
 
 	var t *Target
-	err := b.step("1/5 inspect", func() error {
+	err := b.step("inspect", func() error {
 		var err error
 		t, err = Inspect(o.Root, o.Kernel, running)
 		b.res.Target = t
 		if t != nil && t.Config != nil {
-			b.printf("    kernel %s (running: %v), distribution %q, config %s", t.Release, t.Running, t.Distro, t.ConfigPath)
+			b.steps.Printf("kernel %s (running: %v), distribution %q, config %s", t.Release, t.Running, t.Distro, t.ConfigPath)
 		}
 		return err
 	})
@@ -154,7 +147,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		return b.res, nil
 	}
 	if t.DistroNBD != "" {
-		b.printf("    the distribution ships %s; building nbdlab's own into updates/, which modprobe prefers", t.DistroNBD)
+		b.steps.Printf("the distribution ships %s; building nbdlab's own into updates/, which modprobe prefers", t.DistroNBD)
 	}
 	prov, err := ProviderFor(t, o.Source)
 	if err != nil {
@@ -174,28 +167,28 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	b.res.BuildLog = b.log.Name()
 
 	var src *Source
-	if err := b.step("2/5 fetch source ("+prov.Name()+")", func() error {
+	if err := b.step("fetch source ("+prov.Name()+")", func() error {
 		var err error
 		src, err = prov.Fetch(ctx, b.env, t)
 		if err == nil {
-			b.printf("    source: %s at %s", src.What, src.Dir)
+			b.steps.Printf("source: %s at %s", src.What, src.Dir)
 		}
 		return err
 	}); err != nil {
 		return b.res, err
 	}
 	var ko string
-	if err := b.step("3/5 build nbd.ko", func() error {
+	if err := b.step("build nbd.ko", func() error {
 		var err error
 		ko, err = b.build(ctx, t, src)
 		return err
 	}); err != nil {
 		return b.res, err
 	}
-	if err := b.step("4/5 verify", func() error { return b.verify(ctx, t, src, ko) }); err != nil {
+	if err := b.step("verify", func() error { return b.verify(ctx, t, src, ko) }); err != nil {
 		return b.res, err
 	}
-	if err := b.step("5/5 install", func() error { return b.install(ctx, t, ko) }); err != nil {
+	if err := b.step("install", func() error { return b.install(ctx, t, ko) }); err != nil {
 		return b.res, err
 	}
 	b.printf("nbd.ko for %s installed at %s (%s in all)", t.Release, b.res.Module, time.Since(b.start).Round(100*time.Millisecond))
@@ -254,7 +247,7 @@ func (b *builder) build(ctx context.Context, t *Target, src *Source) (string, er
 		return "", err
 	}
 	if isComplete(build) {
-		b.printf("    reusing prepared build directory %s", build)
+		b.steps.Printf("reusing prepared build directory %s", build)
 	} else {
 		os.RemoveAll(build)
 		if err := os.MkdirAll(build, 0o755); err != nil {
@@ -276,7 +269,7 @@ func (b *builder) build(ctx context.Context, t *Target, src *Source) (string, er
 			if err := b.runLogged(ctx, "", "make", b.makeArgs(src, build, t.Release, target)...); err != nil {
 				return "", fmt.Errorf("kmod: make %s for %s: %w", target, t.Release, err)
 			}
-			b.printf("    make %s: %s", target, time.Since(start).Round(100*time.Millisecond))
+			b.steps.Printf("make %s: %s", target, time.Since(start).Round(100*time.Millisecond))
 		}
 		if err := markComplete(build); err != nil {
 			return "", err
@@ -297,7 +290,7 @@ func (b *builder) build(ctx context.Context, t *Target, src *Source) (string, er
 	if err := b.runLogged(ctx, "", "make", b.makeArgs(src, build, t.Release, "M="+ext, "modules")...); err != nil {
 		return "", fmt.Errorf("kmod: build nbd.ko for %s: %w", t.Release, err)
 	}
-	b.printf("    make M=%s modules: %s", ext, time.Since(start).Round(100*time.Millisecond))
+	b.steps.Printf("make M=%s modules: %s", ext, time.Since(start).Round(100*time.Millisecond))
 	return filepath.Join(ext, "nbd.ko"), nil
 }
 

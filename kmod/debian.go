@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/nbdlab/nbdlab/internal/command"
 )
 
 // Debian fetches linux-source-X.Y at exactly the version of the kernel's
@@ -30,7 +32,7 @@ func DebianSourcePackage(version string) (string, error) {
 func imageVersion(ctx context.Context, env *Env, rel string) (string, error) {
 	var errs []string
 	for _, pkg := range []string{"linux-image-" + rel, "linux-image-" + rel + "-unsigned"} {
-		v, err := output(ctx, env.Run, "dpkg-query", "-W", "-f", "${Version}", pkg)
+		v, err := command.Output(ctx, env.Run, "dpkg-query", "-W", "-f", "${Version}", pkg)
 		if err == nil && v != "" {
 			return v, nil
 		}
@@ -41,15 +43,15 @@ func imageVersion(ctx context.Context, env *Env, rel string) (string, error) {
 
 // aptSHA256 returns the SHA256 apt lists for pkg at version.
 func aptSHA256(ctx context.Context, env *Env, pkg, version string) (string, error) {
-	show, err := output(ctx, env.Run, "apt-cache", "show", pkg+"="+version)
+	show, err := command.Output(ctx, env.Run, "apt-cache", "show", pkg+"="+version)
 	if err != nil {
 		// The lists may be missing on a fresh machine.
 		if uerr := env.Run(ctx, "", nil, nil, "apt-get", "update", "-q"); uerr == nil {
-			show, err = output(ctx, env.Run, "apt-cache", "show", pkg+"="+version)
+			show, err = command.Output(ctx, env.Run, "apt-cache", "show", pkg+"="+version)
 		}
 	}
 	if err != nil {
-		avail, _ := output(ctx, env.Run, "apt-cache", "madison", pkg)
+		avail, _ := command.Output(ctx, env.Run, "apt-cache", "madison", pkg)
 		return "", fmt.Errorf("kmod: %s %s is not available from apt (available: %s): %w", pkg, version, oneLine(avail), err)
 	}
 	for _, l := range strings.Split(show, "\n") {
@@ -110,7 +112,7 @@ func (Debian) Fetch(ctx context.Context, env *Env, t *Target) (*Source, error) {
 	}
 	srcVersion := version
 	if _, err := aptSHA256(ctx, env, pkg, version); err != nil {
-		avail, _ := output(ctx, env.Run, "apt-cache", "policy", pkg)
+		avail, _ := command.Output(ctx, env.Run, "apt-cache", "policy", pkg)
 		cand := candidate(avail)
 		if !env.Force || cand == "" {
 			return nil, fmt.Errorf("%w; refusing a different version, whose nbd.ko might not match %s (force to build from %s %q anyway)",

@@ -20,7 +20,8 @@ import (
 	"testing"
 
 	"github.com/nbdlab/nbdlab/cpio"
-	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/command"
+	"github.com/nbdlab/nbdlab/internal/testenv"
 	"github.com/nbdlab/nbdlab/kmod"
 )
 
@@ -124,7 +125,7 @@ func serve(t *testing.T, files map[string][]byte) string {
 }
 
 func testEnv(t *testing.T, mirrors map[string]string) *kmod.Env {
-	return &kmod.Env{CacheDir: t.TempDir(), Run: kmod.Exec, Mirrors: mirrors, Progress: t.Logf}
+	return &kmod.Env{CacheDir: t.TempDir(), Run: command.Exec, Mirrors: mirrors, Progress: t.Logf}
 }
 
 func checkTree(t *testing.T, src *kmod.Source, wantNbd string) {
@@ -193,7 +194,7 @@ func TestFetchVanillaChecksSHA256(t *testing.T) {
 				"/pub/linux/kernel/v6.x/linux-6.6.8.tar.xz": tarball, // tar detects gzip by content
 				"/pub/linux/kernel/v6.x/sha256sums.asc":     []byte(tt.sums),
 			})
-			src, err := kmod.Vanilla{}.Fetch(context.Background(), testEnv(t, map[string]string{"kernel.org": url}), &kmod.Target{Release: "6.6.8"})
+			src, err := kmod.KernelOrg{}.Fetch(context.Background(), testEnv(t, map[string]string{"kernel.org": url}), &kmod.Target{Release: "6.6.8"})
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("got %v, want an error about %q", err, tt.wantErr)
@@ -209,7 +210,7 @@ func TestFetchVanillaChecksSHA256(t *testing.T) {
 }
 
 func TestFetchUbuntuFromPool(t *testing.T) {
-	harness.Need(t, "dpkg-deb", "tar")
+	testenv.Need(t, "dpkg-deb", "tar")
 	// Build a linux-source .deb as Ubuntu lays it out.
 	pkg := t.TempDir()
 	os.MkdirAll(filepath.Join(pkg, "DEBIAN"), 0o755)
@@ -229,7 +230,7 @@ func TestFetchUbuntuFromPool(t *testing.T) {
 			io.WriteString(stdout, "5.15.0-91.101")
 			return nil
 		}
-		return kmod.Exec(ctx, dir, stdout, stderr, name, args...)
+		return command.Exec(ctx, dir, stdout, stderr, name, args...)
 	}
 	src, err := kmod.Ubuntu{}.Fetch(context.Background(), env, &kmod.Target{Release: "5.15.0-91-generic"})
 	if err != nil {

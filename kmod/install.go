@@ -38,13 +38,13 @@ func (b *builder) install(ctx context.Context, t *Target, ko string) error {
 	dest := filepath.Join(dir, "nbd.ko")
 	b.res.Module = dest
 	if sameFile(ko, dest) && depmodKnows(root, t.Release) {
-		b.printf("    %s is already this very module and depmod lists it; nothing to install", dest)
+		b.steps.Printf("%s is already this very module and depmod lists it; nothing to install", dest)
 		return b.configure(ctx, t, root)
 	}
 	if err := copyFile(ko, dest); err != nil {
 		return fmt.Errorf("kmod: install: %w", err)
 	}
-	b.printf("    installed %s", dest)
+	b.steps.Printf("installed %s", dest)
 	depmod := []string{"-a"}
 	if b.o.Prefix != "" {
 		depmod = append(depmod, "-b", b.o.Prefix)
@@ -52,7 +52,7 @@ func (b *builder) install(ctx context.Context, t *Target, ko string) error {
 	if err := b.runLogged(ctx, "", "depmod", append(depmod, t.Release)...); err != nil {
 		return fmt.Errorf("kmod: depmod for %s: %w", t.Release, err)
 	}
-	b.printf("    depmod -a %s", t.Release)
+	b.steps.Printf("depmod -a %s", t.Release)
 	return b.configure(ctx, t, root)
 }
 
@@ -61,7 +61,7 @@ func (b *builder) install(ctx context.Context, t *Target, ko string) error {
 func (b *builder) configure(ctx context.Context, t *Target, root string) error {
 	conf := filepath.Join(root, "etc/modprobe.d/nbd.conf")
 	if _, err := os.Stat(conf); err == nil {
-		b.printf("    keeping your %s", conf)
+		b.steps.Printf("keeping your %s", conf)
 	} else {
 		if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
 			return fmt.Errorf("kmod: %w", err)
@@ -69,13 +69,13 @@ func (b *builder) configure(ctx context.Context, t *Target, root string) error {
 		if err := os.WriteFile(conf, []byte(modprobeConf), 0o644); err != nil {
 			return fmt.Errorf("kmod: %w", err)
 		}
-		b.printf("    wrote %s (nbds_max=16 max_part=8)", conf)
+		b.steps.Printf("wrote %s (nbds_max=16 max_part=8)", conf)
 	}
 	if t.Running && b.o.Prefix == "" {
 		if err := b.runLogged(ctx, "", "modprobe", "nbd"); err != nil {
 			return fmt.Errorf("kmod: modprobe nbd: %w", err)
 		}
-		b.printf("    modprobe nbd: loaded")
+		b.steps.Printf("modprobe nbd: loaded")
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/kmod"
 )
 
@@ -27,8 +28,8 @@ func TestResolveReleases(t *testing.T) {
 		{"rocky 8.9 GA", "4.18.0-513.el8.x86_64", "", rhel, "R/8.9/BaseOS/source/tree/Packages/k/kernel-4.18.0-513.el8.src.rpm"},
 		{"fedora 39", "6.5.6-300.fc39.x86_64", "", fedora, "K/packages/kernel/6.5.6/300.fc39/src/kernel-6.5.6-300.fc39.src.rpm"},
 		{"ubuntu jammy", "5.15.0-91-generic", "5.15.0-91.101", ubuntu, "U/pool/main/l/linux/linux-source-5.15.0_5.15.0-91.101_all.deb"},
-		{"kernel.org", "6.6.8", "", vanilla, "C/pub/linux/kernel/v6.x/linux-6.6.8.tar.xz"},
-		{"kernel.org 3.x", "3.10", "", vanilla, "C/pub/linux/kernel/v3.x/linux-3.10.tar.xz"},
+		{"kernel.org", "6.6.8", "", kernelOrg, "C/pub/linux/kernel/v6.x/linux-6.6.8.tar.xz"},
+		{"kernel.org 3.x", "3.10", "", kernelOrg, "C/pub/linux/kernel/v3.x/linux-3.10.tar.xz"},
 		{"debian 6.1", "6.1.0-56-amd64", "6.1.192-2", debian, "linux-source-6.1"},
 		{"debian 6.12", "6.12.117+deb12-amd64", "6.12.117-1~deb12u1", debian, "linux-source-6.12"},
 	}
@@ -47,7 +48,7 @@ func TestResolveReleases(t *testing.T) {
 		{"6.1.0-56-amd64", "", rhel},
 		{"3.10.0-1160.el7.x86_64", "", fedora},
 		{"5.15.0-91-generic", "5.15.0-92.102", ubuntu},
-		{"6.6.8-custom", "", vanilla},
+		{"6.6.8-custom", "", kernelOrg},
 	} {
 		if got, err := bad.resolve(bad.rel, bad.version); err == nil {
 			t.Errorf("%s resolved to %q; want an error", bad.rel, got)
@@ -59,8 +60,8 @@ func rhel(rel, _ string) (string, error)   { return kmod.RHELURL("V", "R", rel) 
 func fedora(rel, _ string) (string, error) { return kmod.FedoraURL("K", rel) }
 func ubuntu(rel, v string) (string, error) { return kmod.UbuntuURL("U", rel, v) }
 func debian(_, v string) (string, error)   { return kmod.DebianSourcePackage(v) }
-func vanilla(rel, _ string) (string, error) {
-	u, _, err := kmod.VanillaURLs("C", rel)
+func kernelOrg(rel, _ string) (string, error) {
+	u, _, err := kmod.KernelOrgURLs("C", rel)
 	return u, err
 }
 
@@ -100,7 +101,7 @@ func fakeRoot(t *testing.T, rel, config string, files ...string) string {
 }
 
 // refuse is a Runner that fails the test if anything is run.
-func refuse(t *testing.T) kmod.Runner {
+func refuse(t *testing.T) command.Runner {
 	return func(_ context.Context, _ string, _, _ io.Writer, name string, args ...string) error {
 		t.Errorf("ran %s %v; want nothing run", name, args)
 		return errors.New("refused")

@@ -269,21 +269,21 @@ func fetchSRPM(ctx context.Context, env *Env, t *Target, url, name string) (*Sou
 	return &Source{Dir: top, What: name + " " + base, Symvers: installedSymvers(t.Release)}, nil
 }
 
-// Vanilla fetches a kernel.org release tarball and checks it against the
+// KernelOrg fetches a kernel.org release tarball and checks it against the
 // published sha256sums.
-type Vanilla struct{}
+type KernelOrg struct{}
 
 // Name implements Provider.
-func (Vanilla) Name() string { return "vanilla" }
+func (KernelOrg) Name() string { return "kernel.org" }
 
-var vanillaRelease = regexp.MustCompile(`^(\d+)\.(\d+)(?:\.(\d+))?$`)
+var kernelOrgRelease = regexp.MustCompile(`^(\d+)\.(\d+)(?:\.(\d+))?$`)
 
-// VanillaRelease reports whether rel looks like a kernel.org release.
-func VanillaRelease(rel string) bool { return vanillaRelease.MatchString(rel) }
+// KernelOrgRelease reports whether rel looks like a kernel.org release.
+func KernelOrgRelease(rel string) bool { return kernelOrgRelease.MatchString(rel) }
 
-// VanillaURLs maps a release (6.6.8) to its tarball and checksum list.
-func VanillaURLs(cdn, rel string) (tarball, sums string, err error) {
-	m := vanillaRelease.FindStringSubmatch(rel)
+// KernelOrgURLs maps a release (6.6.8) to its tarball and checksum list.
+func KernelOrgURLs(cdn, rel string) (tarball, sums string, err error) {
+	m := kernelOrgRelease.FindStringSubmatch(rel)
 	if m == nil {
 		return "", "", fmt.Errorf("kmod: %q is not a kernel.org release (like 6.6.8)", rel)
 	}
@@ -296,8 +296,8 @@ func VanillaURLs(cdn, rel string) (tarball, sums string, err error) {
 }
 
 // Fetch implements Provider.
-func (Vanilla) Fetch(ctx context.Context, env *Env, t *Target) (*Source, error) {
-	tarURL, sumsURL, err := VanillaURLs(env.mirror("kernel.org", "https://cdn.kernel.org"), t.Release)
+func (KernelOrg) Fetch(ctx context.Context, env *Env, t *Target) (*Source, error) {
+	tarURL, sumsURL, err := KernelOrgURLs(env.mirror("kernel.org", "https://cdn.kernel.org"), t.Release)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/nbdlab/nbdlab/internal/command"
 )
 
 // Source is a kernel source tree ready to build from.
@@ -28,7 +30,7 @@ type Provider interface {
 // Env is what providers work with.
 type Env struct {
 	CacheDir string
-	Run      Runner
+	Run      command.Runner
 	HTTP     *http.Client
 	Force    bool // accept a source version that does not match exactly
 	Progress func(format string, args ...any)
@@ -59,8 +61,8 @@ func ProviderFor(t *Target, local string) (Provider, error) {
 	case "fedora":
 		return Fedora{}, nil
 	}
-	if VanillaRelease(t.Release) {
-		return Vanilla{}, nil
+	if KernelOrgRelease(t.Release) {
+		return KernelOrg{}, nil
 	}
 	return nil, fmt.Errorf("kmod: no source provider for kernel %s (distribution %q); give a source tree with --source DIR", t.Release, t.Distro)
 }

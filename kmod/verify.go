@@ -137,7 +137,7 @@ func (b *builder) verify(ctx context.Context, t *Target, src *Source, ko string)
 		return err
 	}
 	b.res.Vermagic = vm
-	b.printf("    vermagic %q; symbol CRCs agree with %s", vm, src.Symvers)
+	b.steps.Printf("vermagic %q; symbol CRCs agree with %s", vm, src.Symvers)
 	if t.Config["CONFIG_MODULE_SIG_FORCE"] != "y" {
 		return nil
 	}
@@ -149,6 +149,6 @@ func (b *builder) verify(ctx context.Context, t *Target, src *Source, ko string)
 	if err := b.runLogged(ctx, "", filepath.Join(build, "scripts/sign-file"), hash, b.o.SignKey, b.o.SignCert, ko); err != nil {
 		return fmt.Errorf("kmod: sign nbd.ko: %w", err)
 	}
-	b.printf("    signed with %s", b.o.SignCert)
+	b.steps.Printf("signed with %s", b.o.SignCert)
 	return nil
 }

@@ -12,10 +12,12 @@ import (
 	"strings"
 )
 
-// GuestModules are the modules the guest init loads before it can reach
-// the host: virtio transport and console, 9p and overlayfs. Their
+// GuestModules returns the modules the guest init loads before it can
+// reach the host: virtio transport and console, 9p and overlayfs. Their
 // dependencies come from the kernel's modules.dep.
-var GuestModules = []string{"virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay"}
+func GuestModules() []string {
+	return []string{"virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay"}
+}
 
 // CheckStatic fails unless path is a statically linked ELF executable,
 // which the init of an initramfs must be.
@@ -41,7 +43,7 @@ func Initramfs(k Kernel, init, cacheDir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	order, err := md.LoadOrder(GuestModules...)
+	order, err := md.LoadOrder(GuestModules()...)
 	if err != nil {
 		return "", err
 	}

@@ -8,7 +8,7 @@ import (
 
 	"github.com/google/go-cmdtest"
 
-	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/testenv"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -20,7 +20,7 @@ func TestCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := harness.Nbdlab(t)
+	bin := testenv.Nbdlab(t)
 	ts.Commands["nbdlab"] = cmdtest.Program(bin)
 	ts.Setup = func(root string) error {
 		// A regular file to try to listen on, and a directory to export.

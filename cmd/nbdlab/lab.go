@@ -5,7 +5,7 @@ import (
 	"io"
 	"os"
 
-	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/lab"
 )
 
 func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -15,12 +15,12 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *guest {
-		exe, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		return harness.LabGuest(ctx, stdout, exe)
+	exe, err := os.Executable()
+	if err != nil {
+		return err
 	}
-	return harness.Lab(ctx, harness.LabOptions{Kernel: *kernel, Out: stdout})
+	if *guest {
+		return lab.Guest(ctx, stdout, exe)
+	}
+	return lab.Lab(ctx, lab.Options{Kernel: *kernel, Nbdlab: exe, Out: stdout})
 }

@@ -9,8 +9,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/nbdlab/nbdlab/internal/ready"
 	"github.com/nbdlab/nbdlab/nbd"
 )
 
@@ -25,6 +27,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ca := fs.String("tls-ca", "", "CA `FILE` (PEM): require client certificates signed by it")
 	verbose := fs.Bool("v", false, "trace every request")
 	grace := fs.Duration("shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long to wait for requests in flight")
+	readyFD := fs.Int("ready-fd", -1, "once every listener is up, write \"ok ADDR...\" (the addresses listened on) to descriptor `FD` and close it")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `usage: nbdlab serve %s
 
@@ -76,14 +79,28 @@ flags:
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	srv := &nbd.Server{Exports: exports, TLSConfig: tlsConfig, Logger: log}
+	var sig *ready.Signal
+	if *readyFD >= 0 {
+		sig = ready.Open(*readyFD)
+	}
 	lns, err := nbd.ListenAll(listen)
 	if err != nil {
+		if sig != nil {
+			sig.Fail(err)
+		}
 		return err
 	}
 	errc := make(chan error, len(lns))
+	var addrs []string
 	for _, l := range lns {
-		log.Info("listening", "addr", nbd.ListenerName(l))
+		addrs = append(addrs, nbd.AddrOf(l).String())
+		log.Info("listening", "addr", addrs[len(addrs)-1])
 		go func() { errc <- srv.Serve(l) }()
+	}
+	if sig != nil {
+		if err := sig.OK(strings.Join(addrs, " ")); err != nil {
+			log.Warn("cannot report readiness", "fd", *readyFD, "err", err)
+		}
 	}
 	for _, e := range exports {
 		log.Info("export", "name", e.Name, "size", e.Backend.Size(), "read_only", e.ReadOnly)

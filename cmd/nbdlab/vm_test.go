@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/testenv"
 	"github.com/nbdlab/nbdlab/vm/vmtest"
 )
 
@@ -15,7 +15,7 @@ import (
 // stdout and stderr arrive apart and the guest's exit status is nbdlab's.
 func TestIntegrationVMRunCLI(t *testing.T) {
 	newest := vmtest.Kernels(t)[0]
-	cmd := exec.Command(harness.Nbdlab(t), "vm", "run", "--timeout", "3m", "--", "sh", "-c", "uname -r; echo err >&2; exit 7")
+	cmd := exec.Command(testenv.Nbdlab(t), "vm", "run", "--timeout", "3m", "--", "sh", "-c", "uname -r; echo err >&2; exit 7")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -14,12 +14,50 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nbdlab/nbdlab/internal/unixpair"
 	"github.com/nbdlab/nbdlab/nbd"
 )
 
 // Dialer opens a fresh transport connection to the server, not yet
 // negotiated. Attach calls it once per connection and again to reconnect.
 type Dialer func(ctx context.Context) (net.Conn, error)
+
+// ServeDialer returns a Dialer whose connections are socket pairs with
+// srv serving the other end in this process: how a process serves a
+// backend to the kernel without a listening socket (nbdlab attach, like
+// qemu-nbd -c). The device then works only while this process lives.
+func ServeDialer(srv *nbd.Server) Dialer {
+	return func(ctx context.Context) (net.Conn, error) {
+		a, b, err := unixpair.Conns("nbd-serve")
+		if err != nil {
+			return nil, fmt.Errorf("kernel: %w", err)
+		}
+		go srv.ServeConn(context.Background(), a)
+		return b, nil
+	}
+}
+
+// Interface is the kernel interface a device is set up through.
+type Interface string
+
+// Interfaces.
+const (
+	InterfaceAuto    Interface = "auto" // netlink, or ioctl where the kernel has no nbd netlink family
+	InterfaceNetlink Interface = "netlink"
+	InterfaceIoctl   Interface = "ioctl"
+)
+
+func (i Interface) String() string { return string(i) }
+
+// Set parses auto, netlink or ioctl; it makes *Interface a flag.Value.
+func (i *Interface) Set(s string) error {
+	switch v := Interface(s); v {
+	case InterfaceAuto, InterfaceNetlink, InterfaceIoctl:
+		*i = v
+		return nil
+	}
+	return fmt.Errorf("interface %q: want auto, netlink or ioctl", s)
+}
 
 // AttachOptions configure Attach. Zero values mean: any free device, one
 // connection, the kernel's timeouts, the export's preferred block size,
@@ -31,8 +69,8 @@ type AttachOptions struct {
 	DeadTimeout time.Duration // how long I/O waits for a reconnect
 	ReadOnly    bool
 	BlockSize   uint64
-	Interface   string // "auto", "netlink" or "ioctl"
-	Backend     string // shown in /sys/block/nbdN/backend
+	Interface   Interface // default InterfaceAuto
+	Backend     string    // shown in /sys/block/nbdN/backend
 	Client      nbd.ClientConfig
 	Logf        func(format string, args ...any)
 }
@@ -41,7 +79,7 @@ type AttachOptions struct {
 type Attachment struct {
 	Index       int
 	Path        string
-	Interface   string // "netlink" or "ioctl"
+	Interface   Interface // InterfaceNetlink or InterfaceIoctl
 	Info        nbd.ExportInfo
 	Connections int
 	// NeedsProcess is true when the device only works while this process
@@ -91,24 +129,17 @@ func (a *Attachment) socketFor(c net.Conn) (kernelConn, error) {
 		}
 		return kernelConn{file: f}, nil
 	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	kf, local, err := unixpair.New("nbd-tls-relay")
 	if err != nil {
 		c.Close()
-		return kernelConn{}, fmt.Errorf("kernel: socketpair for a TLS relay: %w", err)
-	}
-	local, err := net.FileConn(os.NewFile(uintptr(fds[1]), "relay"))
-	unix.Close(fds[1])
-	if err != nil {
-		unix.Close(fds[0])
-		c.Close()
-		return kernelConn{}, err
+		return kernelConn{}, fmt.Errorf("kernel: %w", err)
 	}
 	a.proxies.Add(1)
 	go func() {
 		defer a.proxies.Done()
 		relay(local, c)
 	}()
-	return kernelConn{file: os.NewFile(uintptr(fds[0]), "nbd-kernel"), proxied: true}, nil
+	return kernelConn{file: kf, proxied: true}, nil
 }
 
 // relay copies between a and b until either side closes.
@@ -186,8 +217,8 @@ func Attach(ctx context.Context, dial Dialer, o AttachOptions) (*Attachment, err
 		cfg.Sockets = append(cfg.Sockets, c.file)
 	}
 	iface := o.Interface
-	if iface == "" || iface == "auto" || iface == "netlink" {
-		nl, err := Dial()
+	if iface == "" || iface == InterfaceAuto || iface == InterfaceNetlink {
+		nl, err := OpenNetlink()
 		switch {
 		case err == nil:
 			defer nl.Close()
@@ -195,15 +226,15 @@ func Attach(ctx context.Context, dial Dialer, o AttachOptions) (*Attachment, err
 			if err != nil {
 				return nil, err
 			}
-			a.Index, a.Interface = idx, "netlink"
-		case errors.Is(err, ErrNoFamily) && iface != "netlink":
+			a.Index, a.Interface = idx, InterfaceNetlink
+		case errors.Is(err, ErrNoFamily) && iface != InterfaceNetlink:
 			o.Logf("no nbd netlink family; falling back to the ioctl interface")
-			iface = "ioctl"
+			iface = InterfaceIoctl
 		default:
 			return nil, err
 		}
 	}
-	if iface == "ioctl" {
+	if iface == InterfaceIoctl {
 		if err := a.attachIoctl(cfg); err != nil {
 			return nil, err
 		}
@@ -229,7 +260,7 @@ func (a *Attachment) attachIoctl(cfg Config) error {
 			return errors.New("kernel: no free /dev/nbdN (load nbd with a larger nbds_max)")
 		}
 	}
-	a.Index, a.Interface, a.NeedsProcess = cfg.Index, "ioctl", true
+	a.Index, a.Interface, a.NeedsProcess = cfg.Index, InterfaceIoctl, true
 	path := "/dev/nbd" + strconv.Itoa(cfg.Index)
 	ready := make(chan struct{})
 	a.ioctlc = make(chan error, 1)
@@ -291,7 +322,7 @@ func (a *Attachment) Wait(ctx context.Context) error {
 // connection over with NBD_CMD_RECONFIGURE. It returns when the device is
 // disconnected or ctx ends.
 func (a *Attachment) Persist(ctx context.Context) error {
-	if a.Interface != "netlink" {
+	if a.Interface != InterfaceNetlink {
 		return errors.New("kernel: reconnecting needs the netlink interface")
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -360,7 +391,7 @@ func (a *Attachment) reconnectOnce(ctx context.Context) error {
 	if info.Size != a.Info.Size {
 		return fmt.Errorf("kernel: the export is now %d bytes, was %d; not reattaching", info.Size, a.Info.Size)
 	}
-	nl, err := Dial()
+	nl, err := OpenNetlink()
 	if err != nil {
 		return err
 	}
@@ -371,7 +402,7 @@ func (a *Attachment) reconnectOnce(ctx context.Context) error {
 // Disconnect disconnects device n, through netlink or, failing that, the
 // ioctl interface.
 func Disconnect(n int) error {
-	nl, err := Dial()
+	nl, err := OpenNetlink()
 	if err == nil {
 		defer nl.Close()
 		if err = nl.Disconnect(n); err == nil {

@@ -5,7 +5,7 @@
 //
 // Everything here needs CAP_SYS_ADMIN and an nbd module (modprobe nbd).
 // The nbd netlink family is registered only in the initial network
-// namespace; Dial opens its socket there even when the caller lives in
+// namespace; OpenNetlink opens its socket there even when the caller lives in
 // another one, so the connections handed over may belong to any namespace.
 //
 // With netlink the kernel holds its own reference to each socket, so the

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/testenv"
 	"github.com/nbdlab/nbdlab/nbd/nbdtest"
 	"github.com/nbdlab/nbdlab/vm"
 	"github.com/nbdlab/nbdlab/vm/vmtest"
@@ -181,8 +181,8 @@ echo OK attach`,
 // nbd.ko that "go run mage.go buildNbd" installs (or the distribution's).
 func TestIntegrationKernelAttach(t *testing.T) {
 	ks := vmtest.Kernels(t)
-	harness.Need(t, "sfdisk", "mkfs.ext4")
-	bin := harness.Nbdlab(t)
+	testenv.Need(t, "sfdisk", "mkfs.ext4")
+	bin := testenv.Nbdlab(t)
 	for _, sc := range scenarios {
 		kernels := ks[:1]
 		if sc.allKernels {

@@ -49,7 +49,7 @@ const (
 	ClientFlagDisconnectOnClose = 1 << 1
 )
 
-// ErrNoFamily is returned by Dial when the kernel has no nbd netlink
+// ErrNoFamily is returned by OpenNetlink when the kernel has no nbd netlink
 // family: the module is not loaded, or too old (use the ioctls).
 var ErrNoFamily = errors.New("kernel: no \"nbd\" generic netlink family (is the nbd module loaded? modprobe nbd)")
 
@@ -66,14 +66,14 @@ type Config struct {
 	Sockets     []*os.File    // connected sockets, past the handshake
 }
 
-// Conn is a generic netlink connection to the kernel's nbd family.
-type Conn struct {
+// Netlink is a generic netlink connection to the kernel's nbd family.
+type Netlink struct {
 	c      *genetlink.Conn
 	family genetlink.Family
 }
 
-// Dial connects to the nbd family, in the initial network namespace.
-func Dial() (*Conn, error) {
+// OpenNetlink connects to the nbd family, in the initial network namespace.
+func OpenNetlink() (*Netlink, error) {
 	cfg := &netlink.Config{}
 	if ns, err := initNetNS(); err == nil && ns >= 0 {
 		defer unix.Close(ns)
@@ -91,7 +91,7 @@ func Dial() (*Conn, error) {
 		}
 		return nil, fmt.Errorf("kernel: look up the nbd family: %w", err)
 	}
-	return &Conn{c: c, family: f}, nil
+	return &Netlink{c: c, family: f}, nil
 }
 
 // initNetNS returns a descriptor of the initial network namespace if this
@@ -114,9 +114,9 @@ func initNetNS() (int, error) {
 }
 
 // Close closes the netlink socket.
-func (c *Conn) Close() error { return c.c.Close() }
+func (c *Netlink) Close() error { return c.c.Close() }
 
-func (c *Conn) execute(cmd uint8, ae *netlink.AttributeEncoder) ([]genetlink.Message, error) {
+func (c *Netlink) execute(cmd uint8, ae *netlink.AttributeEncoder) ([]genetlink.Message, error) {
 	data, err := ae.Encode()
 	if err != nil {
 		return nil, err
@@ -127,7 +127,7 @@ func (c *Conn) execute(cmd uint8, ae *netlink.AttributeEncoder) ([]genetlink.Mes
 
 // Connect configures and starts a device with the given sockets and
 // returns its index.
-func (c *Conn) Connect(cfg Config) (int, error) {
+func (c *Netlink) Connect(cfg Config) (int, error) {
 	if len(cfg.Sockets) == 0 {
 		return -1, errors.New("kernel: connect needs at least one socket")
 	}
@@ -186,7 +186,7 @@ func encodeSockets(ae *netlink.AttributeEncoder, socks []*os.File) {
 // Reconfigure replaces dead connections of device index with sockets.
 // backend must repeat the identifier given at connect, if there was one:
 // the kernel refuses to reconfigure a device for another backend.
-func (c *Conn) Reconfigure(index int, backend string, socks []*os.File) error {
+func (c *Netlink) Reconfigure(index int, backend string, socks []*os.File) error {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(attrIndex, uint32(index))
 	if backend != "" {
@@ -200,7 +200,7 @@ func (c *Conn) Reconfigure(index int, backend string, socks []*os.File) error {
 }
 
 // Disconnect disconnects device index.
-func (c *Conn) Disconnect(index int) error {
+func (c *Netlink) Disconnect(index int) error {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(attrIndex, uint32(index))
 	if _, err := c.execute(cmdDisconnect, ae); err != nil {
@@ -216,7 +216,7 @@ type DeviceStatus struct {
 }
 
 // Status lists every nbd device the kernel has.
-func (c *Conn) Status() ([]DeviceStatus, error) {
+func (c *Netlink) Status() ([]DeviceStatus, error) {
 	msgs, err := c.execute(cmdStatus, netlink.NewAttributeEncoder())
 	if err != nil {
 		return nil, fmt.Errorf("kernel: NBD_CMD_STATUS: %w", err)
@@ -258,7 +258,7 @@ func (c *Conn) Status() ([]DeviceStatus, error) {
 // sends each dead device's index on the returned channel until ctx ends.
 // It uses its own socket, so notices do not mix with command replies.
 func WatchLinkDead(ctx context.Context) (<-chan int, error) {
-	c, err := Dial()
+	c, err := OpenNetlink()
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,7 @@ import (
 
 // fakeKernel answers nbd family requests the way drivers/block/nbd.c does,
 // recording what it was sent.
-func fakeKernel(t *testing.T, got map[uint16][]byte, fds *[]uint32) *Conn {
+func fakeKernel(t *testing.T, got map[uint16][]byte, fds *[]uint32) *Netlink {
 	family := genetlink.Family{ID: 42, Name: FamilyName, Version: familyVersion}
 	c := genltest.Dial(genltest.ServeFamily(family, func(greq genetlink.Message, _ netlink.Message) ([]genetlink.Message, error) {
 		ad, err := netlink.NewAttributeDecoder(greq.Data)
@@ -55,7 +55,7 @@ func fakeKernel(t *testing.T, got map[uint16][]byte, fds *[]uint32) *Conn {
 		return []genetlink.Message{{Header: greq.Header, Data: data}}, nil
 	}))
 	t.Cleanup(func() { c.Close() })
-	return &Conn{c: c, family: family}
+	return &Netlink{c: c, family: family}
 }
 
 func TestConnectEncodesTheDevice(t *testing.T) {

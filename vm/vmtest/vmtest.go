@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/testenv"
 	"github.com/nbdlab/nbdlab/vm"
 )
 
@@ -24,14 +24,10 @@ import (
 // first.
 func Kernels(t testing.TB) []vm.Kernel {
 	t.Helper()
-	harness.Need(t, "qemu-system-x86_64")
+	testenv.Need(t, "qemu-system-x86_64")
 	ks, err := vm.InstalledKernels("/boot", "/lib/modules")
 	if err != nil || len(ks) == 0 {
-		msg := "no kernel installed under /boot with /lib/modules (go run mage.go deps installs them)"
-		if harness.InCI() {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		testenv.Missing(t, "no kernel installed under /boot with /lib/modules (go run mage.go deps installs them)")
 	}
 	return ks
 }
@@ -59,7 +55,7 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 func Run(t testing.TB, cfg vm.Config, argv ...string) (*vm.Result, *Output, error) {
 	t.Helper()
 	out := &Output{}
-	cfg.Init = harness.Nbdlab(t)
+	cfg.Init = testenv.Nbdlab(t)
 	if cfg.Stdout == nil {
 		cfg.Stdout = lockedWriter{&out.mu, &out.Stdout}
 	}

@@ -1,4 +1,4 @@
-package kernel
+package hold
 
 import (
 	"encoding/json"
@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/nbdlab/nbdlab/nbd/kernel"
 )
 
 // StateDir holds a state file per device attached by nbdlab.
@@ -18,7 +20,7 @@ type State struct {
 	Device      string
 	Source      string // URI or image
 	Connections int
-	Interface   string
+	Interface   kernel.Interface
 	PID         int // process serving or watching the device; 0 if none
 	Persist     bool
 	ReadOnly    bool
@@ -28,21 +30,21 @@ type State struct {
 
 func statePath(n int) string { return filepath.Join(StateDir, "nbd"+strconv.Itoa(n)+".json") }
 
-// SaveState records st for device n.
-func SaveState(n int, st State) error {
+// Save records st for device n.
+func Save(n int, st State) error {
 	if err := os.MkdirAll(StateDir, 0o755); err != nil {
-		return fmt.Errorf("kernel: %w", err)
+		return fmt.Errorf("hold: %w", err)
 	}
 	b, _ := json.MarshalIndent(st, "", "  ")
 	tmp := statePath(n) + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("kernel: %w", err)
+		return fmt.Errorf("hold: %w", err)
 	}
 	return os.Rename(tmp, statePath(n))
 }
 
-// LoadState returns what was recorded for device n, if anything.
-func LoadState(n int) (State, bool) {
+// Load returns what was recorded for device n, if anything.
+func Load(n int) (State, bool) {
 	var st State
 	b, err := os.ReadFile(statePath(n))
 	if err != nil {
@@ -51,8 +53,8 @@ func LoadState(n int) (State, bool) {
 	return st, json.Unmarshal(b, &st) == nil
 }
 
-// RemoveState forgets device n.
-func RemoveState(n int) error {
+// Remove forgets device n.
+func Remove(n int) error {
 	err := os.Remove(statePath(n))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil

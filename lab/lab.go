@@ -1,7 +1,16 @@
-package harness
+// Package lab is nbdlab's main job, end to end: build nbd.ko for a kernel
+// from its distribution's source, boot that kernel in a lab VM, and there
+// load the module, serve a sparse image with nbdlab serve, attach it over
+// two connections, partition it, make and mount ext4, write and check
+// data, reattach, check again and detach.
+//
+// Lab runs on the host and needs root (it installs the module into the
+// kernel's tree), QEMU and the kernel's packages; Guest is the half that
+// runs inside the VM. The nbdlab binary given must be static: it is the
+// VM's init.
+package lab
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -9,86 +18,65 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/command"
+	"github.com/nbdlab/nbdlab/internal/step"
 	"github.com/nbdlab/nbdlab/kmod"
 	"github.com/nbdlab/nbdlab/vm"
 )
 
-// LabOptions configure Lab.
-type LabOptions struct {
+// Options configure Lab.
+type Options struct {
 	Kernel string    // release; default the newest installed
+	Nbdlab string    // the static nbdlab binary to boot as init; default this executable
 	Out    io.Writer // default os.Stdout
 }
 
-// stepper prints numbered, timed steps.
-type stepper struct {
-	out   io.Writer
-	n     int
-	start time.Time
-}
-
-func (s *stepper) do(name string, fn func() error) error {
-	s.n++
-	fmt.Fprintf(s.out, "[%2d] %s\n", s.n, name)
-	t := time.Now()
-	err := fn()
-	if err != nil {
-		fmt.Fprintf(s.out, "     FAILED after %s: %v\n", time.Since(t).Round(time.Millisecond), err)
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	fmt.Fprintf(s.out, "     ok (%s)\n", time.Since(t).Round(time.Millisecond))
-	return nil
-}
-
-// Lab is the main job: it builds nbd.ko for the newest installed kernel,
-// boots that kernel in a lab VM, and there loads the module, serves a
-// sparse image, attaches it over two connections, partitions it, makes and
-// mounts ext4, writes and checks 64 MiB, reattaches and checks again, and
-// detaches. It ends with one PASS or FAIL line.
-func Lab(ctx context.Context, o LabOptions) (err error) {
+// Lab is the main job: it builds nbd.ko for the kernel, boots the kernel
+// in a lab VM and runs Guest there. It ends with one PASS or FAIL line.
+func Lab(ctx context.Context, o Options) (err error) {
 	if o.Out == nil {
 		o.Out = os.Stdout
 	}
-	s := &stepper{out: o.Out, start: time.Now()}
+	s := step.New(o.Out, 4)
 	defer func() {
 		verdict := "PASS"
 		if err != nil {
 			verdict = "FAIL: " + err.Error()
 		}
-		fmt.Fprintf(o.Out, "%s (%s in all)\n", verdict, time.Since(s.start).Round(100*time.Millisecond))
+		fmt.Fprintf(o.Out, "%s (%s in all)\n", verdict, s.Elapsed().Round(100*time.Millisecond))
 	}()
+	if err := s.Do("check that nbdlab can be the VM's init", func() error {
+		var err error
+		o.Nbdlab, err = initBinary(o.Nbdlab)
+		return err
+	}); err != nil {
+		return err
+	}
 	var k vm.Kernel
-	if err := s.do("find the newest installed kernel", func() error {
+	if err := s.Do("find the kernel", func() error {
 		var err error
 		k, err = vm.FindKernel(o.Kernel, "")
 		if err == nil {
-			fmt.Fprintf(o.Out, "     %s (%s)\n", k.Release, k.Image)
+			s.Printf("%s (%s)", k.Release, k.Image)
 		}
 		return err
 	}); err != nil {
 		return err
 	}
-	if err := s.do("build nbd.ko for "+k.Release+" (buildNbd)", func() error {
-		_, err := kmod.Build(ctx, kmod.Options{Kernel: k.Release, Out: indent(o.Out)})
+	if err := s.Do("build nbd.ko for "+k.Release+" (buildNbd)", func() error {
+		_, err := kmod.Build(ctx, kmod.Options{Kernel: k.Release, Out: step.Indented(o.Out)})
 		return err
 	}); err != nil {
 		return err
 	}
-	var bin string
-	if err := s.do("build a static nbdlab for the guest", func() error {
-		var err error
-		bin, err = BuildNbdlabCached(ctx)
-		return err
-	}); err != nil {
-		return err
-	}
-	return s.do("boot "+k.Release+" and run the attach, partition, ext4 and reattach steps in it", func() error {
-		res, err := vm.Run(ctx, vm.Config{Kernel: k.Release, Init: bin, Timeout: 4 * time.Minute,
-			Stdout: indent(o.Out), Stderr: indent(o.Out)}, bin, "lab", "--guest")
+	return s.Do("boot "+k.Release+" and run the attach, partition, ext4 and reattach steps in it", func() error {
+		res, err := vm.Run(ctx, vm.Config{Kernel: k.Release, Init: o.Nbdlab, Timeout: 4 * time.Minute,
+			Stdout: step.Indented(o.Out), Stderr: step.Indented(o.Out)}, o.Nbdlab, "lab", "--guest")
 		if err != nil {
 			return err
 		}
@@ -99,40 +87,24 @@ func Lab(ctx context.Context, o LabOptions) (err error) {
 	})
 }
 
-// indent prefixes each line written to w.
-func indent(w io.Writer) io.Writer { return &prefixWriter{w: w, prefix: "     "} }
-
-type prefixWriter struct {
-	w       io.Writer
-	prefix  string
-	midLine bool
-}
-
-func (p *prefixWriter) Write(b []byte) (int, error) {
-	var out bytes.Buffer
-	for _, c := range b {
-		if !p.midLine {
-			out.WriteString(p.prefix)
-		}
-		out.WriteByte(c)
-		p.midLine = c != '\n'
-	}
-	if _, err := p.w.Write(out.Bytes()); err != nil {
-		return 0, err
-	}
-	return len(b), nil
-}
-
-// LabGuest runs the lab's steps inside the VM. bin is the nbdlab binary.
-func LabGuest(ctx context.Context, out io.Writer, bin string) error {
-	s := &stepper{out: out, start: time.Now()}
-	run := func(name string, args ...string) (string, error) {
-		cmd := exec.CommandContext(ctx, name, args...)
-		b, err := cmd.CombinedOutput()
+// initBinary returns bin, or this executable when bin is empty, if it
+// can be a VM's init: a dynamic one cannot.
+func initBinary(bin string) (string, error) {
+	if bin == "" {
+		exe, err := os.Executable()
 		if err != nil {
-			return string(b), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(b)))
+			return "", err
 		}
-		return strings.TrimSpace(string(b)), nil
+		bin = exe
+	}
+	return bin, vm.CheckStatic(bin)
+}
+
+// Guest runs the lab's steps inside the VM. bin is the nbdlab binary.
+func Guest(ctx context.Context, out io.Writer, bin string) error {
+	s := step.New(out, 0)
+	run := func(name string, args ...string) (string, error) {
+		return command.Combined(ctx, command.Exec, name, args...)
 	}
 	const img, sock, mnt = "/tmp/lab.img", "/run/nbdlab-lab.sock", "/mnt/lab"
 	uri := "nbd+unix:///lab?socket=" + sock
@@ -154,7 +126,7 @@ func LabGuest(ctx context.Context, out io.Writer, bin string) error {
 				return err
 			}
 			f, err := run("modinfo", "-F", "filename", "nbd")
-			fmt.Fprintf(out, "     %s\n", f)
+			s.Printf("%s", f)
 			if err == nil && !strings.Contains(f, "/updates/") {
 				err = fmt.Errorf("modprobe loaded %s, not the module in updates/", f)
 			}
@@ -164,22 +136,22 @@ func LabGuest(ctx context.Context, out io.Writer, bin string) error {
 			if _, err := run("truncate", "-s", "512M", img); err != nil {
 				return err
 			}
-			_, err := StartServe(ctx, bin, "--listen", "unix:"+sock, "lab=file:"+img)
+			_, err := harness.StartServe(ctx, bin, "--listen", "unix:"+sock, "lab=file:"+img)
 			return err
 		}},
 		{"attach it with nbdlab connect over 2 connections", func() error {
 			var err error
 			dev, err = run(bin, "connect", "any", uri, "--connections", "2")
-			fmt.Fprintf(out, "     %s\n", dev)
+			s.Printf("%s", dev)
 			return err
 		}},
 		{"write a two-partition table with sfdisk", func() error {
-			cmd := exec.CommandContext(ctx, "sfdisk", "-q", dev)
-			cmd.Stdin = strings.NewReader("label: dos\n,256M,L\n,,L\n")
-			if b, err := cmd.CombinedOutput(); err != nil {
-				return fmt.Errorf("sfdisk: %w: %s", err, b)
+			const table = "/tmp/lab.sfdisk"
+			if err := os.WriteFile(table, []byte("label: dos\n,256M,L\n,,L\n"), 0o644); err != nil {
+				return err
 			}
-			return nil
+			_, err := run("sh", "-c", "sfdisk -q "+dev+" < "+table)
+			return err
 		}},
 		{"check that the partitions appear", func() error { return waitPaths(dev+"p1", dev+"p2") }},
 		{"make ext4 on the first partition and mount it", func() error {
@@ -219,8 +191,9 @@ func LabGuest(ctx context.Context, out io.Writer, bin string) error {
 		}},
 		{"unmount and detach", unmountAndDisconnect},
 	}
+	s.Total = len(steps)
 	for _, st := range steps {
-		if err := s.do(st.name, st.fn); err != nil {
+		if err := s.Do(st.name, st.fn); err != nil {
 			return err
 		}
 	}

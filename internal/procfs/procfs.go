@@ -1,0 +1,78 @@
+// Package procfs reads what nbdlab needs of a process from /proc: its
+// state, CPU time and peak memory. Linux only.
+package procfs
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTick is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTick = 100
+
+// Stat is what /proc/PID/stat says of a process.
+type Stat struct {
+	State byte          // R, S, D, Z, ...
+	CPU   time.Duration // user and system time so far
+}
+
+// ReadStat reads /proc/PID/stat.
+func ReadStat(pid int) (Stat, error) {
+	path := fmt.Sprintf("/proc/%d/stat", pid)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Stat{}, err
+	}
+	return parseStat(path, string(b))
+}
+
+// parseStat reads the fields after the command name, which is in
+// parentheses and may itself hold spaces and parentheses.
+func parseStat(path, s string) (Stat, error) {
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return Stat{}, fmt.Errorf("procfs: %s: no command name", path)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 || len(f[0]) != 1 {
+		return Stat{}, fmt.Errorf("procfs: %s: %d fields after the command name, want at least 13", path, len(f))
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return Stat{}, fmt.Errorf("procfs: %s: utime %q, stime %q", path, f[11], f[12])
+	}
+	return Stat{State: f[0][0], CPU: time.Duration(utime+stime) * time.Second / clockTick}, nil
+}
+
+// Alive reports whether pid is a process that has not exited (a zombie
+// has).
+func Alive(pid int) bool {
+	st, err := ReadStat(pid)
+	return err == nil && st.State != 'Z' && st.State != 'X'
+}
+
+// PeakRSS returns the peak resident set (VmHWM) of pid, in bytes.
+func PeakRSS(pid int) (int64, error) {
+	path := fmt.Sprintf("/proc/%d/status", pid)
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("procfs: %s: VmHWM %q: %w", path, v, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("procfs: no VmHWM in %s", path)
+}

@@ -1,0 +1,54 @@
+package procfs
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+func TestParseStat(t *testing.T) {
+	for _, tt := range []struct {
+		name, in string
+		want     Stat
+		wantErr  bool
+	}{
+		{name: "plain", in: "42 (nbdlab) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0",
+			want: Stat{State: 'S', CPU: 3 * time.Second}},
+		{name: "name with spaces and parens", in: "7 (a (b) c) Z 1 7 7 0 -1 0 0 0 0 0 1 1 0 0",
+			want: Stat{State: 'Z', CPU: 20 * time.Millisecond}},
+		{name: "cut short", in: "7 (x) R 1 2", wantErr: true},
+		{name: "no name", in: "7 x R", wantErr: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseStat("/proc/x/stat", tt.in)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Fatalf("parseStat = %+v, %v; want %+v, error %v", got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestAliveAndPeakRSS(t *testing.T) {
+	if !Alive(os.Getpid()) {
+		t.Fatal("this process is not alive")
+	}
+	if rss, err := PeakRSS(os.Getpid()); err != nil || rss < 1<<20 {
+		t.Fatalf("PeakRSS = %d, %v", rss, err)
+	}
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	for deadline := time.Now().Add(5 * time.Second); Alive(pid) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if Alive(pid) {
+		t.Fatal("an exited child (a zombie until waited for) still counts as alive")
+	}
+	cmd.Wait()
+	if Alive(pid) {
+		t.Fatal("a reaped process counts as alive")
+	}
+}
