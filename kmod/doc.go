@@ -24,6 +24,7 @@
 //     exists, and load it if KVER is the running kernel.
 //
 // Installing needs root, and so do apt downloads. Commands are run through
-// a Runner so tests can watch them; DryRun prints each step instead.
+// a command.Runner so tests can watch them; DryRun prints each step
+// instead. Linux only.
 // Full build logs go to a file named in any error.
 package kmod

@@ -2,10 +2,27 @@
 // a concurrent server with pluggable backends, and the pieces the kernel
 // client needs.
 //
-// The layout follows the protocol's phases: proto.go holds the wire
-// constants under their specification names, handshake.go the fixed-newstyle
-// option haggling, server.go the transmission phase, and mem.go, file.go and
-// cow.go the backends a server exports.
+// The files follow the protocol's phases and a request's path:
+//
+//   - proto.go: the wire constants under their specification names, typed
+//     flags that print those names;
+//   - wire.go: the codec, one append and one parse for every fixed header
+//     (greeting, option, option reply, request, simple reply, structured
+//     chunk), shared by the server and the client; no other file reads or
+//     writes a magic number;
+//   - addr.go, uri.go: addresses (HOST:PORT, unix:PATH) and NBD URIs;
+//   - server.go: the server's lifecycle (Serve, Shutdown, Close);
+//   - conn.go: one connection, from accept to the end of its session;
+//   - handshake_server.go, handshake_client.go: the fixed-newstyle option
+//     haggling, each side of it;
+//   - transmission.go: one session's transmission phase; a request is read
+//     in reader.go, validated and run against the backend in dispatch.go,
+//     and answered in reply.go (replywriter.go buffers it);
+//   - stall.go, bufpool.go, fdconn_linux.go, splice_linux.go: what keeps
+//     that path fast (stall hand-off, buffer reuse, blocking sockets off
+//     the poller, spliced reads);
+//   - client.go: the client's transmission phase;
+//   - backend.go, export.go and the backends mem.go, file.go, cow.go.
 //
 // # Server
 //
@@ -62,9 +79,11 @@
 // (ENOSPC, EPERM, EINVAL, ...), or EIO when nothing matches; an error that
 // implements interface{ Errno() Errno } chooses its own.
 //
-// # Privileges
+// # Privileges and platforms
 //
-// Nothing here needs privileges beyond access to the exported files.
+// Nothing here needs privileges beyond access to the exported files. The
+// package builds on Linux only: the server's sockets, spliced reads and
+// the file backend's holes use Linux system calls.
 //
 // BUG(nbdlab): extended headers (NBD_OPT_EXTENDED_HEADERS) and
 // NBD_CMD_RESIZE are not implemented; clients that ask for them get

@@ -20,5 +20,6 @@
 // boots under it; the answer is cached. Otherwise QEMU runs under TCG.
 //
 // Needs: qemu-system-x86_64 and an installed kernel (/boot/vmlinuz-KVER
-// with /lib/modules/KVER); no root. Several VMs may run at once.
+// with /lib/modules/KVER); no root. Several VMs may run at once. Linux
+// only.
 package vm

@@ -3,6 +3,13 @@
 // disconnect, status, and LINK_DEAD notifications), or through the older
 // ioctl interface on kernels without it.
 //
+// Attach negotiates in userspace through package nbd and hands the
+// sockets over (attach.go); a Dialer reaches the server, or with
+// ServeDialer an *nbd.Server in this process over socket pairs. Netlink
+// is the Netlink type (netlink.go), the ioctls ioctl.go, what sysfs says
+// of each device sysfs.go. Keeping a device held by a background process,
+// and the records of it, are package hold's.
+//
 // Everything here needs CAP_SYS_ADMIN and an nbd module (modprobe nbd).
 // The nbd netlink family is registered only in the initial network
 // namespace; OpenNetlink opens its socket there even when the caller lives in
@@ -11,4 +18,5 @@
 // With netlink the kernel holds its own reference to each socket, so the
 // process that connected may exit. With ioctls a process must stay inside
 // NBD_DO_IT for as long as the device is connected; IoctlConnect blocks.
+// Linux only.
 package kernel
