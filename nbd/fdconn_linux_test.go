@@ -7,27 +7,20 @@ import (
 	"io"
 	"net"
 	"os"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nbdlab/nbdlab/internal/unixpair"
 )
 
 func socketPair(t *testing.T) (net.Conn, net.Conn) {
 	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	a, b, err := unixpair.Conns("test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var c [2]net.Conn
-	for i, fd := range fds {
-		f := os.NewFile(uintptr(fd), "pair")
-		if c[i], err = net.FileConn(f); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-	}
-	t.Cleanup(func() { c[0].Close(); c[1].Close() })
-	return c[0], c[1]
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
 }
 
 // detachedPair returns a detached socket, closed when the test ends, and

@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
@@ -69,7 +66,10 @@ flags:
 		defer closer.Close()
 		exports = append(exports, e)
 	}
-	tlsConfig, err := loadTLS(*cert, *key, *ca)
+	if (*cert != "" || *key != "" || *ca != "") && (*cert == "" || *key == "") {
+		return usagef("--tls-cert and --tls-key go together")
+	}
+	tlsConfig, err := nbd.ServerTLSConfig(*cert, *key, *ca)
 	if err != nil {
 		return err
 	}
@@ -119,32 +119,4 @@ flags:
 	}
 	log.Info("stopped")
 	return nil
-}
-
-// loadTLS builds the server's TLS configuration from PEM files.
-func loadTLS(cert, key, ca string) (*tls.Config, error) {
-	if cert == "" && key == "" && ca == "" {
-		return nil, nil
-	}
-	if cert == "" || key == "" {
-		return nil, usagef("--tls-cert and --tls-key go together")
-	}
-	pair, err := tls.LoadX509KeyPair(cert, key)
-	if err != nil {
-		return nil, fmt.Errorf("load TLS certificate %s and key %s: %w", cert, key, err)
-	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("read TLS CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("TLS CA %s: no PEM certificates in it", ca)
-		}
-		cfg.ClientCAs = pool
-		cfg.ClientAuth = tls.RequireAndVerifyClientCert
-	}
-	return cfg, nil
 }

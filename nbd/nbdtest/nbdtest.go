@@ -12,15 +12,14 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"fmt"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nbdlab/nbdlab/internal/unixpair"
 	"github.com/nbdlab/nbdlab/nbd"
 )
 
@@ -53,21 +52,11 @@ func Pair(t testing.TB, srv *nbd.Server, cfg *nbd.ClientConfig) *nbd.Client {
 // SocketPair returns the two ends of a connected unix stream socket pair.
 func SocketPair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	a, b, err := unixpair.Conns("nbdtest")
 	if err != nil {
-		t.Fatalf("nbdtest: socketpair: %v", err)
+		t.Fatalf("nbdtest: %v", err)
 	}
-	var conns [2]net.Conn
-	for i, fd := range fds {
-		f := os.NewFile(uintptr(fd), fmt.Sprintf("socketpair-%d", i))
-		c, err := net.FileConn(f)
-		f.Close()
-		if err != nil {
-			t.Fatalf("nbdtest: socketpair: %v", err)
-		}
-		conns[i] = c
-	}
-	return conns[0], conns[1]
+	return a, b
 }
 
 // TLS holds PEM files of a throwaway CA, a server certificate for
@@ -129,11 +118,11 @@ func writePEM(t testing.TB, dir, name, typ string, der []byte) string {
 // ServerConfig is a TLS configuration for a server with these credentials
 // that requires client certificates.
 func (s *TLS) ServerConfig(t testing.TB) *tls.Config {
-	pair, err := tls.LoadX509KeyPair(s.ServerCert, s.ServerKey)
+	cfg, err := nbd.ServerTLSConfig(s.ServerCert, s.ServerKey, s.CACert)
 	if err != nil {
 		t.Fatalf("nbdtest: %v", err)
 	}
-	return &tls.Config{Certificates: []tls.Certificate{pair}, ClientCAs: s.pool, ClientAuth: tls.RequireAndVerifyClientCert}
+	return cfg
 }
 
 // ClientConfig is a TLS configuration for a client of such a server.
