@@ -56,8 +56,13 @@ func (p *Pipe) Wait(ctx context.Context) (string, error) {
 	defer stop()
 	line, err := bufio.NewReader(p.r).ReadString('\n')
 	if err != nil && line == "" {
-		if ctx.Err() != nil {
-			return "", ctx.Err()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The read deadline is ctx's, and may pass a moment before
+			// ctx notices.
+			if cerr := ctx.Err(); cerr != nil {
+				return "", cerr
+			}
+			return "", context.DeadlineExceeded
 		}
 		return "", ErrExited
 	}
