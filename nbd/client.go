@@ -202,8 +202,12 @@ func (c *Client) chunk(h chunkHeader) error {
 	if n > MaxPayload+64 {
 		return fmt.Errorf("nbd: %d-byte reply chunk", n)
 	}
+	if typ == ReplyTypeOffsetData && n <= 8 {
+		// The specification requires data in the chunk, as libnbd does.
+		return &ProtocolError{Phase: "transmission", Msg: fmt.Sprintf("NBD_REPLY_TYPE_OFFSET_DATA chunk of %d bytes carries no data", n)}
+	}
 	switch {
-	case typ == ReplyTypeOffsetData && n >= 8 && cl.cmd == CmdRead:
+	case typ == ReplyTypeOffsetData && cl.cmd == CmdRead:
 		var ob [8]byte
 		if _, err := io.ReadFull(c.br, ob[:]); err != nil {
 			return err

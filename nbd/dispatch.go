@@ -5,16 +5,19 @@ import (
 	"runtime/debug"
 )
 
-// allowedFlags lists the flags each command accepts.
+// allowedFlags lists the flags each command accepts. Every export
+// advertises NBD_FLAG_SEND_FUA, and the specification then has the server
+// accept NBD_CMD_FLAG_FUA on every command: it means something only on
+// writes, and is ignored on the rest.
 var allowedFlags = map[Cmd]CmdFlags{
-	CmdRead:        CmdFlagDF,
+	CmdRead:        CmdFlagFUA | CmdFlagDF,
 	CmdWrite:       CmdFlagFUA,
-	CmdDisc:        0,
-	CmdFlush:       0,
+	CmdDisc:        CmdFlagFUA,
+	CmdFlush:       CmdFlagFUA,
 	CmdTrim:        CmdFlagFUA,
-	CmdCache:       0,
+	CmdCache:       CmdFlagFUA,
 	CmdWriteZeroes: CmdFlagFUA | CmdFlagNoHole | CmdFlagFastZero,
-	CmdBlockStatus: CmdFlagReqOne,
+	CmdBlockStatus: CmdFlagFUA | CmdFlagReqOne,
 }
 
 // validate checks a request against the export and the session, in the

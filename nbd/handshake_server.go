@@ -31,8 +31,8 @@ type session struct {
 	tls        bool
 	noZeroes   bool
 	structured bool
-	metaAlloc  bool   // base:allocation selected ...
-	metaExport string // ... for this export
+	metaAlloc  bool    // base:allocation selected ...
+	metaExport *Export // ... for this export (the empty name is the default one)
 
 	export *Export
 }
@@ -163,7 +163,7 @@ func (s *session) option(ctx context.Context, opt Option, data []byte) (done boo
 
 func (s *session) selectExport(e *Export) {
 	s.export = e
-	if s.metaExport != e.Name {
+	if s.metaExport != e {
 		s.metaAlloc = false
 	}
 }
@@ -193,7 +193,7 @@ func (s *session) startTLS(ctx context.Context, data []byte) error {
 	s.switchConn(tc)
 	s.tls = true
 	// Nothing negotiated in the clear carries over.
-	s.structured, s.metaAlloc, s.metaExport = false, false, ""
+	s.structured, s.metaAlloc, s.metaExport = false, false, nil
 	return nil
 }
 
@@ -261,7 +261,8 @@ func (s *session) metaContext(opt Option, data []byte) error {
 	if len(rest) != 0 {
 		return s.replyErr(opt, RepErrInvalid, fmt.Sprintf("%v: %d bytes after the queries", opt, len(rest)))
 	}
-	if s.srv.lookup(name) == nil {
+	e := s.srv.lookup(name)
+	if e == nil {
 		return s.replyErr(opt, RepErrUnknown, fmt.Sprintf("no export named %q", name))
 	}
 	match := opt == OptListMetaContext && len(queries) == 0
@@ -271,7 +272,7 @@ func (s *session) metaContext(opt Option, data []byte) error {
 		}
 	}
 	if opt == OptSetMetaContext {
-		s.metaAlloc, s.metaExport = match, name
+		s.metaAlloc, s.metaExport = match, e
 	}
 	if match {
 		id := uint32(0)

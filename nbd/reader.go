@@ -134,10 +134,17 @@ func (t *transmission) receive(r request) error {
 	return nil
 }
 
+// spinWorth is the least a poll must bring in for the reader to poll
+// again for the same payload: a client that trickles its payload in small
+// pieces is not worth a CPU (it could make the server spin at the cost of
+// a few bytes a time).
+const spinWorth = 16 << 10
+
 // payloadReader reads a write's payload, in one piece or several.
 type payloadReader struct {
-	t    *transmission
-	left int // bytes of the payload not read yet
+	t      *transmission
+	left   int  // bytes of the payload not read yet
+	noSpin bool // a poll brought in less than spinWorth: sleep from now on
 }
 
 func (t *transmission) payload(n int) *payloadReader { return &payloadReader{t: t, left: n} }
@@ -159,17 +166,20 @@ func (pr *payloadReader) fill(p []byte) error {
 	if t.br.Buffered() > 0 {
 		n, _ = t.br.Read(p)
 	}
-	spin := time.Duration(0)
-	if spinCPUs && t.active.Load() == 0 {
-		spin = payloadSpin
-	}
 	for n < len(p) {
+		spin := time.Duration(0)
+		if !pr.noSpin && spinCPUs && t.active.Load() == 0 {
+			spin = payloadSpin
+		}
 		m, err := sr.ReadSpin(p[n:], spin)
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
 			return err
+		}
+		if spin > 0 && m < spinWorth && n+m < len(p) {
+			pr.noSpin = true
 		}
 		n += m
 	}
@@ -237,10 +247,17 @@ func (t *transmission) runInline(r request, payload []byte) bool {
 // ticket at its last look still runs: if it wins the race against the
 // request's end, a new goroutine becomes the reader.
 func (t *transmission) takeOver(ticket uint64) bool {
+	// The stalled request counts in flight before the steal: once the
+	// steal is done its old reader may end it at any moment, and Done
+	// must never come before this Add.
+	t.inflight.Add(1)
 	if !t.inline.steal(ticket) {
+		t.inflight.Done()
 		return false
 	}
-	t.inflight.Add(1) // the stalled request, until its old reader is done
+	if t.afterSteal != nil {
+		t.afterSteal()
+	}
 	t.log.Debug("inline request stalled; reading on in a new goroutine")
 	go func() {
 		t.noInline = inlineBackoff

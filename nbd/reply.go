@@ -117,6 +117,12 @@ func (t *transmission) writeReadHeader(w *replyWriter, r request, n int) {
 		t.writeSimple(w, r, 0)
 		return
 	}
+	if n == 0 {
+		// An OFFSET_DATA chunk must carry data: a read of nothing is
+		// answered with a lone NONE chunk.
+		t.writeChunk(w, r, ReplyFlagDone, ReplyTypeNone, 0)
+		return
+	}
 	t.writeChunk(w, r, ReplyFlagDone, ReplyTypeOffsetData, 8+n)
 	w.buf = binary.BigEndian.AppendUint64(w.buf, r.off)
 }

@@ -116,7 +116,7 @@ func TestErrorRules(t *testing.T) {
 		{"unknown command", rw, nbd.Request{Cmd: 42}, nbd.EINVAL, 0},
 		{"resize unsupported", rw, nbd.Request{Cmd: nbd.CmdResize}, nbd.EINVAL, 0},
 		{"unknown flag", rw, nbd.Request{Cmd: nbd.CmdRead, Flags: 1 << 12, Length: 1}, nbd.EINVAL, 1},
-		{"flag of another command", rw, nbd.Request{Cmd: nbd.CmdRead, Flags: nbd.CmdFlagFUA, Length: 1}, nbd.EINVAL, 1},
+		{"flag of another command", rw, nbd.Request{Cmd: nbd.CmdRead, Flags: nbd.CmdFlagReqOne, Length: 1}, nbd.EINVAL, 1},
 		{"DF without structured replies", simple, nbd.Request{Cmd: nbd.CmdRead, Flags: nbd.CmdFlagDF, Length: 1}, nbd.EINVAL, 1},
 		{"read above maximum", rw, nbd.Request{Cmd: nbd.CmdRead, Length: nbd.MaxPayload + 1}, nbd.EINVAL, 0},
 		{"fast zero on read-only", ro, nbd.Request{Cmd: nbd.CmdWriteZeroes, Flags: nbd.CmdFlagFastZero, Length: 1}, nbd.EPERM, 0},
@@ -618,5 +618,42 @@ func TestListenRefusesLiveSocketAndReplacesStaleOne(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(regular); string(b) != "keep me" {
 		t.Fatal("regular file was changed")
+	}
+}
+
+// What clients such as libnbd and qemu do, and the specification allows:
+// base:allocation asked for the default export by the empty name, a read
+// of nothing, and FUA on commands that do not write.
+func TestClientsCorners(t *testing.T) {
+	srv := newServer(&nbd.Export{Name: "first", Backend: nbd.NewMem(1 << 20)})
+	c := nbdtest.Pair(t, srv, &nbd.ClientConfig{Export: ""})
+	if !c.Info.BaseAlloc {
+		t.Fatal("base:allocation for the empty export name was not negotiated")
+	}
+	if _, err := c.BlockStatus(ctx(t), 0, 4096); err != nil {
+		t.Fatalf("block status on the default export: %v", err)
+	}
+	for _, cfg := range []*nbd.ClientConfig{nil, {NoStructuredReplies: true}} {
+		c := nbdtest.Pair(t, srv, cfg)
+		if _, err := c.Do(ctx(t), nbd.Request{Cmd: nbd.CmdRead, Offset: 4096}, nil); err != nil {
+			t.Fatalf("zero-length read (structured %v): %v", c.Info.Structured, err)
+		}
+		for _, r := range []nbd.Request{
+			{Cmd: nbd.CmdRead, Length: 512},
+			{Cmd: nbd.CmdFlush},
+			{Cmd: nbd.CmdCache, Length: 4096},
+			{Cmd: nbd.CmdBlockStatus, Length: 4096},
+		} {
+			if r.Cmd == nbd.CmdBlockStatus && !c.Info.BaseAlloc {
+				continue
+			}
+			r.Flags = nbd.CmdFlagFUA
+			if _, err := c.Do(ctx(t), r, make([]byte, r.Length)); err != nil {
+				t.Errorf("%v with FUA: %v", r.Cmd, err)
+			}
+		}
+		if _, err := c.ReadAt(make([]byte, 1), 0); err != nil {
+			t.Fatalf("the connection after those: %v", err)
+		}
 	}
 }

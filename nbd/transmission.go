@@ -59,6 +59,7 @@ type transmission struct {
 	inline     inlineGate
 	noInline   int // requests still to hand to workers (reader's)
 	slowRun    int // inline requests in a row that were slow (reader's)
+	afterSteal func() // tests: runs right after the stall watch steals the role
 
 	requests, bytesIn, bytesOut atomic.Int64
 }
