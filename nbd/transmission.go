@@ -57,8 +57,8 @@ type transmission struct {
 	readerBusy atomic.Bool // the reader flushes before it next blocks
 	readerDone chan error  // why reading ended
 	inline     inlineGate
-	noInline   int // requests still to hand to workers (reader's)
-	slowRun    int // inline requests in a row that were slow (reader's)
+	noInline   int    // requests still to hand to workers (reader's)
+	slowRun    int    // inline requests in a row that were slow (reader's)
 	afterSteal func() // tests: runs right after the stall watch steals the role
 
 	requests, bytesIn, bytesOut atomic.Int64
