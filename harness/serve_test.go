@@ -54,7 +54,7 @@ func randomFile(t *testing.T, size int) (string, []byte) {
 }
 
 func TestNbdinfo(t *testing.T) {
-	testenv.Need(t, "nbdinfo")
+	testenv.Need(t, "nbdinfo", "qemu-img")
 	img, _ := randomFile(t, 1<<20)
 	s := serveBoth(t, "disk=file:"+img, "scratch=mem:1G", "ro=mem:16M,ro")
 	transports(t, func(t *testing.T, unix bool) {
@@ -67,6 +67,13 @@ func TestNbdinfo(t *testing.T) {
 		// The default export is the first one.
 		if got := strings.TrimSpace(harness.Run(t, "nbdinfo", "--size", s.URI("", unix))); got != "1048576" {
 			t.Errorf("default export size %q, want 1048576", got)
+		}
+		// base:allocation by the empty name, as libnbd and qemu ask for it.
+		if got := harness.Run(t, "nbdinfo", "--map", s.URI("", unix)); !strings.Contains(got, "1048576    0  data") {
+			t.Errorf("map of the default export:\n%s", got)
+		}
+		if got := harness.Run(t, "qemu-img", "map", "--output=json", "-f", "raw", s.URI("", unix)); !strings.Contains(got, `"length": 1048576`) {
+			t.Errorf("qemu-img map of the default export:\n%s", got)
 		}
 		if got := harness.Run(t, "nbdinfo", "--map", s.URI("scratch", unix)); !strings.Contains(got, "1073741824    3  hole,zero") {
 			t.Errorf("map of an empty mem export:\n%s", got)
@@ -117,7 +124,7 @@ func TestNbdcopyRoundTrip(t *testing.T) {
 	transports(t, func(t *testing.T, unix bool) {
 		dst := filepath.Join(t.TempDir(), "back.img")
 		harness.Run(t, "nbdcopy", "--flush", src, s.URI("scratch", unix))
-		harness.Run(t, "nbdcopy", s.URI("scratch", unix), dst)
+		harness.Run(t, "nbdcopy", s.URI("", unix), dst) // the default export, by its empty name
 		got, err := os.ReadFile(dst)
 		if err != nil {
 			t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -29,6 +30,11 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
 		c.Close()
 		return ErrServerClosed
 	}
+	if max := limit(s.MaxConnections, DefaultMaxConnections); max > 0 && len(s.conns) >= max {
+		s.mu.Unlock()
+		s.refuse(c)
+		return ErrTooManyConnections
+	}
 	if s.conns == nil {
 		s.conns = map[*serverConn]struct{}{}
 	}
@@ -50,6 +56,9 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
 		}
 	}()
 	sess := newSession(s, c, c)
+	if d := limit(s.HandshakeTimeout, DefaultHandshakeTimeout); d > 0 {
+		c.SetDeadline(time.Now().Add(d))
+	}
 	if err := sess.negotiate(ctx); err != nil {
 		switch {
 		case errors.Is(err, errAbort):
@@ -58,6 +67,9 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
 		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 			log.Info("client closed the connection during the handshake")
 			return nil
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			log.Warn("handshake not done in time; closing connection", "timeout", limit(s.HandshakeTimeout, DefaultHandshakeTimeout))
+			return err
 		}
 		log.Warn("handshake failed; closing connection", "err", err)
 		return err
@@ -67,8 +79,13 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
 		sc.mu.Unlock()
 		return ErrServerClosed
 	}
+	sess.conn.SetDeadline(time.Time{})
 	if !sess.tls {
-		fc, err := detach(sess.conn)
+		fc, err := detach(sess.conn, &s.waiter, connLimits{
+			maxBlocked:   int32(limit(s.MaxBlocked, DefaultMaxBlocked)),
+			writeTimeout: limit(s.WriteTimeout, DefaultWriteTimeout),
+			recheck:      s.IdleTimeout > 0,
+		})
 		if err != nil {
 			sc.mu.Unlock()
 			log.Error("cannot serve the connection", "err", err)

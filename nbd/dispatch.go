@@ -3,6 +3,10 @@ package nbd
 import (
 	"context"
 	"runtime/debug"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // allowedFlags lists the flags each command accepts. Every export
@@ -57,28 +61,70 @@ func (t *transmission) validate(r request) Errno {
 	return 0
 }
 
-// Limits on what one connection may have in flight: requests weigh their
-// length, at least minWeight, against a budget of maxInflightBytes. A client
-// that sends more waits until replies drain.
-const (
-	maxInflightBytes = 256 << 20
-	minWeight        = 256 << 10
-)
+// What requests in flight may hold: each weighs its length, at least
+// minWeight, against its connection's budget and the server's
+// (Server.MaxInflight; a connection gets a quarter of it). A client that
+// sends more waits until replies drain; so, when the server's budget is
+// spent, do the others.
+const minWeight = 256 << 10
 
-type work struct {
-	r       request
-	payload []byte
+// budget is the server's bound on bytes in flight, made on first use.
+type budget struct {
+	once sync.Once
+	sem  *semaphore.Weighted
+	per  int64 // a connection's share
 }
 
-func weight(r request) int64 { return min(max(int64(r.length), minWeight), maxInflightBytes) }
+// get returns the server's semaphore (nil for no limit) and a
+// connection's share of it.
+func (b *budget) get(max int64) (*semaphore.Weighted, int64) {
+	b.once.Do(func() {
+		b.per = MaxPayload * 8
+		if max > 0 {
+			b.sem = semaphore.NewWeighted(max)
+			b.per = max / 4
+		}
+	})
+	return b.sem, b.per
+}
+
+type work struct {
+	r        request
+	payload  []byte
+	reserved bool // its weight is taken already
+}
+
+func (t *transmission) weight(r request) int64 { return min(max(int64(r.length), minWeight), t.share) }
+
+// reserve takes r's weight from the connection's budget and the
+// server's, waiting for it if it must. The reader sends the replies it
+// holds first: they may be what the client waits for.
+func (t *transmission) reserve(r request) {
+	w := t.weight(r)
+	if !t.budget.TryAcquire(w) {
+		t.readerIdle()
+		t.budget.Acquire(context.Background(), w)
+	}
+	if t.shared != nil && !t.shared.TryAcquire(w) {
+		t.readerIdle()
+		t.shared.Acquire(context.Background(), w)
+	}
+}
+
+func (t *transmission) unreserve(r request) {
+	w := t.weight(r)
+	t.budget.Release(w)
+	if t.shared != nil {
+		t.shared.Release(w)
+	}
+}
 
 // dispatch hands w to an idle worker, or starts a new one, so a slow
 // request never waits for another. Workers outlive their request, which
 // keeps their grown stacks and spares a goroutine start per request.
 func (t *transmission) dispatch(w work) {
-	if !t.budget.TryAcquire(weight(w.r)) {
-		t.readerIdle() // the replies may be what the client waits for
-		t.budget.Acquire(context.Background(), weight(w.r))
+	if !w.reserved {
+		t.reserve(w.r)
 	}
 	t.inflight.Add(1)
 	t.active.Add(1)
@@ -92,8 +138,10 @@ func (t *transmission) dispatch(w work) {
 func (t *transmission) worker(w work) {
 	for ok := true; ok; w, ok = <-t.work {
 		t.handle(w.r, w.payload)
-		t.budget.Release(weight(w.r))
-		t.active.Add(-1)
+		t.unreserve(w.r)
+		if t.active.Add(-1) == 0 && t.idle > 0 && t.conn != nil {
+			t.conn.SetReadDeadline(time.Now().Add(t.idle))
+		}
 		t.inflight.Done()
 	}
 }

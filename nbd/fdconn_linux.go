@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,14 +26,28 @@ import (
 // Close shuts the socket down at once, which wakes a blocked read or
 // write, but closes the descriptor only when the last call using it has
 // returned, so that a late write can never reach a reused descriptor.
+//
+// A call blocks on its thread only while the server has a thread to
+// spare, and for parkAfter at most; then it parks (park_linux.go).
 type fdConn struct {
 	mu     sync.Mutex
 	fd     int
 	users  int  // calls in progress on fd
 	closed bool // fd is shut down; closed when users drops to 0
 
+	w            *waiter
+	limits       connLimits
+	readDeadline atomic.Int64 // unix nanoseconds; 0 for none
+
 	local, remote net.Addr
 	nearby        bool // the peer is on this machine: ReadSpin may poll
+}
+
+// connLimits are what a server allows a detached connection.
+type connLimits struct {
+	maxBlocked   int32         // threads all connections may hold blocked
+	writeTimeout time.Duration // how long a write may make no progress; 0 for ever
+	recheck      bool          // read deadlines change while reads wait (an idle timeout)
 }
 
 // unixSendBuffer is the send buffer asked for unix-domain connections. A
@@ -46,7 +61,7 @@ const unixSendBuffer = 4 << 20
 // detach moves a TCP or unix-domain connection out of the poller and
 // closes c; the socket lives on in the returned connection. Other
 // connections (TLS, pipes) are returned unchanged.
-func detach(c net.Conn) (net.Conn, error) {
+func detach(c net.Conn, w *waiter, lim connLimits) (net.Conn, error) {
 	switch c.(type) {
 	case *net.TCPConn, *net.UnixConn:
 	default:
@@ -71,7 +86,15 @@ func detach(c net.Conn) (net.Conn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("nbd: take socket from the poller: %w", err)
 	}
-	fc := &fdConn{fd: fd, local: c.LocalAddr(), remote: c.RemoteAddr(), nearby: onThisMachine(c)}
+	// A blocking call gives up its thread after parkAfter.
+	tv := unix.NsecToTimeval(parkAfter.Nanoseconds())
+	for _, opt := range []int{unix.SO_RCVTIMEO, unix.SO_SNDTIMEO} {
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &tv); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("nbd: socket timeouts: %w", err)
+		}
+	}
+	fc := &fdConn{fd: fd, w: w, limits: lim, local: c.LocalAddr(), remote: c.RemoteAddr(), nearby: onThisMachine(c)}
 	c.Close() // removes the original descriptor from the poller
 	return fc, nil
 }
@@ -99,7 +122,8 @@ func (c *fdConn) opErr(op string, err error) error {
 	return &net.OpError{Op: op, Net: c.remote.Network(), Source: c.local, Addr: c.remote, Err: os.NewSyscallError(op, err)}
 }
 
-// Read reads what the socket has, blocking until it has something.
+// Read reads what the socket has, waiting until it has something, or
+// until the read deadline.
 func (c *fdConn) Read(p []byte) (int, error) {
 	fd, err := c.acquire()
 	if err != nil {
@@ -107,9 +131,32 @@ func (c *fdConn) Read(p []byte) (int, error) {
 	}
 	defer c.release()
 	for {
-		n, err := unix.Read(fd, p)
+		var n int
+		if c.w.enter(c.limits.maxBlocked) {
+			n, err = unix.Read(fd, p)
+			c.w.leave()
+		} else {
+			n, _, err = unix.Recvfrom(fd, p, unix.MSG_DONTWAIT)
+		}
 		switch {
 		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			// With an idle timeout, a deadline set while parked is
+			// seen within parkAfter.
+			wait := c.deadline()
+			if c.limits.recheck && (wait.IsZero() || time.Until(wait) > parkAfter) {
+				wait = time.Now().Add(parkAfter)
+			}
+			err := c.w.park(fd, unix.EPOLLIN, wait)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if d := c.deadline(); d.IsZero() || time.Now().Before(d) {
+					continue
+				}
+			}
+			if err != nil {
+				return 0, c.opErr("read", err)
+			}
 			continue
 		case err != nil:
 			return 0, c.opErr("read", err)
@@ -118,6 +165,13 @@ func (c *fdConn) Read(p []byte) (int, error) {
 		}
 		return n, nil
 	}
+}
+
+func (c *fdConn) deadline() time.Time {
+	if d := c.readDeadline.Load(); d != 0 {
+		return time.Unix(0, d)
+	}
+	return time.Time{}
 }
 
 // onThisMachine reports whether c's peer is local: a unix socket, or TCP
@@ -166,53 +220,83 @@ func (c *fdConn) ReadSpin(p []byte, d time.Duration) (int, error) {
 	return c.Read(p)
 }
 
-// Write writes all of p.
+// Write writes all of p. A write that makes no progress for the write
+// timeout fails.
 func (c *fdConn) Write(p []byte) (int, error) {
-	fd, err := c.acquire()
-	if err != nil {
-		return 0, err
-	}
-	defer c.release()
-	total := 0
-	for total < len(p) {
-		n, err := unix.Write(fd, p[total:])
-		if err == unix.EINTR {
-			continue
+	n, err := c.writeAll("write", len(p), func(fd int, blocking bool, done int) (int, error) {
+		if blocking {
+			return unix.Write(fd, p[done:])
 		}
-		if err != nil {
-			return total, c.opErr("write", err)
-		}
-		total += n
-	}
-	return total, nil
+		return unix.SendmsgN(fd, p[done:], nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	})
+	return int(n), err
 }
 
 // Writev writes all of bufs with as few system calls as it can.
 func (c *fdConn) Writev(bufs [][]byte) (int64, error) {
+	size := 0
+	for _, b := range bufs {
+		size += len(b)
+	}
+	rest, trimmed := bufs, 0 // what is left to write; bytes trimmed off bufs so far
+	return c.writeAll("writev", size, func(fd int, blocking bool, done int) (int, error) {
+		for k := done - trimmed; k > 0; {
+			if k >= len(rest[0]) {
+				k, trimmed, rest = k-len(rest[0]), trimmed+len(rest[0]), rest[1:]
+			} else {
+				rest[0], trimmed, k = rest[0][k:], trimmed+k, 0
+			}
+		}
+		if blocking {
+			return unix.Writev(fd, rest)
+		}
+		return unix.SendmsgBuffers(fd, rest, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	})
+}
+
+// writeAll calls write until size bytes are written: blocking on this
+// thread while the server has one to spare, parked otherwise.
+func (c *fdConn) writeAll(op string, size int, write func(fd int, blocking bool, done int) (int, error)) (int64, error) {
 	fd, err := c.acquire()
 	if err != nil {
 		return 0, err
 	}
 	defer c.release()
-	var total int64
-	for len(bufs) > 0 {
-		n, err := unix.Writev(fd, bufs)
-		if err == unix.EINTR {
+	done := 0
+	deadline := c.writeDeadline()
+	for done < size {
+		var n int
+		if c.w.enter(c.limits.maxBlocked) {
+			n, err = write(fd, true, done)
+			c.w.leave()
+		} else {
+			n, err = write(fd, false, done)
+		}
+		switch {
+		case err == unix.EINTR:
 			continue
+		case err == unix.EAGAIN:
+			if err := c.w.park(fd, unix.EPOLLOUT, deadline); err != nil {
+				return int64(done), c.opErr(op, err)
+			}
+			continue
+		case err != nil:
+			return int64(done), c.opErr(op, err)
 		}
-		if err != nil {
-			return total, c.opErr("writev", err)
+		if n > 0 {
+			deadline = c.writeDeadline()
 		}
-		total += int64(n)
-		for len(bufs) > 0 && n >= len(bufs[0]) {
-			n -= len(bufs[0])
-			bufs = bufs[1:]
-		}
-		if len(bufs) > 0 {
-			bufs[0] = bufs[0][n:]
-		}
+		done += n
 	}
-	return total, nil
+	return int64(done), nil
+}
+
+// writeDeadline is when a write that starts waiting now gives up.
+func (c *fdConn) writeDeadline() time.Time {
+	if c.limits.writeTimeout <= 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(c.limits.writeTimeout)
 }
 
 // CloseRead shuts down the reading side: a blocked Read returns io.EOF.
@@ -247,8 +331,18 @@ func (c *fdConn) Close() error {
 func (c *fdConn) LocalAddr() net.Addr  { return c.local }
 func (c *fdConn) RemoteAddr() net.Addr { return c.remote }
 
-// Deadlines need the poller; a detached connection is stopped with
-// CloseRead or Close instead.
+// SetReadDeadline makes reads fail with os.ErrDeadlineExceeded once t
+// has passed; it is kept to within parkAfter. The zero time clears it.
+func (c *fdConn) SetReadDeadline(t time.Time) error {
+	if t.IsZero() {
+		c.readDeadline.Store(0)
+	} else {
+		c.readDeadline.Store(t.UnixNano())
+	}
+	return nil
+}
+
+// Write deadlines are the write timeout's; a detached connection is
+// stopped with CloseRead or Close.
 func (c *fdConn) SetDeadline(time.Time) error      { return errors.ErrUnsupported }
-func (c *fdConn) SetReadDeadline(time.Time) error  { return errors.ErrUnsupported }
 func (c *fdConn) SetWriteDeadline(time.Time) error { return errors.ErrUnsupported }

@@ -28,7 +28,7 @@ func socketPair(t *testing.T) (net.Conn, net.Conn) {
 func detachedPair(t *testing.T) (*fdConn, net.Conn) {
 	t.Helper()
 	a, b := socketPair(t)
-	d, err := detach(a)
+	d, err := detach(a, &waiter{}, connLimits{maxBlocked: DefaultMaxBlocked})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func detachedPair(t *testing.T) (*fdConn, net.Conn) {
 
 func TestDetachKeepsTheSocketAndClosesTheOriginal(t *testing.T) {
 	a, b := socketPair(t)
-	d, err := detach(a)
+	d, err := detach(a, &waiter{}, connLimits{maxBlocked: DefaultMaxBlocked})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -71,7 +71,10 @@ func (s *session) negotiate(ctx context.Context) error {
 		return handshakeErr("unknown client flags %#x", uint32(flags))
 	}
 	s.noZeroes = flags&FlagCNoZeroes != 0
-	for {
+	for n := 0; ; n++ {
+		if n == maxOptions {
+			return handshakeErr("more than %d options without choosing an export", maxOptions)
+		}
 		var hdr [optionHeaderLen]byte
 		if _, err := io.ReadFull(s.br, hdr[:]); err != nil {
 			return err
@@ -80,11 +83,11 @@ func (s *session) negotiate(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		opt, n := h.opt, h.length
-		if n > maxOptionLen {
-			return handshakeErr("%v with %d bytes of data (limit %d)", opt, n, maxOptionLen)
+		opt, size := h.opt, h.length
+		if size > maxOptionLen {
+			return handshakeErr("%v with %d bytes of data (limit %d)", opt, size, maxOptionLen)
 		}
-		data := make([]byte, n)
+		data := make([]byte, size)
 		if _, err := io.ReadFull(s.br, data); err != nil {
 			return err
 		}

@@ -11,6 +11,20 @@ import (
 	"time"
 )
 
+// armIdle sets the idle timeout's deadline for the read the reader is
+// about to block in, or clears it while requests are in flight (the last
+// of them sets it again: see worker).
+func (t *transmission) armIdle() {
+	if t.idle <= 0 || t.conn == nil {
+		return
+	}
+	if t.active.Load() == 0 {
+		t.conn.SetReadDeadline(time.Now().Add(t.idle))
+	} else {
+		t.conn.SetReadDeadline(time.Time{})
+	}
+}
+
 // errHandedOff ends a reader whose role a new goroutine took over.
 var errHandedOff = errors.New("nbd: reader role handed off")
 
@@ -39,9 +53,14 @@ func (t *transmission) loop() error {
 	for {
 		if t.br.Buffered() < requestHeaderLen {
 			t.readerIdle()
+			t.armIdle()
 		}
 		if _, err := io.ReadFull(t.br, hdr[:]); err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded) && t.idle > 0 && !t.srv.shuttingDown():
+				t.log.Info("client idle; closing the connection", "idle_timeout", t.idle)
+				return nil
+			case errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed):
 				return nil
 			}
 			return fmt.Errorf("read request: %w", err)
@@ -60,6 +79,7 @@ func (t *transmission) loop() error {
 		}
 		errno := t.validate(r)
 		var payload []byte
+		inline, reserved := false, false
 		if r.cmd == CmdWrite {
 			if r.length > MaxPayload {
 				// The payload cannot be skipped without reading it all;
@@ -70,32 +90,49 @@ func (t *transmission) loop() error {
 			if t.br.Buffered() < int(r.length) {
 				t.readerIdle()
 			}
-			if errno == 0 && t.mem != nil && r.length > inlineMax {
+			if errno != 0 {
+				// Refused: its payload is read and dropped, never held.
+				if _, err := io.CopyN(io.Discard, t.br, int64(r.length)); err != nil {
+					return fmt.Errorf("read %d-byte write payload: %w", r.length, err)
+				}
+			} else if t.mem != nil && r.length > inlineMax {
 				if err := t.receive(r); err != nil {
 					return err
 				}
 				continue
+			} else {
+				// A write for the workers holds its weight before its
+				// payload is in memory.
+				inline = t.inlinable(r)
+				if reserved = !inline; reserved {
+					t.reserve(r)
+				}
+				payload = t.srv.bufs.get(int(r.length))
+				if err := t.payload(len(payload)).fill(payload); err != nil {
+					t.srv.bufs.put(payload)
+					if reserved {
+						t.unreserve(r)
+					}
+					return fmt.Errorf("read %d-byte write payload: %w", r.length, err)
+				}
+				t.bytesIn.Add(int64(r.length))
 			}
-			payload = t.srv.bufs.get(int(r.length))
-			if err := t.payload(len(payload)).fill(payload); err != nil {
-				t.srv.bufs.put(payload)
-				return fmt.Errorf("read %d-byte write payload: %w", r.length, err)
-			}
-			t.bytesIn.Add(int64(r.length))
 		}
 		if errno != 0 {
-			t.srv.bufs.put(payload)
 			t.traceReq(r, errno, 0)
 			t.send(func(w *replyWriter) { t.writeError(w, r, errno, "") })
 			continue
 		}
-		if t.inlinable(r) {
+		if r.cmd != CmdWrite {
+			inline = t.inlinable(r)
+		}
+		if inline {
 			if !t.runInline(r, payload) {
 				return errHandedOff
 			}
 			continue
 		}
-		t.dispatch(work{r, payload})
+		t.dispatch(work{r, payload, reserved})
 	}
 }
 
@@ -201,6 +238,7 @@ const (
 	inlineBackoff = 1024
 )
 
+// inlinable reports whether r runs on the reader; ask once a request.
 func (t *transmission) inlinable(r request) bool {
 	if t.noInline > 0 {
 		t.noInline--

@@ -5,6 +5,9 @@ import (
 	"runtime"
 )
 
+// replyBufferMax bounds the replies a connection keeps buffered.
+const replyBufferMax = 256 << 10
+
 // send writes one reply under the connection's write lock and decides who
 // sends it on: replies that complete together should leave in one system
 // call, but none may wait long.
@@ -19,6 +22,12 @@ func (t *transmission) send(fn func(w *replyWriter)) {
 	if t.werr == nil {
 		fn(t.bw)
 		switch {
+		case t.bw.err != nil:
+			t.writeFailed(t.bw.err) // a large reply went straight out, and failed
+		case t.bw.Buffered() >= replyBufferMax:
+			// A client that sends and never reads holds the server to
+			// this: the next reply waits until these are taken.
+			t.flushLocked()
 		case t.waiting.Load() > 0:
 		case t.readerBusy.Load():
 		case t.active.Load() > 1:
@@ -61,7 +70,7 @@ func (t *transmission) writeFailed(err error) {
 // flushLocked sends the buffered replies, if any and if the connection
 // still works; wmu is held.
 func (t *transmission) flushLocked() {
-	if t.werr != nil || t.bw.Buffered() == 0 {
+	if t.werr != nil || (t.bw.Buffered() == 0 && t.bw.err == nil) {
 		return
 	}
 	t.writeFailed(t.bw.Flush())

@@ -16,6 +16,7 @@ type replyWriter struct {
 	w   io.Writer
 	buf []byte
 	iov [2][]byte
+	err error // the first failed write; every later Flush returns it
 }
 
 // vectorWriter is a writer with its own gathered write (fdConn).
@@ -27,7 +28,7 @@ func newReplyWriter(w io.Writer) *replyWriter {
 	return &replyWriter{w: w, buf: make([]byte, 0, 64<<10)}
 }
 
-func (rw *replyWriter) Reset(w io.Writer) { rw.w, rw.buf = w, rw.buf[:0] }
+func (rw *replyWriter) Reset(w io.Writer) { rw.w, rw.buf, rw.err = w, rw.buf[:0], nil }
 
 // Write buffers p, or sends it at once with whatever is buffered if it is
 // large. Errors surface from Flush or from the large write.
@@ -46,6 +47,9 @@ func (rw *replyWriter) Write(p []byte) (int, error) {
 		_, err = bufs.WriteTo(rw.w)
 	}
 	rw.buf = rw.buf[:0]
+	if err != nil && rw.err == nil {
+		rw.err = err
+	}
 	return len(p), err
 }
 
@@ -57,12 +61,13 @@ func (rw *replyWriter) WriteString(s string) (int, error) {
 // Buffered reports how many bytes wait for Flush.
 func (rw *replyWriter) Buffered() int { return len(rw.buf) }
 
-// Flush sends the buffered bytes.
+// Flush sends the buffered bytes. After a failed write it fails at once.
 func (rw *replyWriter) Flush() error {
-	if len(rw.buf) == 0 {
-		return nil
+	if rw.err != nil || len(rw.buf) == 0 {
+		return rw.err
 	}
 	_, err := rw.w.Write(rw.buf)
 	rw.buf = rw.buf[:0]
+	rw.err = err
 	return err
 }

@@ -16,6 +16,10 @@ import (
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("nbd: server closed")
 
+// ErrTooManyConnections is returned by ServeConn for a connection over
+// the server's MaxConnections, which it closes at once.
+var ErrTooManyConnections = errors.New("nbd: too many connections")
+
 // Server serves Exports over the NBD protocol. Set the fields before the
 // first call to Serve and do not change them afterwards.
 type Server struct {
@@ -29,6 +33,31 @@ type Server struct {
 	// at Debug. Nil means slog.Default().
 	Logger *slog.Logger
 
+	// What one client, or many, may make the server hold. Zero means the
+	// default; a negative value, no limit.
+
+	// MaxConnections bounds the connections served at once; the server
+	// closes any more at once, with a log line (DefaultMaxConnections).
+	MaxConnections int
+	// HandshakeTimeout bounds a connection's handshake, TLS included
+	// (DefaultHandshakeTimeout).
+	HandshakeTimeout time.Duration
+	// IdleTimeout drops a connection that has sent no request and waits
+	// for no reply for this long. Zero means never: the kernel's client
+	// may rightly stay idle for days.
+	IdleTimeout time.Duration
+	// WriteTimeout drops a connection that has taken none of its replies
+	// for this long (DefaultWriteTimeout).
+	WriteTimeout time.Duration
+	// MaxInflight bounds the bytes of requests that all connections
+	// together have in flight (DefaultMaxInflight); one connection may
+	// have a quarter of it.
+	MaxInflight int64
+	// MaxBlocked bounds the threads connections may hold blocked in
+	// socket reads and writes (DefaultMaxBlocked); past it, and after a
+	// second of waiting, they wait without one.
+	MaxBlocked int
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
@@ -37,6 +66,32 @@ type Server struct {
 	bufs      bufPool
 	pipes     pipePool
 	stalls    stallWatch
+	waiter    waiter
+	budget    budget
+	refused   refusals
+}
+
+// Defaults of the Server's limits.
+const (
+	DefaultMaxConnections   = 1024
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultWriteTimeout     = time.Minute
+	DefaultMaxInflight      = 256 << 20
+	// maxOptions bounds the options of one handshake: a client lists
+	// and asks about exports, and then picks one.
+	maxOptions = 1024
+)
+
+// limit returns v, or def when v is zero, or 0 (no limit) when v is
+// negative.
+func limit[T int | int64 | time.Duration](v, def T) T {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return 0
+	}
+	return v
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -124,6 +179,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	s.pipes.closeAll()
+	s.waiter.close()
 	for _, e := range s.Exports {
 		if serr := e.Backend.Sync(); serr != nil && err == nil {
 			err = fmt.Errorf("nbd: flush export %q: %w", e.Name, serr)
@@ -136,6 +192,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.stop((*serverConn).close)
 	s.pipes.closeAll()
+	s.waiter.close()
 	return nil
 }
 
@@ -150,5 +207,27 @@ func (s *Server) stop(end func(*serverConn)) {
 	}
 	for c := range s.conns {
 		end(c)
+	}
+}
+
+// refusals counts the connections refused at the limit, for a log line a
+// second at most however many come.
+type refusals struct {
+	mu     sync.Mutex
+	n      int
+	logged time.Time
+}
+
+// refuse closes a connection over the limit.
+func (s *Server) refuse(c net.Conn) {
+	c.Close()
+	r := &s.refused
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.n++
+	if time.Since(r.logged) >= time.Second {
+		s.logger().Warn("refusing connections: at the connection limit", "limit", limit(s.MaxConnections, DefaultMaxConnections),
+			"refused", r.n, "peer", peerName(c))
+		r.n, r.logged = 0, time.Now()
 	}
 }

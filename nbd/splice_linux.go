@@ -145,10 +145,22 @@ func (c *fdConn) spliceFrom(pipeR, n int) error {
 		return err
 	}
 	defer c.release()
+	deadline := c.writeDeadline()
 	for n > 0 {
+		if !c.w.enter(c.limits.maxBlocked) {
+			// No thread to spare for a splice, which can only block:
+			// the rest goes through memory, with writes that park.
+			return c.copyFrom(pipeR, n)
+		}
 		m, err := unix.Splice(pipeR, nil, fd, nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_MORE)
+		c.w.leave()
 		switch {
 		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			if err := c.w.park(fd, unix.EPOLLOUT, deadline); err != nil {
+				return c.opErr("splice", err)
+			}
 			continue
 		case err != nil:
 			return c.opErr("splice", err)
@@ -156,8 +168,28 @@ func (c *fdConn) spliceFrom(pipeR, n int) error {
 			return c.opErr("splice", io.ErrUnexpectedEOF)
 		}
 		n -= int(m)
+		deadline = c.writeDeadline()
 	}
 	return nil
+}
+
+// copyFrom sends the n bytes the pipe holds through a buffer.
+func (c *fdConn) copyFrom(pipeR, n int) error {
+	buf := make([]byte, n)
+	for got := 0; got < n; {
+		m, err := unix.Read(pipeR, buf[got:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return fmt.Errorf("nbd: read spliced data back from its pipe: %w", err)
+		case m == 0:
+			return fmt.Errorf("nbd: read spliced data back from its pipe: %w", io.ErrUnexpectedEOF)
+		}
+		got += m
+	}
+	_, err := c.Write(buf)
+	return err
 }
 
 // spliceRead answers a read with the data spliced from the backend, if

@@ -3,6 +3,8 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -37,7 +39,8 @@ type transmission struct {
 	tls        bool
 	log        *slog.Logger
 	trace      bool
-	start      time.Time // session start; inline timing reads the monotonic clock from it
+	idle       time.Duration // Server.IdleTimeout; 0 for none
+	start      time.Time     // session start; inline timing reads the monotonic clock from it
 
 	// The reply side (reply.go).
 	wmu     sync.Mutex
@@ -50,7 +53,9 @@ type transmission struct {
 	inflight sync.WaitGroup
 	work     chan work           // to idle workers
 	active   atomic.Int32        // requests dispatched and not yet answered
-	budget   *semaphore.Weighted // bounds the requests and bytes in flight
+	budget   *semaphore.Weighted // bounds the connection's bytes in flight
+	shared   *semaphore.Weighted // the server's budget; nil for none
+	share    int64               // the connection's budget, and the heaviest weight
 	dirty    atomic.Bool         // written since the last Sync
 
 	// The reader role (reader.go).
@@ -66,12 +71,14 @@ type transmission struct {
 
 func newTransmission(s *session, log *slog.Logger) *transmission {
 	mem, _ := s.export.Backend.(*Mem)
+	shared, share := s.srv.budget.get(limit(s.srv.MaxInflight, DefaultMaxInflight))
 	return &transmission{
+		shared: shared, share: share, idle: max(s.srv.IdleTimeout, 0),
 		srv: s.srv, export: s.export, mem: mem, conn: s.conn, in: s.in, br: s.br,
 		structured: s.structured, metaAlloc: s.metaAlloc, tls: s.tls,
 		log: log, trace: log.Enabled(context.Background(), slog.LevelDebug), start: time.Now(),
 		bw: s.bw, kick: make(chan struct{}, 1),
-		work: make(chan work), budget: semaphore.NewWeighted(maxInflightBytes),
+		work: make(chan work), budget: semaphore.NewWeighted(share),
 		readerDone: make(chan error, 1),
 	}
 }
@@ -94,6 +101,9 @@ func (t *transmission) run() error {
 	close(t.kick)
 	t.wmu.Lock()
 	t.flushLocked()
+	if err == nil && t.werr != nil && !errors.Is(t.werr, net.ErrClosed) {
+		err = fmt.Errorf("send replies: %w", t.werr) // why reading stopped
+	}
 	t.wmu.Unlock()
 	if t.dirty.Load() {
 		if serr := e.Backend.Sync(); serr != nil {

@@ -68,6 +68,15 @@ for flags in (0, nbd.CMD_FLAG_NO_HOLE, nbd.CMD_FLAG_FAST_ZERO, nbd.CMD_FLAG_FUA)
 # CACHE.
 rw.cache(1 << 20, 0)
 
+# FUA is taken on every command, and means nothing where nothing is written.
+assert rw.pread(1, 0, nbd.CMD_FLAG_FUA) == b"\0"
+rw.flush(nbd.CMD_FLAG_FUA)
+rw.cache(4096, 0, nbd.CMD_FLAG_FUA)
+assert len(extents(0, 4096, nbd.CMD_FLAG_FUA)) >= 1
+
+# A read of nothing (a structured reply with no data chunk).
+assert rw.pread(0, 4096) == b""
+
 # Error rules.
 expect(errno.EINVAL, rw.pread, 4096, size - 1)
 expect(errno.EINVAL, rw.trim, 2, size - 1)
@@ -76,7 +85,7 @@ expect(errno.EINVAL, rw.block_status, 2, size - 1, lambda *a: 0)
 expect(errno.ENOSPC, rw.pwrite, b"xx", size - 1)
 expect(errno.ENOSPC, rw.zero, 2, size - 1)
 expect(errno.EINVAL, rw.pread, 1, 0, 1 << 9)          # unknown flag
-expect(errno.EINVAL, rw.pread, 1, 0, nbd.CMD_FLAG_FUA)  # flag not for READ
+expect(errno.EINVAL, rw.pread, 1, 0, nbd.CMD_FLAG_REQ_ONE)  # flag not for READ
 expect(errno.EINVAL, rw.pread, (32 << 20) + 1, 0)       # above the maximum
 # The session survives its errors.
 assert rw.pread(4096, 1 << 20)[:1024] == pattern[:1024]

@@ -1,0 +1,236 @@
+package nbd_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nbdlab/nbdlab/nbd"
+	"github.com/nbdlab/nbdlab/nbd/nbdtest"
+)
+
+// listen serves srv on a unix socket for the test and returns its address.
+func listen(t *testing.T, srv *nbd.Server) string {
+	t.Helper()
+	addr := "unix:" + filepath.Join(t.TempDir(), "nbd.sock")
+	l, err := nbd.Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return addr
+}
+
+// closedWithin reports whether the server closes c within d, reading and
+// dropping whatever it sends first.
+func closedWithin(c net.Conn, d time.Duration) bool {
+	c.SetReadDeadline(time.Now().Add(d))
+	_, err := io.Copy(io.Discard, c)
+	return err == nil || !errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+func TestMaxConnections(t *testing.T) {
+	srv := newServer(&nbd.Export{Backend: nbd.NewMem(1 << 20)})
+	srv.MaxConnections = 2
+	addr := listen(t, srv)
+	var held []*nbd.Client
+	for range 2 {
+		c, err := nbd.Dial(ctx(t), addr, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	if c, err := nbd.Dial(ctx(t), addr, nil); err == nil {
+		c.Close()
+		t.Fatal("a third connection was served over MaxConnections 2")
+	}
+	held[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := nbd.Dial(ctx(t), addr, nil)
+		if err == nil {
+			if _, err := c.ReadAt(make([]byte, 512), 0); err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection served after one of two left: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := held[1].ReadAt(make([]byte, 512), 0); err != nil {
+		t.Fatalf("a connection served before the refusals: %v", err)
+	}
+	held[1].Close()
+}
+
+// A client that stops half way through the handshake, or sends option
+// after option, is dropped; the server goes on.
+func TestHandshakeLimits(t *testing.T) {
+	srv := newServer(&nbd.Export{Name: "e", Backend: nbd.NewMem(1 << 20)})
+	srv.HandshakeTimeout = 300 * time.Millisecond
+	addr := listen(t, srv)
+	a, _ := nbd.ParseAddr(addr)
+	for _, tt := range []struct {
+		name string
+		send []byte
+	}{
+		{"silent", nil},
+		{"flags, then nothing", []byte{0, 0, 0, 3}},
+		{"half an option", append([]byte{0, 0, 0, 3}, "IHAVEOPT"...)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := a.DialConn(ctx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write(tt.send)
+			if !closedWithin(c, 5*time.Second) {
+				t.Fatal("a stalled handshake was not dropped in 5s (timeout 300ms)")
+			}
+		})
+	}
+	t.Run("endless options", func(t *testing.T) {
+		c, err := a.DialConn(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		go io.Copy(io.Discard, c)
+		var b bytes.Buffer
+		b.Write([]byte{0, 0, 0, 3})
+		list := nbd.AppendRequestHeader(nil, nbd.Request{}, 0)[:0]
+		list = append(list, "IHAVEOPT"...)
+		list = append(list, 0, 0, 0, 3, 0, 0, 0, 0) // NBD_OPT_LIST, no data
+		for range 5000 {
+			b.Write(list)
+		}
+		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(b.Bytes()); err == nil {
+			// Everything fit in the socket; the server still ends it.
+			if _, err := c.Write(list); err == nil {
+				time.Sleep(200 * time.Millisecond)
+				_, err = c.Write(list)
+				if err == nil {
+					t.Fatal("5000 options were all taken")
+				}
+			}
+		}
+	})
+	c, err := nbd.Dial(ctx(t), addr, &nbd.ClientConfig{Export: "e"})
+	if err != nil {
+		t.Fatalf("the server after the dropped handshakes: %v", err)
+	}
+	c.Close()
+}
+
+func TestIdleTimeout(t *testing.T) {
+	srv := newServer(&nbd.Export{Backend: nbd.NewMem(1 << 20)})
+	srv.IdleTimeout = 300 * time.Millisecond
+	addr := listen(t, srv)
+	c, err := nbd.Dial(ctx(t), addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.ReadAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 12 { // a client that keeps asking is never idle
+		time.Sleep(100 * time.Millisecond)
+		if _, err := c.ReadAt(make([]byte, 1), 0); err != nil {
+			t.Fatalf("read %d, 100ms after the one before: %v", i, err)
+		}
+	}
+	time.Sleep(2500 * time.Millisecond) // idle: 300ms, seen within a second
+	if _, err := c.ReadAt(make([]byte, 1), 0); !errors.Is(err, nbd.ErrClientClosed) {
+		t.Fatalf("a read after idling 2.5s: %v; want the connection closed (idle timeout 300ms)", err)
+	}
+}
+
+// A client that asks and never reads the replies is dropped after the
+// write timeout, and holds no more than its budget meanwhile.
+func TestWriteTimeout(t *testing.T) {
+	srv := newServer(&nbd.Export{Backend: nbd.NewMem(64 << 20)})
+	srv.WriteTimeout = 500 * time.Millisecond
+	a, b := nbdtest.SocketPair(t)
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeConn(context.Background(), a) }()
+	info, conn, err := nbd.Negotiate(ctx(t), b, &nbd.ClientConfig{NoStructuredReplies: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reqs []byte
+	for i := range 64 {
+		reqs = nbd.AppendRequestHeader(reqs, nbd.Request{Cmd: nbd.CmdRead, Offset: uint64(i) << 20 % uint64(info.Size), Length: 1 << 20}, uint64(i))
+	}
+	go conn.Write(reqs)
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("the session ended cleanly; want a write timeout")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a client reading no replies was not dropped in 10s (write timeout 500ms)")
+	}
+	conn.Close()
+}
+
+// threads returns how many threads this process has.
+func threads(t *testing.T) int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	t.Fatal("no Threads in /proc/self/status")
+	return 0
+}
+
+// Idle clients hold no thread each: past MaxBlocked they wait parked, and
+// every one of them is still served.
+func TestIdleClientsHoldNoThreads(t *testing.T) {
+	const clients, maxBlocked = 300, 4
+	srv := newServer(&nbd.Export{Backend: nbd.NewMem(1 << 20)})
+	srv.MaxBlocked = maxBlocked
+	addr := listen(t, srv)
+	before := threads(t)
+	var cs []*nbd.Client
+	for range clients {
+		c, err := nbd.Dial(ctx(t), addr, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		cs = append(cs, c)
+	}
+	time.Sleep(1500 * time.Millisecond) // past parkAfter: all are parked
+	if n := threads(t); n > before+maxBlocked+24 {
+		t.Fatalf("%d idle clients: %d threads, %d before; want at most %d more", clients, n, before, maxBlocked+24)
+	}
+	for i, c := range cs {
+		if _, err := c.ReadAt(make([]byte, 4096), int64(i)*512); err != nil {
+			t.Fatalf("client %d after idling: %v", i, err)
+		}
+	}
+}
