@@ -1,7 +1,7 @@
 package nbd
 
 import (
-	"context"
+	"errors"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -98,17 +98,24 @@ func (t *transmission) weight(r request) int64 { return min(max(int64(r.length),
 
 // reserve takes r's weight from the connection's budget and the
 // server's, waiting for it if it must. The reader sends the replies it
-// holds first: they may be what the client waits for.
-func (t *transmission) reserve(r request) {
+// holds first: they may be what the client waits for. It reports false,
+// having taken nothing, when the session broke meanwhile.
+func (t *transmission) reserve(r request) bool {
 	w := t.weight(r)
 	if !t.budget.TryAcquire(w) {
 		t.readerIdle()
-		t.budget.Acquire(context.Background(), w)
+		if t.budget.Acquire(t.ctx, w) != nil {
+			return false
+		}
 	}
 	if t.shared != nil && !t.shared.TryAcquire(w) {
 		t.readerIdle()
-		t.shared.Acquire(context.Background(), w)
+		if t.shared.Acquire(t.ctx, w) != nil {
+			t.budget.Release(w)
+			return false
+		}
 	}
+	return true
 }
 
 func (t *transmission) unreserve(r request) {
@@ -122,9 +129,10 @@ func (t *transmission) unreserve(r request) {
 // dispatch hands w to an idle worker, or starts a new one, so a slow
 // request never waits for another. Workers outlive their request, which
 // keeps their grown stacks and spares a goroutine start per request.
-func (t *transmission) dispatch(w work) {
-	if !w.reserved {
-		t.reserve(w.r)
+func (t *transmission) dispatch(w work) error {
+	if !w.reserved && !t.reserve(w.r) {
+		t.srv.bufs.put(w.payload)
+		return errBroken
 	}
 	t.inflight.Add(1)
 	t.active.Add(1)
@@ -133,7 +141,11 @@ func (t *transmission) dispatch(w work) {
 	default:
 		go t.worker(w)
 	}
+	return nil
 }
+
+// errBroken ends the reading of a session no reply can reach.
+var errBroken = errors.New("nbd: replies cannot reach the client")
 
 func (t *transmission) worker(w work) {
 	for ok := true; ok; w, ok = <-t.work {
@@ -148,6 +160,10 @@ func (t *transmission) worker(w work) {
 
 // handle executes one valid request and sends its reply.
 func (t *transmission) handle(r request, payload []byte) {
+	if t.ctx.Err() != nil {
+		t.srv.bufs.put(payload) // no reply can reach the client: skip the work
+		return
+	}
 	start := t.clock()
 	var errno Errno
 	defer func() {

@@ -104,8 +104,8 @@ func (t *transmission) loop() error {
 				// A write for the workers holds its weight before its
 				// payload is in memory.
 				inline = t.inlinable(r)
-				if reserved = !inline; reserved {
-					t.reserve(r)
+				if reserved = !inline; reserved && !t.reserve(r) {
+					return errBroken
 				}
 				payload = t.srv.bufs.get(int(r.length))
 				if err := t.payload(len(payload)).fill(payload); err != nil {
@@ -132,7 +132,9 @@ func (t *transmission) loop() error {
 			}
 			continue
 		}
-		t.dispatch(work{r, payload, reserved})
+		if err := t.dispatch(work{r, payload, reserved}); err != nil {
+			return err
+		}
 	}
 }
 

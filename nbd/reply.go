@@ -62,8 +62,11 @@ func (t *transmission) lockWriter() {
 // writeFailed records the result of a write under wmu. An error ends the
 // session: closing the connection stops the reader.
 func (t *transmission) writeFailed(err error) {
-	if t.werr = err; err != nil && t.conn != nil {
-		t.conn.Close()
+	if t.werr = err; err != nil {
+		t.broken() // no reply can reach the client: stop working for it
+		if t.conn != nil {
+			t.conn.Close()
+		}
 	}
 }
 

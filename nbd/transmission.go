@@ -49,6 +49,11 @@ type transmission struct {
 	waiting atomic.Int32 // replies waiting for wmu
 	kick    chan struct{}
 
+	// ctx ends when no reply can reach the client any more: requests
+	// waiting for their turn or their budget are dropped.
+	ctx    context.Context
+	broken context.CancelFunc
+
 	// Requests in flight (dispatch.go).
 	inflight sync.WaitGroup
 	work     chan work           // to idle workers
@@ -72,7 +77,9 @@ type transmission struct {
 func newTransmission(s *session, log *slog.Logger) *transmission {
 	mem, _ := s.export.Backend.(*Mem)
 	shared, share := s.srv.budget.get(limit(s.srv.MaxInflight, DefaultMaxInflight))
+	ctx, broken := context.WithCancel(context.Background())
 	return &transmission{
+		ctx: ctx, broken: broken,
 		shared: shared, share: share, idle: max(s.srv.IdleTimeout, 0),
 		srv: s.srv, export: s.export, mem: mem, conn: s.conn, in: s.in, br: s.br,
 		structured: s.structured, metaAlloc: s.metaAlloc, tls: s.tls,
@@ -97,10 +104,14 @@ func (t *transmission) run() error {
 	err := <-t.readerDone
 	t.srv.stalls.remove(t)
 	t.inflight.Wait()
+	t.broken()
 	close(t.work)
 	close(t.kick)
 	t.wmu.Lock()
 	t.flushLocked()
+	if err == errBroken {
+		err = nil
+	}
 	if err == nil && t.werr != nil && !errors.Is(t.werr, net.ErrClosed) {
 		err = fmt.Errorf("send replies: %w", t.werr) // why reading stopped
 	}
