@@ -18,9 +18,9 @@
 //   - transmission.go: one session's transmission phase; a request is read
 //     in reader.go, validated and run against the backend in dispatch.go,
 //     and answered in reply.go (replywriter.go buffers it);
-//   - stall.go, bufpool.go, fdconn_linux.go, splice_linux.go: what keeps
-//     that path fast (stall hand-off, buffer reuse, blocking sockets off
-//     the poller, spliced reads);
+//   - stall.go, bufpool.go, fdconn_linux.go, park_linux.go, splice_linux.go:
+//     what keeps that path fast and bounded (stall hand-off, buffer reuse,
+//     blocking sockets off the poller that park when idle, spliced reads);
 //   - client.go: the client's transmission phase;
 //   - backend.go, export.go and the backends mem.go, file.go, cow.go.
 //
@@ -47,6 +47,18 @@
 // one lock per connection and flushed in groups: the reader flushes before
 // it waits for the client, and a worker's reply goes at once unless others
 // are about to join it.
+//
+// # Limits
+//
+// Everything a client can make the server hold is bounded: connections
+// (MaxConnections), handshake time (HandshakeTimeout) and options (1,024),
+// idle time when asked (IdleTimeout), time a reply may go untaken
+// (WriteTimeout), bytes in flight per connection and server-wide
+// (MaxInflight), buffered replies (256 KiB per connection), and threads:
+// a connection blocks on a thread only while fewer than MaxBlocked do, and
+// for a second at most; then it parks in the server's own epoll set
+// (park_linux.go). A session whose replies cannot be delivered stops at
+// once and drops its queued requests.
 //
 // Plain TCP and unix-socket connections are taken out of the Go runtime's
 // network poller once the handshake is done: each connection's reader

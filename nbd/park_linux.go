@@ -29,7 +29,7 @@ const parkAfter = time.Second
 
 // DefaultMaxBlocked is how many threads the connections of a server may
 // hold at once blocked in socket calls.
-const DefaultMaxBlocked = 64
+const DefaultMaxBlocked = 32
 
 // waiter is a server's count of threads blocked in socket calls, and its
 // epoll set for the calls that park instead.

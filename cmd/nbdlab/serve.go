@@ -24,6 +24,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ca := fs.String("tls-ca", "", "CA `FILE` (PEM): require client certificates signed by it")
 	verbose := fs.Bool("v", false, "trace every request")
 	grace := fs.Duration("shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long to wait for requests in flight")
+	maxConns := fs.Int("max-connections", nbd.DefaultMaxConnections, "connections served at once; more are closed at once (-1: no limit)")
+	hsTimeout := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "drop a client that has not chosen an export in this time, TLS included (-1s: never)")
+	idleTimeout := fs.Duration("idle-timeout", 0, "drop a client that sends no request for this long (0: never; the kernel's client may idle for days)")
+	writeTimeout := fs.Duration("write-timeout", nbd.DefaultWriteTimeout, "drop a client that takes none of its replies for this long (-1s: never)")
+	maxInflight := fs.String("max-inflight", "256M", "bytes of requests all clients together may have in flight; one client a quarter of it")
 	readyFD := fs.Int("ready-fd", -1, "once every listener is up, write \"ok ADDR...\" (the addresses listened on) to descriptor `FD` and close it")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `usage: nbdlab serve %s
@@ -78,7 +83,13 @@ flags:
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	srv := &nbd.Server{Exports: exports, TLSConfig: tlsConfig, Logger: log}
+	inflight, err := nbd.ParseSize(*maxInflight)
+	if err != nil || inflight < 1<<20 {
+		return usagef("--max-inflight %q: want a size of at least 1M, like 256M or 1G", *maxInflight)
+	}
+	srv := &nbd.Server{Exports: exports, TLSConfig: tlsConfig, Logger: log,
+		MaxConnections: *maxConns, HandshakeTimeout: *hsTimeout, IdleTimeout: *idleTimeout,
+		WriteTimeout: *writeTimeout, MaxInflight: inflight}
 	var sig *ready.Signal
 	if *readyFD >= 0 {
 		sig = ready.Open(*readyFD)
