@@ -14,6 +14,7 @@ import (
 
 	"github.com/nbdlab/nbdlab/bench"
 	"github.com/nbdlab/nbdlab/ci"
+	"github.com/nbdlab/nbdlab/conform"
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/kmod"
 	"github.com/nbdlab/nbdlab/lab"
@@ -21,6 +22,15 @@ import (
 
 // binary is where Build puts the static nbdlab.
 const binary = "bin/nbdlab"
+
+// Conform groups the conformance runs; each prints a matrix and writes reports.
+type Conform mg.Namespace
+
+// Servers checks nbdlab serve, nbdkit, qemu-nbd and nbd-server against the NBD specification (reports in conform-report/).
+func (Conform) Servers(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps)
+	return conform.RunPeers(ctx, conform.PeersOptions{})
+}
 
 // Bench groups the benchmarks; each prints figures and ratios against peers
 // measured in the same run.

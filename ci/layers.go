@@ -27,7 +27,7 @@ func Layers() map[string]int {
 		"internal/selfbuild": 1, "nbd": 1,
 		"internal/testenv": 2, "nbd/nbdtest": 2, "nbd/kernel": 2, "kmod": 2, "vm": 2,
 		"nbd/kernel/hold": 3, "vm/vmtest": 3, "harness": 3,
-		"lab": 4, "bench": 4, "ci": 4,
+		"lab": 4, "bench": 4, "ci": 4, "conform": 4,
 		"cmd/nbdlab": 5,
 	}
 }

@@ -70,24 +70,33 @@ type clientHandshake struct {
 	bw   *bufio.Writer
 }
 
-func (h *clientHandshake) run(ctx context.Context, cfg *ClientConfig) (ExportInfo, error) {
-	var info ExportInfo
+// greet reads the server's greeting and answers it: fixed newstyle, and
+// no zeroes when the server offers it.
+func (h *clientHandshake) greet() (HandshakeFlags, error) {
 	var hello [greetingLen]byte
 	if _, err := io.ReadFull(h.br, hello[:]); err != nil {
-		return info, fmt.Errorf("nbd: read server greeting: %w", err)
+		return 0, fmt.Errorf("nbd: read server greeting: %w", err)
 	}
 	sflags, err := parseGreeting(hello[:])
 	if err != nil {
-		return info, err
+		return sflags, err
 	}
 	if sflags&FlagFixedNewstyle == 0 {
-		return info, errors.New("nbd: server does not support fixed newstyle")
+		return sflags, errors.New("nbd: server does not support fixed newstyle")
 	}
 	cflags := FlagCFixedNewstyle
 	if sflags&FlagNoZeroes != 0 {
 		cflags |= FlagCNoZeroes
 	}
 	h.bw.Write(binary.BigEndian.AppendUint32(nil, uint32(cflags)))
+	return sflags, nil
+}
+
+func (h *clientHandshake) run(ctx context.Context, cfg *ClientConfig) (ExportInfo, error) {
+	var info ExportInfo
+	if _, err := h.greet(); err != nil {
+		return info, err
+	}
 	if cfg.TLSConfig != nil {
 		if _, err := h.simple(OptStartTLS, nil); err != nil {
 			return info, err
@@ -158,6 +167,48 @@ func (h *clientHandshake) run(ctx context.Context, cfg *ClientConfig) (ExportInf
 type optReply struct {
 	typ  ReplyType
 	data []byte
+}
+
+// OptionClient sends handshake options one at a time and returns the
+// server's replies as they are: for tools that test servers.
+type OptionClient struct {
+	h *clientHandshake
+	// Flags are the server's handshake flags.
+	Flags HandshakeFlags
+}
+
+// OptionReply is one reply to an option, before the final ACK.
+type OptionReply struct {
+	Type ReplyType
+	Data []byte
+}
+
+// StartOptions reads the server's greeting on conn and answers it (fixed
+// newstyle, no zeroes if offered). Deadlines are the caller's, on conn.
+func StartOptions(conn net.Conn) (*OptionClient, error) {
+	h := &clientHandshake{conn: conn, br: bufio.NewReader(conn), bw: bufio.NewWriter(conn)}
+	f, err := h.greet()
+	if err != nil {
+		return nil, err
+	}
+	return &OptionClient{h: h, Flags: f}, nil
+}
+
+// Option sends opt with data and returns the replies up to the ACK. An
+// error reply comes back as an *OptionError.
+func (o *OptionClient) Option(opt Option, data []byte) ([]OptionReply, error) {
+	rs, err := o.h.simple(opt, data)
+	out := make([]OptionReply, len(rs))
+	for i, r := range rs {
+		out[i] = OptionReply{r.typ, r.data}
+	}
+	return out, err
+}
+
+// Send sends raw bytes, for malformed options.
+func (o *OptionClient) Send(b []byte) error {
+	o.h.bw.Write(b)
+	return o.h.bw.Flush()
 }
 
 // simple sends one option and collects its replies up to the final ACK.

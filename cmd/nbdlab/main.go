@@ -35,6 +35,7 @@ func commands() []command {
 		{"lab", "[--kernel KVER]", "build nbd.ko, boot it in a VM, attach, partition, mount, check (the main job)", runLab},
 		{"kmod", kmodBuildUsage, "build nbd.ko for an installed kernel and install it", runKmod},
 		{"vm", vmRunUsage, "run a command under a distro kernel in a QEMU VM", runVM},
+		{"conform", conformServerUsage, "check NBD servers against the protocol specification", runConform},
 	}
 }
 

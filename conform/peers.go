@@ -1,0 +1,151 @@
+package conform
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/selfbuild"
+	"github.com/nbdlab/nbdlab/internal/testenv"
+	"github.com/nbdlab/nbdlab/nbd"
+)
+
+// PeersOptions configure RunPeers.
+type PeersOptions struct {
+	Out      io.Writer // the matrix and progress; default os.Stdout
+	Dir      string    // where report.json, report.md and junit.xml go; default conform-report
+	Patience time.Duration
+	Nbdlab   string // the nbdlab binary; default one built from this tree
+}
+
+// peer is a server to start for the matrix, on a unix socket in dir,
+// exporting "d" (64 MiB) writable.
+type peer struct {
+	name string
+	argv func(dir, sock, img string) []string
+}
+
+func peers() []peer {
+	return []peer{
+		{"nbdlab", func(_, sock, _ string) []string {
+			return []string{"NBDLAB", "serve", "--listen", "unix:" + sock, "d=mem:64M"}
+		}},
+		{"nbdkit", func(_, sock, _ string) []string {
+			return []string{"nbdkit", "-f", "-U", sock, "memory", "64M"}
+		}},
+		{"qemu-nbd", func(_, sock, img string) []string {
+			return []string{"qemu-nbd", "-t", "--shared=0", "-f", "raw", "-x", "d", "-k", sock, img}
+		}},
+		{"nbd-server", func(dir, sock, img string) []string {
+			conf := filepath.Join(dir, "nbd-server.conf")
+			os.WriteFile(conf, []byte(fmt.Sprintf("[generic]\n    unixsock = %s\n    allowlist = true\n[d]\n    exportname = %s\n    flush = true\n    fua = true\n    trim = true\n", sock, img)), 0o644)
+			return []string{"nbd-server", "-C", conf, "-d"}
+		}},
+	}
+}
+
+// RunPeers starts nbdlab serve, nbdkit, qemu-nbd and nbd-server, checks
+// each, prints the matrix and writes the reports. It fails when nbdlab
+// does not pass every check; what the peers fail is a finding, shown in
+// the matrix.
+func RunPeers(ctx context.Context, o PeersOptions) error {
+	if o.Out == nil {
+		o.Out = os.Stdout
+	}
+	if o.Dir == "" {
+		o.Dir = "conform-report"
+	}
+	if err := testenv.Require("nbdkit", "qemu-nbd", "nbd-server"); err != nil {
+		return fmt.Errorf("conform: %w", err)
+	}
+	if o.Nbdlab == "" {
+		var err error
+		if o.Nbdlab, err = selfbuild.Nbdlab(ctx); err != nil {
+			return err
+		}
+	}
+	work, err := os.MkdirTemp("", "nbdlab-conform-")
+	if err != nil {
+		return fmt.Errorf("conform: %w", err)
+	}
+	defer os.RemoveAll(work)
+	var servers []Server
+	for _, p := range peers() {
+		dir := filepath.Join(work, p.name)
+		os.MkdirAll(dir, 0o755)
+		img, sock := filepath.Join(dir, "disk.img"), filepath.Join(dir, "nbd.sock")
+		if err := os.WriteFile(img, nil, 0o644); err != nil {
+			return fmt.Errorf("conform: %w", err)
+		}
+		if err := os.Truncate(img, 64<<20); err != nil {
+			return fmt.Errorf("conform: %w", err)
+		}
+		argv := p.argv(dir, sock, img)
+		var proc *harness.Proc
+		if argv[0] == "NBDLAB" {
+			s, err := harness.StartServe(ctx, o.Nbdlab, argv[2:]...)
+			if err != nil {
+				return fmt.Errorf("conform: %w", err)
+			}
+			proc = s.Proc
+		} else if proc, err = harness.StartListening(ctx, nbd.Addr{Network: "unix", Address: sock}, 30*time.Second, argv[0], argv[1:]...); err != nil {
+			return fmt.Errorf("conform: %w", err)
+		}
+		defer proc.Kill()
+		servers = append(servers, Server{Name: p.name, URI: nbd.Addr{Network: "unix", Address: sock}.URI("d")})
+	}
+	fmt.Fprintf(o.Out, "conform: %d checks against %d servers\n", len(Checks()), len(servers))
+	r, err := CheckServers(ctx, servers, Options{Patience: o.Patience, Progress: func(target string, res Result) {
+		if res.Status != Pass {
+			fmt.Fprintf(o.Out, "  %-10s %-42s %s %s\n", target, res.ID, res.Status, res.Detail)
+		}
+	}})
+	if err != nil {
+		return err
+	}
+	if err := r.WriteMatrix(o.Out); err != nil {
+		return err
+	}
+	if err := r.WriteFiles(o.Dir); err != nil {
+		return err
+	}
+	fmt.Fprintf(o.Out, "reports in %s\n", o.Dir)
+	var bad []string
+	for _, res := range r.Targets[0].Results {
+		if res.Status != Pass {
+			bad = append(bad, res.ID)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("conform: nbdlab serve does not pass %s", strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+// WriteFiles writes report.json, report.md and junit.xml into dir.
+func (r *Report) WriteFiles(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("conform: %w", err)
+	}
+	var errs []error
+	for name, write := range map[string]func(io.Writer) error{
+		"report.json": r.WriteJSON, "report.md": r.WriteMarkdown, "junit.xml": r.WriteJUnit,
+	} {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, write(f), f.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("conform: write reports: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,204 @@
+package conform
+
+import (
+	"encoding/json"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Level is how strongly the specification says it: a failed MUST fails
+// the run, a failed SHOULD is a finding.
+type Level string
+
+// Levels.
+const (
+	Must   Level = "MUST"
+	Should Level = "SHOULD"
+)
+
+// Status is a check's outcome.
+type Status string
+
+// Outcomes.
+const (
+	Pass Status = "pass"
+	Fail Status = "FAIL"
+	Warn Status = "warn" // a SHOULD not met
+	NA   Status = "n/a"  // the server does not offer what the check needs
+)
+
+// Result is one check against one server.
+type Result struct {
+	ID     string        `json:"id"`
+	Level  Level         `json:"level"`
+	Status Status        `json:"status"`
+	Detail string        `json:"detail,omitempty"`
+	Took   time.Duration `json:"took_ns"`
+}
+
+// Target is every check against one server.
+type Target struct {
+	Name    string   `json:"name"`
+	URI     string   `json:"uri"`
+	Results []Result `json:"results"`
+}
+
+// Report is a run against one or more servers.
+type Report struct {
+	Checks  []CheckInfo `json:"checks"`
+	Targets []Target    `json:"targets"`
+}
+
+// CheckInfo describes a check.
+type CheckInfo struct {
+	ID    string `json:"id"`
+	Level Level  `json:"level"`
+	What  string `json:"what"`
+}
+
+// MustFailures counts the failed MUST checks of every target.
+func (r *Report) MustFailures() int {
+	n := 0
+	for _, t := range r.Targets {
+		for _, res := range t.Results {
+			if res.Status == Fail {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// WriteMatrix prints one row a check and one column a server, then the
+// details of everything that did not pass.
+func (r *Report) WriteMatrix(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprint(tw, "CHECK\tLEVEL")
+	for _, t := range r.Targets {
+		fmt.Fprintf(tw, "\t%s", t.Name)
+	}
+	fmt.Fprintln(tw)
+	for i, c := range r.Checks {
+		fmt.Fprintf(tw, "%s\t%s", c.ID, c.Level)
+		for _, t := range r.Targets {
+			fmt.Fprintf(tw, "\t%s", t.Results[i].Status)
+		}
+		fmt.Fprintln(tw)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, t := range r.Targets {
+		for _, res := range t.Results {
+			if res.Status != Pass && res.Detail != "" {
+				fmt.Fprintf(w, "%s %s %s: %s\n", t.Name, res.ID, res.Status, res.Detail)
+			}
+		}
+	}
+	_, err := fmt.Fprintf(w, "%d MUST violations\n", r.MustFailures())
+	return err
+}
+
+// WriteJSON writes the report as JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteMarkdown writes the matrix as a Markdown table, with what each
+// check checks and the details below.
+func (r *Report) WriteMarkdown(w io.Writer) error {
+	var b strings.Builder
+	b.WriteString("| check | level | what |")
+	for _, t := range r.Targets {
+		fmt.Fprintf(&b, " %s |", t.Name)
+	}
+	b.WriteString("\n|---|---|---|" + strings.Repeat("---|", len(r.Targets)) + "\n")
+	for i, c := range r.Checks {
+		fmt.Fprintf(&b, "| %s | %s | %s |", c.ID, c.Level, c.What)
+		for _, t := range r.Targets {
+			fmt.Fprintf(&b, " %s |", t.Results[i].Status)
+		}
+		b.WriteString("\n")
+	}
+	first := true
+	for _, t := range r.Targets {
+		for _, res := range t.Results {
+			if res.Status == Pass || res.Detail == "" {
+				continue
+			}
+			if first {
+				b.WriteString("\nDetails:\n\n")
+				first = false
+			}
+			fmt.Fprintf(&b, "- %s, %s (%s): %s\n", t.Name, res.ID, res.Status, res.Detail)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteJUnit writes the report as JUnit XML: a suite a server, a case a
+// check; failed MUSTs are failures, unmet SHOULDs are in the case's
+// output, inapplicable checks are skipped.
+func (r *Report) WriteJUnit(w io.Writer) error {
+	type failure struct {
+		Message string `xml:"message,attr"`
+	}
+	type skipped struct {
+		Message string `xml:"message,attr"`
+	}
+	type testcase struct {
+		Name      string   `xml:"name,attr"`
+		Classname string   `xml:"classname,attr"`
+		Time      float64  `xml:"time,attr"`
+		Failure   *failure `xml:"failure,omitempty"`
+		Skipped   *skipped `xml:"skipped,omitempty"`
+		SystemOut string   `xml:"system-out,omitempty"`
+	}
+	type testsuite struct {
+		Name     string     `xml:"name,attr"`
+		Tests    int        `xml:"tests,attr"`
+		Failures int        `xml:"failures,attr"`
+		Skipped  int        `xml:"skipped,attr"`
+		Cases    []testcase `xml:"testcase"`
+	}
+	type testsuites struct {
+		XMLName xml.Name    `xml:"testsuites"`
+		Suites  []testsuite `xml:"testsuite"`
+	}
+	var out testsuites
+	for _, t := range r.Targets {
+		s := testsuite{Name: t.Name, Tests: len(t.Results)}
+		for _, res := range t.Results {
+			c := testcase{Name: res.ID, Classname: "nbd.server." + t.Name, Time: res.Took.Seconds()}
+			switch res.Status {
+			case Fail:
+				c.Failure = &failure{Message: res.Detail}
+				s.Failures++
+			case NA:
+				c.Skipped = &skipped{Message: res.Detail}
+				s.Skipped++
+			case Warn:
+				c.SystemOut = "SHOULD not met: " + res.Detail
+			}
+			s.Cases = append(s.Cases, c)
+		}
+		out.Suites = append(out.Suites, s)
+	}
+	if _, err := io.WriteString(w, xml.Header); err != nil {
+		return err
+	}
+	enc := xml.NewEncoder(w)
+	enc.Indent("", "  ")
+	if err := enc.Encode(out); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, "\n")
+	return err
+}
