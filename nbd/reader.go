@@ -173,17 +173,20 @@ func (t *transmission) receive(r request) error {
 	return nil
 }
 
-// spinWorth is the least a poll must bring in for the reader to poll
-// again for the same payload: a client that trickles its payload in small
-// pieces is not worth a CPU (it could make the server spin at the cost of
-// a few bytes a time).
-const spinWorth = 16 << 10
+// spinWorth is the least a poll must bring in for the reader to go on
+// polling for the same payload: after two polls in a row that bring in
+// less, it sleeps until the payload ends. A client that trickles its
+// payload in small pieces is not worth a CPU (it could make the server
+// spin at the cost of a few bytes a time); an honest local client's
+// pieces are tens of kilobytes.
+const spinWorth = 4 << 10
 
 // payloadReader reads a write's payload, in one piece or several.
 type payloadReader struct {
 	t      *transmission
 	left   int  // bytes of the payload not read yet
-	noSpin bool // a poll brought in less than spinWorth: sleep from now on
+	small  int  // polls in a row that brought in less than spinWorth
+	noSpin bool // two did: sleep from now on
 }
 
 func (t *transmission) payload(n int) *payloadReader { return &payloadReader{t: t, left: n} }
@@ -218,7 +221,10 @@ func (pr *payloadReader) fill(p []byte) error {
 			return err
 		}
 		if spin > 0 && m < spinWorth && n+m < len(p) {
-			pr.noSpin = true
+			pr.small++
+			pr.noSpin = pr.small == 2
+		} else if spin > 0 {
+			pr.small = 0
 		}
 		n += m
 	}
