@@ -16,7 +16,6 @@ import (
 	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/internal/selfbuild"
 	"github.com/nbdlab/nbdlab/internal/testenv"
-	"github.com/nbdlab/nbdlab/nbd"
 )
 
 // Options configure RunServer. Zero values mean defaults.
@@ -89,10 +88,10 @@ type Target struct {
 func ServerTargets() []Target {
 	return []Target{
 		{"nbdlab mem", false, "mem", func(sock, _ string, size int64) []string {
-			return []string{"NBDLAB", "serve", "--listen", "unix:" + sock, fmt.Sprintf("bench=mem:%d", size)}
+			return []string{"nbdlab", "serve", "--listen", "unix:" + sock, fmt.Sprintf("bench=mem:%d", size)}
 		}},
 		{"nbdlab file", false, "file", func(sock, img string, _ int64) []string {
-			return []string{"NBDLAB", "serve", "--listen", "unix:" + sock, "bench=file:" + img}
+			return []string{"nbdlab", "serve", "--listen", "unix:" + sock, "bench=file:" + img}
 		}},
 		{"nbdkit memory", true, "mem", func(sock, _ string, size int64) []string {
 			return []string{"nbdkit", "-f", "-U", sock, "memory", strconv.FormatInt(size, 10)}
@@ -108,14 +107,7 @@ func ServerTargets() []Target {
 
 // startTarget starts a server and returns once it listens on sock.
 func startTarget(ctx context.Context, nbdlab string, argv []string, sock string) (*harness.Proc, error) {
-	if argv[0] == "NBDLAB" {
-		s, err := harness.StartServe(ctx, nbdlab, argv[2:]...)
-		if err != nil {
-			return nil, fmt.Errorf("bench: %w", err)
-		}
-		return s.Proc, nil
-	}
-	p, err := harness.StartListening(ctx, nbd.Addr{Network: "unix", Address: sock}, 30*time.Second, argv[0], argv[1:]...)
+	p, err := harness.StartOn(ctx, sock, nbdlab, argv...)
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
@@ -293,7 +285,7 @@ func rssUnderLoad(ctx context.Context, o Options, work string) error {
 	f.Truncate(big)
 	f.Close()
 	sock := filepath.Join(work, "big.sock")
-	p, err := startTarget(ctx, o.Nbdlab, []string{"NBDLAB", "serve", "--listen", "unix:" + sock,
+	p, err := startTarget(ctx, o.Nbdlab, []string{"nbdlab", "serve", "--listen", "unix:" + sock,
 		fmt.Sprintf("mem=mem:%d", int64(big)), "file=file:" + sparse}, sock)
 	if err != nil {
 		return err

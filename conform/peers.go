@@ -34,7 +34,7 @@ type peer struct {
 func peers() []peer {
 	return []peer{
 		{"nbdlab", func(_, sock, _ string) []string {
-			return []string{"NBDLAB", "serve", "--listen", "unix:" + sock, "d=mem:64M"}
+			return []string{"nbdlab", "serve", "--listen", "unix:" + sock, "d=mem:64M"}
 		}},
 		{"nbdkit", func(_, sock, _ string) []string {
 			return []string{"nbdkit", "-f", "-U", sock, "memory", "64M"}
@@ -43,9 +43,15 @@ func peers() []peer {
 			return []string{"qemu-nbd", "-t", "--shared=0", "-f", "raw", "-x", "d", "-k", sock, img}
 		}},
 		{"nbd-server", func(dir, sock, img string) []string {
-			conf := filepath.Join(dir, "nbd-server.conf")
-			os.WriteFile(conf, []byte(fmt.Sprintf("[generic]\n    unixsock = %s\n    allowlist = true\n[d]\n    exportname = %s\n    flush = true\n    fua = true\n    trim = true\n", sock, img)), 0o644)
-			return []string{"nbd-server", "-C", conf, "-d"}
+			conf, pid := filepath.Join(dir, "nbd-server.conf"), filepath.Join(dir, "nbd-server.pid")
+			os.WriteFile(conf, []byte(fmt.Sprintf("[generic]\n    unixsock = %s\n[d]\n    exportname = %s\n    flush = true\n    fua = true\n    trim = true\n", sock, img)), 0o644)
+			// nbd-server serves more than one client only as a daemon
+			// (-d serves one); the shell holds its place and stops it.
+			script := `nbd-server -C "$1" -p "$2" || exit 1
+trap 'kill $(cat "$2"); exit 0' TERM INT
+while kill -0 $(cat "$2") 2>/dev/null; do sleep 1; done
+exit 1`
+			return []string{"sh", "-c", script, "nbd-server", conf, pid}
 		}},
 	}
 }
@@ -86,18 +92,11 @@ func RunPeers(ctx context.Context, o PeersOptions) error {
 		if err := os.Truncate(img, 64<<20); err != nil {
 			return fmt.Errorf("conform: %w", err)
 		}
-		argv := p.argv(dir, sock, img)
-		var proc *harness.Proc
-		if argv[0] == "NBDLAB" {
-			s, err := harness.StartServe(ctx, o.Nbdlab, argv[2:]...)
-			if err != nil {
-				return fmt.Errorf("conform: %w", err)
-			}
-			proc = s.Proc
-		} else if proc, err = harness.StartListening(ctx, nbd.Addr{Network: "unix", Address: sock}, 30*time.Second, argv[0], argv[1:]...); err != nil {
+		proc, err := harness.StartOn(ctx, sock, o.Nbdlab, p.argv(dir, sock, img)...)
+		if err != nil {
 			return fmt.Errorf("conform: %w", err)
 		}
-		defer proc.Kill()
+		defer proc.Stop(10 * time.Second)
 		servers = append(servers, Server{Name: p.name, URI: nbd.Addr{Network: "unix", Address: sock}.URI("d")})
 	}
 	fmt.Fprintf(o.Out, "conform: %d checks against %d servers\n", len(Checks()), len(servers))

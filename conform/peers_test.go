@@ -13,15 +13,16 @@ import (
 	"github.com/nbdlab/nbdlab/internal/testenv"
 )
 
-// The matrix against the real peers: nbdlab serve passes every check,
-// and the reports are written.
+// The matrix against the real peers: nbdlab serve passes every check
+// (a patience above its 10s handshake timeout), and the reports are
+// written.
 func TestIntegrationPeers(t *testing.T) {
 	testenv.Need(t, "nbdkit", "qemu-nbd", "nbd-server")
 	dir := t.TempDir()
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	err := conform.RunPeers(ctx, conform.PeersOptions{Out: &out, Dir: dir, Patience: 5 * time.Second, Nbdlab: testenv.Nbdlab(t)})
+	err := conform.RunPeers(ctx, conform.PeersOptions{Out: &out, Dir: dir, Patience: 12 * time.Second, Nbdlab: testenv.Nbdlab(t)})
 	t.Log(out.String())
 	if err != nil {
 		t.Fatal(err)

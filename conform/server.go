@@ -189,8 +189,13 @@ func expectReply(ctx context.Context, p *probe, opt nbd.Option, data []byte, wan
 	}
 	defer c.Close()
 	_, err = oc.Option(opt, data)
-	if got := optionErr(err); got != want {
-		return Fail, fmt.Sprintf("%v answered %v (err %v), want %v", opt, got, err, want)
+	switch got := optionErr(err); {
+	case err == nil:
+		return Fail, fmt.Sprintf("%v succeeded, want %v", opt, want)
+	case got == 0:
+		return Fail, fmt.Sprintf("%v: %v, want %v", opt, err, want)
+	case got != want:
+		return Fail, fmt.Sprintf("%v answered %v, want %v", opt, got, want)
 	}
 	if _, err := oc.Option(nbd.OptStructuredReply, nil); err != nil && optionErr(err) == 0 {
 		return Fail, fmt.Sprintf("the session did not go on after %v: %v", want, err)
@@ -344,8 +349,8 @@ func checks() []check {
 				return Fail, err.Error()
 			}
 			defer c.Close()
-			if _, err := oc.Option(nbd.OptAbort, nil); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-				return Fail, err.Error()
+			if _, err := oc.Option(nbd.OptAbort, nil); err != nil {
+				return Fail, fmt.Sprintf("no NBD_REP_ACK: %v", err)
 			}
 			c.SetReadDeadline(time.Now().Add(5 * time.Second))
 			if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
@@ -685,9 +690,11 @@ func underLoad(ctx context.Context, p *probe, n int, load func(context.Context, 
 	defer cancel()
 	var wg sync.WaitGroup
 	started := 0
+	var lerr error
 	for range n {
 		c, err := p.dial(lctx)
 		if err != nil {
+			lerr = err
 			break
 		}
 		cfg := *p.cfg
@@ -695,6 +702,7 @@ func underLoad(ctx context.Context, p *probe, n int, load func(context.Context, 
 		info, conn, err := nbd.Negotiate(lctx, c, &cfg)
 		if err != nil {
 			c.Close()
+			lerr = err
 			break
 		}
 		started++
@@ -708,7 +716,7 @@ func underLoad(ctx context.Context, p *probe, n int, load func(context.Context, 
 	}
 	defer wg.Wait()
 	if started < n {
-		return Fail, fmt.Sprintf("only %d of %d load clients connected", started, n)
+		return Fail, fmt.Sprintf("only %d of %d load clients connected: %v", started, n, lerr)
 	}
 	time.Sleep(d / 4)
 	start := time.Now()

@@ -115,6 +115,21 @@ func StartListening(ctx context.Context, addr nbd.Addr, timeout time.Duration, n
 	}
 }
 
+// StartOn starts a server that listens on the unix socket sock and
+// returns once it does: argv "nbdlab serve ..." runs the binary nbdlab
+// and waits for its ready signal; anything else is a peer, waited for
+// with StartListening.
+func StartOn(ctx context.Context, sock, nbdlab string, argv ...string) (*Proc, error) {
+	if len(argv) > 1 && argv[0] == "nbdlab" && argv[1] == "serve" {
+		s, err := StartServe(ctx, nbdlab, argv[2:]...)
+		if err != nil {
+			return nil, err
+		}
+		return s.Proc, nil
+	}
+	return StartListening(ctx, nbd.Addr{Network: "unix", Address: sock}, 30*time.Second, argv[0], argv[1:]...)
+}
+
 // Server is a running "nbdlab serve".
 type Server struct {
 	*Proc
