@@ -58,6 +58,13 @@ func Alive(pid int) bool {
 
 // PeakRSS returns the peak resident set (VmHWM) of pid, in bytes.
 func PeakRSS(pid int) (int64, error) {
+	kb, err := Status(pid, "VmHWM")
+	return kb << 10, err
+}
+
+// Status returns the number a field of /proc/PID/status starts with:
+// kB for the memory fields (VmRSS, VmHWM), a count for Threads.
+func Status(pid int, field string) (int64, error) {
 	path := fmt.Sprintf("/proc/%d/status", pid)
 	f, err := os.Open(path)
 	if err != nil {
@@ -66,13 +73,17 @@ func PeakRSS(pid int) (int64, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("procfs: %s: VmHWM %q: %w", path, v, err)
+		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
+			fs := strings.Fields(v)
+			if len(fs) == 0 {
+				return 0, fmt.Errorf("procfs: %s: %s is empty", path, field)
 			}
-			return kb << 10, nil
+			n, err := strconv.ParseInt(fs[0], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("procfs: %s: %s %q: %w", path, field, v, err)
+			}
+			return n, nil
 		}
 	}
-	return 0, fmt.Errorf("procfs: no VmHWM in %s", path)
+	return 0, fmt.Errorf("procfs: no %s in %s", field, path)
 }

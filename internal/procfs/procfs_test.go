@@ -36,6 +36,12 @@ func TestAliveAndPeakRSS(t *testing.T) {
 	if rss, err := PeakRSS(os.Getpid()); err != nil || rss < 1<<20 {
 		t.Fatalf("PeakRSS = %d, %v", rss, err)
 	}
+	if n, err := Status(os.Getpid(), "Threads"); err != nil || n < 1 {
+		t.Fatalf("Status(Threads) = %d, %v", n, err)
+	}
+	if _, err := Status(os.Getpid(), "NoSuchField"); err == nil {
+		t.Fatal("Status of a field /proc does not have succeeded")
+	}
 	cmd := exec.Command("true")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
