@@ -154,16 +154,17 @@ func RunServer(ctx context.Context, o Options) error {
 	if err := fillFile(img, o.Size); err != nil {
 		return err
 	}
+	jobs, targets := ServerJobs(), ServerTargets()
 	fmt.Fprintf(o.Out, "bench:server: %d jobs x %d servers x %d rounds, %s each, %d MiB exports, file exports on %s\n",
-		len(ServerJobs()), len(ServerTargets()), o.Rounds, o.Duration, o.Size>>20, o.Dir)
+		len(jobs), len(targets), o.Rounds, o.Duration, o.Size>>20, o.Dir)
 	runs := map[string]map[string][]Result{} // job -> target -> one result a round
-	for _, j := range ServerJobs() {
+	for _, j := range jobs {
 		runs[j.Name] = map[string][]Result{}
 	}
 	for round := range o.Rounds {
 		fmt.Fprintf(o.Out, "round %d of %d\n", round+1, o.Rounds)
-		for k := range ServerTargets() {
-			t := ServerTargets()[(k+round)%len(ServerTargets())]
+		for k := range targets {
+			t := targets[(k+round)%len(targets)]
 			if err := runTarget(ctx, o, work, img, t, runs); err != nil {
 				return err
 			}
@@ -231,13 +232,14 @@ func fillFile(path string, size int64) error {
 }
 
 func report(w io.Writer, runs map[string]map[string][]Result) {
+	jobs, targets := ServerJobs(), ServerTargets()
 	results := map[string]map[string]Result{}
 	fmt.Fprintln(w, "\nmedian of the rounds; IOPS range is the lowest and highest round:")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "job\tserver\tIOPS\tIOPS range\tMiB/s\tp99\tCPU s/GiB\tpeak RSS MiB\t")
-	for _, j := range ServerJobs() {
+	for _, j := range jobs {
 		results[j.Name] = map[string]Result{}
-		for _, t := range ServerTargets() {
+		for _, t := range targets {
 			r, lo, hi := median(runs[j.Name][t.Name])
 			results[j.Name][t.Name] = r
 			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f-%.0f\t%.1f\t%s\t%.3f\t%d\t\n", j.Name, t.Name, r.IOPS, lo, hi, r.MiBps(),
@@ -248,10 +250,10 @@ func report(w io.Writer, runs map[string]map[string][]Result) {
 	fmt.Fprintln(w, "\nratio nbdlab / best peer (goal >= 1.00; IOPS for 4k jobs, MiB/s for 1M jobs):")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "job\tnbdlab best\tbest peer\tratio\tmem vs memory peers\tfile vs file peers")
-	for _, j := range ServerJobs() {
+	for _, j := range jobs {
 		best := func(peer bool, group string) (string, float64) {
 			name, v := "", 0.0
-			for _, t := range ServerTargets() {
+			for _, t := range targets {
 				if t.Peer != peer || (group != "" && t.Group != group) {
 					continue
 				}

@@ -132,19 +132,21 @@ func (r *Report) WriteFiles(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("conform: %w", err)
 	}
-	var errs []error
-	for name, write := range map[string]func(io.Writer) error{
-		"report.json": r.WriteJSON, "report.md": r.WriteMarkdown, "junit.xml": r.WriteJUnit,
-	} {
-		f, err := os.Create(filepath.Join(dir, name))
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		errs = append(errs, write(f), f.Close())
+	return errors.Join(
+		WriteFile(filepath.Join(dir, "report.json"), r.WriteJSON),
+		WriteFile(filepath.Join(dir, "report.md"), r.WriteMarkdown),
+		WriteFile(filepath.Join(dir, "junit.xml"), r.WriteJUnit))
+}
+
+// WriteFile writes a report to path with write (WriteJSON, WriteMarkdown,
+// WriteJUnit).
+func WriteFile(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("conform: %w", err)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("conform: write reports: %w", err)
+	if err := errors.Join(write(f), f.Close()); err != nil {
+		return fmt.Errorf("conform: write %s: %w", path, err)
 	}
 	return nil
 }

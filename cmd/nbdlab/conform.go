@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -63,20 +62,14 @@ func runConform(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := r.WriteMatrix(stdout); err != nil {
 		return err
 	}
-	for file, write := range map[string]func(io.Writer) error{*jsonOut: r.WriteJSON, *mdOut: r.WriteMarkdown, *junitOut: r.WriteJUnit} {
-		if file == "" {
-			continue
-		}
-		f, err := os.Create(file)
-		if err != nil {
-			return err
-		}
-		if err := write(f); err != nil {
-			f.Close()
-			return fmt.Errorf("write %s: %w", file, err)
-		}
-		if err := f.Close(); err != nil {
-			return err
+	for _, out := range []struct {
+		file  string
+		write func(io.Writer) error
+	}{{*jsonOut, r.WriteJSON}, {*mdOut, r.WriteMarkdown}, {*junitOut, r.WriteJUnit}} {
+		if out.file != "" {
+			if err := conform.WriteFile(out.file, out.write); err != nil {
+				return err
+			}
 		}
 	}
 	if n := r.MustFailures(); n > 0 {
