@@ -16,18 +16,18 @@ const Module = "github.com/nbdlab/nbdlab"
 
 // Layers returns the height of every package of the tree, relative to
 // the module: a package may import only packages lower than itself. The
-// protocol, archives and helpers sit at the bottom; the kernel client,
-// the module builder and the VMs above them; the test kit above those;
-// the main job, benchmarks and CI above everything they run; the command
-// on top.
+// protocol, archives and helpers sit at the bottom; the kernel client and
+// the kernel store above them; the module builder, the VMs and the test
+// kit above those; the main job, benchmarks and CI above everything they
+// run; the command on top.
 func Layers() map[string]int {
 	return map[string]int{
 		"internal/cachedir": 0, "internal/command": 0, "internal/procfs": 0, "internal/ready": 0,
 		"internal/step": 0, "internal/unixpair": 0, "cpio": 0,
-		"internal/selfbuild": 1, "nbd": 1,
-		"internal/testenv": 2, "nbd/nbdtest": 2, "nbd/kernel": 2, "kmod": 2, "vm": 2,
-		"nbd/kernel/hold": 3, "vm/vmtest": 3, "harness": 3,
-		"lab": 4, "bench": 4, "ci": 4, "conform": 4,
+		"internal/selfbuild": 1, "nbd": 1, "debian": 1,
+		"internal/testenv": 2, "nbd/nbdtest": 2, "nbd/kernel": 2, "kernels": 2,
+		"kmod": 3, "vm": 3, "nbd/kernel/hold": 3, "harness": 3,
+		"vm/vmtest": 4, "lab": 4, "bench": 4, "ci": 4, "conform": 4,
 		"cmd/nbdlab": 5,
 	}
 }

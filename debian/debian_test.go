@@ -113,7 +113,7 @@ func newFixture(t *testing.T) *fixture {
 	os.MkdirAll(filepath.Join(pkgdir, "DEBIAN"), 0o755)
 	os.MkdirAll(filepath.Join(pkgdir, "usr/lib/modules/9.9.9-test"), 0o755)
 	os.WriteFile(filepath.Join(pkgdir, "DEBIAN/control"), []byte("Package: linux-test\nVersion: 1.0-1\nArchitecture: amd64\nMaintainer: nobody <nobody@example.org>\nDescription: test\n"), 0o644)
-	os.WriteFile(filepath.Join(pkgdir, "usr/lib/modules/9.9.9-test/hello"), noise(300 << 10), 0o644)
+	os.WriteFile(filepath.Join(pkgdir, "usr/lib/modules/9.9.9-test/hello"), noise(300<<10), 0o644)
 	deb := filepath.Join(f.dir, "pool/main/l/linux-test/linux-test_1.0-1_amd64.deb")
 	os.MkdirAll(filepath.Dir(deb), 0o755)
 	if out, err := exec.Command("dpkg-deb", "-Zgzip", "--build", pkgdir, deb).CombinedOutput(); err != nil {

@@ -118,8 +118,8 @@ func (a *Archive) Release(ctx context.Context, suite string) (*Release, error) {
 	}
 	r.Signer, r.name = signer, suite
 	if !r.ValidUntil.IsZero() && a.now().After(r.ValidUntil) {
-		a.progress("WARNING: %s expired on %s (%s ago): the mirror serves an old state of %s; its files are still checked against its signature",
-			url, r.ValidUntil.Format("2006-01-02"), a.now().Sub(r.ValidUntil).Round(time.Hour), suite)
+		a.progress("WARNING: %s expired on %s (%.0f days ago): the mirror serves an old state of %s; its files are still checked against its signature",
+			url, r.ValidUntil.Format("2006-01-02"), a.now().Sub(r.ValidUntil).Hours()/24, suite)
 	}
 	return r, nil
 }

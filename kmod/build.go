@@ -20,6 +20,7 @@ import (
 	"github.com/nbdlab/nbdlab/internal/cachedir"
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/step"
+	"github.com/nbdlab/nbdlab/kernels"
 )
 
 // Options configure Build. The zero value builds for the running kernel.
@@ -109,6 +110,18 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if o.Kernel == "" {
 		o.Kernel = running
 	}
+	// A kernel fetched into the cache is inspected, built for and
+	// installed into in its own tree.
+	var fetched *kernels.Kernel
+	if k, err := kernels.Find(o.Kernel, "", kernels.Store{}); err == nil && k.IsFetched() {
+		fetched = &k
+		o.Kernel, o.Root = k.Release, k.Root
+		if o.Prefix == "" {
+			o.Prefix = k.Root
+		}
+	} else if kernels.IsSpec(o.Kernel) {
+		return nil, err
+	}
 	b := &builder{o: o, res: &Result{}, start: time.Now(), steps: step.New(o.Out, 5)}
 	defer func() { b.res.TotalTime = time.Since(b.start) }()
 	b.env = o.Env
@@ -150,6 +163,9 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		b.steps.Printf("the distribution ships %s; building nbdlab's own into updates/, which modprobe prefers", t.DistroNBD)
 	}
 	prov, err := ProviderFor(t, o.Source)
+	if fetched != nil && o.Source == "" {
+		prov, err = Fetched{Kernel: *fetched}, nil
+	}
 	if err != nil {
 		return b.res, err
 	}

@@ -36,7 +36,7 @@ func Inspect(root, rel, running string) (*Target, error) {
 	t := &Target{Release: rel, Running: rel == running}
 	t.OSRelease = readOSRelease(filepath.Join(root, "etc/os-release"))
 	t.Distro = DistroOf(t.OSRelease["ID"], t.OSRelease["ID_LIKE"], rel)
-	candidates := []string{filepath.Join(root, "boot", "config-"+rel)}
+	candidates := []string{filepath.Join(root, "boot", "config-"+rel), filepath.Join(root, "usr/lib/modules", rel, "config")}
 	if t.Running {
 		candidates = append(candidates, filepath.Join(root, "proc/config.gz"))
 	}

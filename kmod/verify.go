@@ -137,7 +137,18 @@ func (b *builder) verify(ctx context.Context, t *Target, src *Source, ko string)
 		return err
 	}
 	b.res.Vermagic = vm
-	b.steps.Printf("vermagic %q; symbol CRCs agree with %s", vm, src.Symvers)
+	if t.Config["CONFIG_MODVERSIONS"] == "y" {
+		b.steps.Printf("vermagic %q; symbol CRCs agree with %s", vm, src.Symvers)
+	} else {
+		b.steps.Printf("vermagic %q; CONFIG_MODVERSIONS is off in %s, so there are no symbol CRCs to check", vm, t.Release)
+	}
+	if t.DistroNBD != "" {
+		msg, err := CheckShape(ko, t.DistroNBD, src.Symvers)
+		if err != nil {
+			return err
+		}
+		b.steps.Printf("%s", msg)
+	}
 	if t.Config["CONFIG_MODULE_SIG_FORCE"] != "y" {
 		return nil
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/step"
+	"github.com/nbdlab/nbdlab/kernels"
 	"github.com/nbdlab/nbdlab/kmod"
 	"github.com/nbdlab/nbdlab/vm"
 )
@@ -57,12 +58,12 @@ func Lab(ctx context.Context, o Options) (err error) {
 	}); err != nil {
 		return err
 	}
-	var k vm.Kernel
+	var k kernels.Kernel
 	if err := s.Do("find the kernel", func() error {
 		var err error
-		k, err = vm.FindKernel(o.Kernel, "")
+		k, err = kernels.Find(o.Kernel, "", kernels.Store{})
 		if err == nil {
-			s.Printf("%s (%s)", k.Release, k.Image)
+			s.Printf("%s (%s, %s)", k.Release, k.Origin, k.Image)
 		}
 		return err
 	}); err != nil {
@@ -76,7 +77,7 @@ func Lab(ctx context.Context, o Options) (err error) {
 	}
 	return s.Do("boot "+k.Release+" and run the attach, partition, ext4 and reattach steps in it", func() error {
 		res, err := vm.Run(ctx, vm.Config{Kernel: k.Release, Init: o.Nbdlab, Timeout: 4 * time.Minute,
-			Stdout: step.Indented(o.Out), Stderr: step.Indented(o.Out)}, o.Nbdlab, "lab", "--guest")
+			Stdout: step.Indented(o.Out), Stderr: step.Indented(o.Out)}, vm.InitExe, "lab", "--guest")
 		if err != nil {
 			return err
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"github.com/nbdlab/nbdlab/kernels"
 	"io"
 	"os"
 	"os/exec"
@@ -22,7 +23,7 @@ const kvmProbeTimeout = 6 * time.Second
 // here, else "tcg". The first call on a machine probes by booting k under
 // KVM, with the initramfs initrd and a short timeout, and remembers the
 // answer in the cache.
-func chooseAccel(ctx context.Context, cfg Config, k Kernel, initrd string) string {
+func chooseAccel(ctx context.Context, cfg Config, k kernels.Kernel, initrd string) string {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		return "tcg"
@@ -51,7 +52,7 @@ func chooseAccel(ctx context.Context, cfg Config, k Kernel, initrd string) strin
 }
 
 // probeKey names the machine, QEMU and kernel a probe result holds for.
-func probeKey(k Kernel) string {
+func probeKey(k kernels.Kernel) string {
 	var u unix.Utsname
 	unix.Uname(&u)
 	h := sha256.New()

@@ -84,6 +84,9 @@ type guestConfig struct {
 	Env    []string
 	Dir    string
 	Shares []guestShare
+	// Release and Modules: when the kernel's modules are not the host's
+	// /lib/modules/Release (a fetched kernel), the guest mounts Modules there.
+	Release, Modules string
 }
 
 type guestShare struct {

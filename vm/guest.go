@@ -22,6 +22,11 @@ const (
 	moduleInitCompressedFile = 4               // finit_module flag: let the kernel decompress
 )
 
+// InitExe runs, in the guest, the executable that is the guest's init
+// (nbdlab itself), wherever it lies on the host, even under a /tmp the
+// guest has a tmpfs over.
+const InitExe = "/proc/1/exe"
+
 // IsGuestInit reports whether this process is the init of a lab VM: PID 1
 // running from the initramfs this package builds.
 func IsGuestInit() bool {
@@ -123,7 +128,7 @@ func (g *guest) run() (int, error) {
 	if err := json.Unmarshal(p, &cfg); err != nil {
 		return 0, fmt.Errorf("configuration from host: %w", err)
 	}
-	if err := switchRoot(cfg.Shares); err != nil {
+	if err := switchRoot(cfg); err != nil {
 		return 0, err
 	}
 	setupNetwork()
@@ -191,7 +196,7 @@ func mount9p(tag, dst string, ro bool, opts string) error {
 }
 
 // switchRoot builds the guest's root from the host's and makes it /.
-func switchRoot(shares []guestShare) error {
+func switchRoot(cfg guestConfig) error {
 	if err := mount9p("hostroot", "/lower", true, "cache=loose"); err != nil {
 		return err
 	}
@@ -220,10 +225,13 @@ func switchRoot(shares []guestShare) error {
 			return err
 		}
 	}
-	for _, s := range shares {
+	for _, s := range cfg.Shares {
 		if err := mount9p(s.Tag, "/newroot"+s.Path, false, "cache=none"); err != nil {
 			return err
 		}
+	}
+	if err := bindModules(cfg.Release, cfg.Modules); err != nil {
+		return err
 	}
 	if err := os.Chdir("/newroot"); err != nil {
 		return err
@@ -235,6 +243,22 @@ func switchRoot(shares []guestShare) error {
 		return fmt.Errorf("chroot: %w", err)
 	}
 	return os.Chdir("/")
+}
+
+// bindModules makes a fetched kernel's modules directory the guest's
+// /lib/modules/RELEASE, where modprobe looks.
+func bindModules(rel, dir string) error {
+	if rel == "" || dir == "" || dir == "/lib/modules/"+rel || dir == "/usr/lib/modules/"+rel {
+		return nil
+	}
+	dst := "/newroot/lib/modules/" + rel
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return fmt.Errorf("modules of %s: %w", rel, err)
+	}
+	if err := mount("/newroot"+dir, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("modules of %s: %w", rel, err)
+	}
+	return nil
 }
 
 // setupNetwork brings up loopback; the VM has no other interface.

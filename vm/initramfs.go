@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"github.com/nbdlab/nbdlab/cpio"
+	"github.com/nbdlab/nbdlab/kernels"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,7 +39,7 @@ func CheckStatic(path string) error {
 // Initramfs builds, or finds in cacheDir, the initramfs for kernel k with
 // init as /init. The archive is reproducible and named by the hash of its
 // contents, so equal inputs share one file and concurrent builders agree.
-func Initramfs(k Kernel, init, cacheDir string) (string, error) {
+func Initramfs(k kernels.Kernel, init, cacheDir string) (string, error) {
 	md, err := ReadModuleDeps(k.Modules)
 	if err != nil {
 		return "", err

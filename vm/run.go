@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nbdlab/nbdlab/internal/cachedir"
+	"github.com/nbdlab/nbdlab/kernels"
 )
 
 // Share is a host directory made writable in the guest.
@@ -28,7 +29,10 @@ type Share struct {
 // Config describes one VM run. The zero value boots the newest installed
 // kernel with 1 GiB and 2 CPUs, and never times out.
 type Config struct {
-	Kernel  string // release or bzImage path; "" is the newest installed
+	// Kernel is what kernels.Find resolves: "" (the newest installed), a
+	// release installed or fetched, debian:SUITE[/RELEASE], or a bzImage
+	// path with Modules.
+	Kernel  string
 	Modules string // modules directory, with a bzImage path
 	Memory  string // QEMU -m; default "1024M"
 	CPUs    int    // default 2
@@ -57,7 +61,7 @@ type Config struct {
 // Result is how a guest command ended.
 type Result struct {
 	ExitCode int
-	Kernel   Kernel
+	Kernel   kernels.Kernel
 	Accel    string
 	Boot     time.Duration // QEMU start to the guest init's first word
 	Wall     time.Duration // QEMU start to exit
@@ -101,7 +105,7 @@ func Run(ctx context.Context, cfg Config, argv ...string) (*Result, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	k, err := FindKernel(cfg.Kernel, cfg.Modules)
+	k, err := kernels.Find(cfg.Kernel, cfg.Modules, kernels.Store{})
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +185,7 @@ func (cfg *Config) defaults() error {
 func qemuOpt(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
 // qemuArgs is the QEMU command line for one run.
-func qemuArgs(cfg Config, k Kernel, initrd, accel, sock, klog string) []string {
+func qemuArgs(cfg Config, k kernels.Kernel, initrd, accel, sock, klog string) []string {
 	cpu := "max"
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -206,7 +210,7 @@ func qemuArgs(cfg Config, k Kernel, initrd, accel, sock, klog string) []string {
 	return args
 }
 
-func boot(ctx context.Context, cfg Config, k Kernel, initrd, accel string, argv []string) (*Result, error) {
+func boot(ctx context.Context, cfg Config, k kernels.Kernel, initrd, accel string, argv []string) (*Result, error) {
 	tmp, err := os.MkdirTemp("", "nbdlab-vm-")
 	if err != nil {
 		return nil, fmt.Errorf("vm: %w", err)
@@ -261,7 +265,7 @@ func boot(ctx context.Context, cfg Config, k Kernel, initrd, accel string, argv 
 	}
 	defer conn.Close()
 
-	cfgJSON, _ := json.Marshal(guestConfig{Args: argv, Env: cfg.Env, Dir: cfg.Dir, Shares: guestShares(cfg.Shares)})
+	cfgJSON, _ := json.Marshal(guestConfig{Args: argv, Env: cfg.Env, Dir: cfg.Dir, Shares: guestShares(cfg.Shares), Release: k.Release, Modules: k.Modules})
 	fw := &frameWriter{w: conn}
 	type outcome struct {
 		code    int

@@ -10,19 +10,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbdlab/nbdlab/kernels"
 	"github.com/nbdlab/nbdlab/vm"
 	"github.com/nbdlab/nbdlab/vm/vmtest"
 )
 
 // forEachKernel runs fn as a subtest for every installed kernel.
-func forEachKernel(t *testing.T, fn func(t *testing.T, k vm.Kernel)) {
+func forEachKernel(t *testing.T, fn func(t *testing.T, k kernels.Kernel)) {
 	for _, k := range vmtest.Kernels(t) {
 		t.Run(k.Release, func(t *testing.T) { fn(t, k) })
 	}
 }
 
 func TestIntegrationCommandStreamsAndStatus(t *testing.T) {
-	forEachKernel(t, func(t *testing.T, k vm.Kernel) {
+	forEachKernel(t, func(t *testing.T, k kernels.Kernel) {
 		res, out, err := vmtest.Run(t, vm.Config{Kernel: k.Release}, "sh", "-c", "uname -r; echo err >&2; exit 7")
 		if err != nil {
 			t.Fatal(err)
@@ -40,7 +41,7 @@ func TestIntegrationCommandStreamsAndStatus(t *testing.T) {
 }
 
 func TestIntegrationWritesStayInGuestUnlessShared(t *testing.T) {
-	forEachKernel(t, func(t *testing.T, k vm.Kernel) {
+	forEachKernel(t, func(t *testing.T, k kernels.Kernel) {
 		share := t.TempDir()
 		outside := filepath.Join(os.TempDir(), fmt.Sprintf("nbdlab-vm-leak-%d", time.Now().UnixNano()))
 		outsideVar := fmt.Sprintf("/var/tmp/nbdlab-vm-leak-%d", time.Now().UnixNano())
@@ -71,7 +72,7 @@ cat %[2]s`, outside, outsideVar, share)
 }
 
 func TestIntegrationTimeoutIsReported(t *testing.T) {
-	forEachKernel(t, func(t *testing.T, k vm.Kernel) {
+	forEachKernel(t, func(t *testing.T, k kernels.Kernel) {
 		start := time.Now()
 		_, _, err := vmtest.Run(t, vm.Config{Kernel: k.Release, Timeout: 20 * time.Second}, "sleep", "600")
 		var te *vm.TimeoutError
@@ -88,7 +89,7 @@ func TestIntegrationTimeoutIsReported(t *testing.T) {
 }
 
 func TestIntegrationPanicIsReported(t *testing.T) {
-	forEachKernel(t, func(t *testing.T, k vm.Kernel) {
+	forEachKernel(t, func(t *testing.T, k kernels.Kernel) {
 		_, _, err := vmtest.Run(t, vm.Config{Kernel: k.Release}, "sh", "-c", "echo c > /proc/sysrq-trigger; sleep 60")
 		var pe *vm.PanicError
 		if !errors.As(err, &pe) {

@@ -15,7 +15,7 @@ func runKmod(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fs := newFlagSet("kmod build", kmodBuildUsage, stderr)
 	var o kmod.Options
-	fs.StringVar(&o.Kernel, "kernel", "", "installed kernel release to build for (default: the running kernel)")
+	fs.StringVar(&o.Kernel, "kernel", "", "kernel to build for: an installed or fetched release, or debian:SUITE[/RELEASE] (default: the running kernel)")
 	fs.StringVar(&o.Source, "source", "", "use this kernel source `DIR` instead of fetching one")
 	fs.BoolVar(&o.Force, "force", false, "rebuild over an installed nbd.ko; accept a source version that does not match exactly")
 	fs.BoolVar(&o.DryRun, "dry-run", false, "print every step without doing it")

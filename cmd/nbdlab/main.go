@@ -33,7 +33,8 @@ func commands() []command {
 		{"attach", attachUsage, "serve an image from this process and attach it (like qemu-nbd -c)", runAttach},
 		{"detach", "DEVICE", "disconnect an attached image and stop serving it", runDisconnect},
 		{"lab", "[--kernel KVER]", "build nbd.ko, boot it in a VM, attach, partition, mount, check (the main job)", runLab},
-		{"kmod", kmodBuildUsage, "build nbd.ko for an installed kernel and install it", runKmod},
+		{"kernel", kernelUsage, "fetch Debian kernels into the cache, list and prune them", runKernel},
+		{"kmod", kmodBuildUsage, "build nbd.ko for an installed or fetched kernel and install it", runKmod},
 		{"vm", vmRunUsage, "run a command under a distro kernel in a QEMU VM", runVM},
 		{"conform", conformServerUsage, "check NBD servers against the protocol specification", runConform},
 	}

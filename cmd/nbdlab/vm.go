@@ -11,14 +11,14 @@ import (
 	"github.com/nbdlab/nbdlab/vm"
 )
 
-const vmRunUsage = "run [--kernel KVER|PATH [--modules DIR]] [--mem SIZE] [--cpus N] [--timeout D] [--share HOSTDIR[:GUESTDIR]]... [-v] -- COMMAND..."
+const vmRunUsage = "run [--kernel KVER|debian:SUITE|PATH [--modules DIR]] [--mem SIZE] [--cpus N] [--timeout D] [--share HOSTDIR[:GUESTDIR]]... [-v] -- COMMAND..."
 
 func runVM(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := verb(args, "vm", "run", vmRunUsage, stdout); err != nil {
 		return err
 	}
 	fs := newFlagSet("vm run", vmRunUsage, stderr)
-	kernel := fs.String("kernel", "", "installed kernel release, or a bzImage path (default: newest installed)")
+	kernel := fs.String("kernel", "", "installed or fetched kernel release, debian:SUITE[/RELEASE] (fetched), or a bzImage path (default: newest installed)")
 	modules := fs.String("modules", "", "modules `DIR` for a bzImage given by path")
 	mem := fs.String("mem", "1024M", "guest memory (QEMU -m)")
 	cpus := fs.Int("cpus", 2, "guest CPUs")

@@ -10,6 +10,7 @@ package vmtest
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -17,17 +18,19 @@ import (
 	"time"
 
 	"github.com/nbdlab/nbdlab/internal/testenv"
+	"github.com/nbdlab/nbdlab/kernels"
 	"github.com/nbdlab/nbdlab/vm"
 )
 
-// Kernels returns the installed kernels a VM test should run on, newest
-// first.
-func Kernels(t testing.TB) []vm.Kernel {
+// Kernels returns the kernels a VM test should run on, newest first:
+// the installed ones and those fetched into the cache (go run mage.go
+// kernels fetches the matrix).
+func Kernels(t testing.TB) []kernels.Kernel {
 	t.Helper()
 	testenv.Need(t, "qemu-system-x86_64")
-	ks, err := vm.InstalledKernels("/boot", "/lib/modules")
+	ks, err := kernels.All(kernels.Store{})
 	if err != nil || len(ks) == 0 {
-		testenv.Missing(t, "no kernel installed under /boot with /lib/modules (go run mage.go deps installs them)")
+		testenv.Missing(t, fmt.Sprintf("no kernel installed or fetched (go run mage.go deps installs bookworm's; go run mage.go kernels fetches the matrix): %v", err))
 	}
 	return ks
 }

@@ -6,26 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nbdlab/nbdlab/kernels"
 	"github.com/nbdlab/nbdlab/vm"
 )
-
-func TestCompareReleases(t *testing.T) {
-	tests := []struct {
-		a, b string
-		want int
-	}{
-		{"6.12.117+deb12-amd64", "6.1.0-56-amd64", 1},
-		{"6.1.0-56-amd64", "6.1.0-9-amd64", 1},
-		{"6.1.0-9-amd64", "6.1.0-56-amd64", -1},
-		{"5.15.0-91-generic", "5.15.0-91-generic", 0},
-	}
-	for _, tt := range tests {
-		got := vm.CompareReleases(tt.a, tt.b)
-		if (got > 0) != (tt.want > 0) || (got < 0) != (tt.want < 0) {
-			t.Errorf("CompareReleases(%q, %q) = %d, want sign %d", tt.a, tt.b, got, tt.want)
-		}
-	}
-}
 
 func writeModules(t *testing.T, dep, builtin string) string {
 	dir := t.TempDir()
@@ -70,7 +53,7 @@ kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virt
 
 func TestInitramfsNamesMissingModule(t *testing.T) {
 	dir := writeModules(t, "kernel/fs/overlayfs/overlay.ko:\n", "")
-	k := vm.Kernel{Release: "test", Image: "/nonexistent", Modules: dir}
+	k := kernels.Kernel{Release: "test", Image: "/nonexistent", Modules: dir}
 	exe, _ := os.Executable()
 	_, err := vm.Initramfs(k, exe, t.TempDir())
 	if err == nil {
