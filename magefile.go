@@ -62,11 +62,19 @@ func Lint(ctx context.Context) error {
 	return ci.Lint(ctx, command.Exec, os.Stdout)
 }
 
-// Test installs what is needed, lints, and runs the whole suite.
+// Test installs what is needed, lints, fetches the kernel matrix and runs the whole suite on it.
 func Test(ctx context.Context) error {
 	mg.CtxDeps(ctx, Deps)
 	mg.CtxDeps(ctx, Lint)
+	mg.CtxDeps(ctx, Kernels)
 	return ci.Test(ctx, command.Exec, os.Stdout)
+}
+
+// Kernels fetches the kernel matrix (installed, newest trixie-backports, newest sid; KERNELS= to change) and builds nbd.ko for each.
+func Kernels(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps)
+	_, err := ci.Kernels(ctx, os.Stdout, ci.Matrix())
+	return err
 }
 
 // VM boots a lab VM 5 times running true and prints the median wall time (KVER=release).

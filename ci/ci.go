@@ -29,6 +29,9 @@ func Packages() []string {
 		"qemu-system-x86", "linux-image-amd64", "linux-image-6.12-amd64",
 		// Building nbd.ko from a distribution's kernel source.
 		"build-essential", "bc", "flex", "bison", "libelf-dev", "libssl-dev", "dwarves", "xz-utils", "patch",
+		// Fetching kernels from the archive: its keyring, gpgv, and gpg for
+		// the test archive's key.
+		"debian-archive-keyring", "gpgv", "gnupg",
 		// Namespaces and the tools used inside the guests.
 		"iproute2", "kmod", "fdisk", "e2fsprogs", "util-linux",
 	}

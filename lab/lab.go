@@ -89,7 +89,7 @@ func Lab(ctx context.Context, o Options) (err error) {
 }
 
 // initBinary returns bin, or this executable when bin is empty, if it
-// can be a VM's init: a dynamic one cannot.
+// can be a VM's init.
 func initBinary(bin string) (string, error) {
 	if bin == "" {
 		exe, err := os.Executable()
@@ -98,7 +98,7 @@ func initBinary(bin string) (string, error) {
 		}
 		bin = exe
 	}
-	return bin, vm.CheckStatic(bin)
+	return bin, vm.CheckInit(bin)
 }
 
 // Guest runs the lab's steps inside the VM. bin is the nbdlab binary.

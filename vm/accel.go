@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"github.com/nbdlab/nbdlab/kernels"
 	"io"
 	"os"
 	"os/exec"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nbdlab/nbdlab/kernels"
 )
 
 // kvmProbeTimeout bounds the KVM probe: under working KVM a stock kernel

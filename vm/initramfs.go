@@ -3,14 +3,14 @@ package vm
 import (
 	"bytes"
 	"crypto/sha256"
-	"debug/elf"
 	"encoding/hex"
 	"fmt"
-	"github.com/nbdlab/nbdlab/cpio"
-	"github.com/nbdlab/nbdlab/kernels"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/nbdlab/nbdlab/cpio"
+	"github.com/nbdlab/nbdlab/kernels"
 )
 
 // GuestModules returns the modules the guest init loads before it can
@@ -18,22 +18,6 @@ import (
 // dependencies come from the kernel's modules.dep.
 func GuestModules() []string {
 	return []string{"virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay"}
-}
-
-// CheckStatic fails unless path is a statically linked ELF executable,
-// which the init of an initramfs must be.
-func CheckStatic(path string) error {
-	f, err := elf.Open(path)
-	if err != nil {
-		return fmt.Errorf("vm: guest init %s: %w", path, err)
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("vm: guest init %s is dynamically linked; build nbdlab with CGO_ENABLED=0 (go run mage.go build does)", path)
-		}
-	}
-	return nil
 }
 
 // Initramfs builds, or finds in cacheDir, the initramfs for kernel k with
@@ -48,14 +32,10 @@ func Initramfs(k kernels.Kernel, init, cacheDir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := CheckStatic(init); err != nil {
+	files, err := initFiles(init)
+	if err != nil {
 		return "", err
 	}
-	initData, err := os.ReadFile(init)
-	if err != nil {
-		return "", fmt.Errorf("vm: read guest init: %w", err)
-	}
-	files := []cpio.File{{Name: "init", Mode: cpio.ModeRegular | 0o755, Data: initData}}
 	for _, d := range []string{"dev", "proc", "sys", "lower", "overlay", "newroot", initModules} {
 		files = append(files, cpio.File{Name: d, Mode: cpio.ModeDir | 0o755})
 	}

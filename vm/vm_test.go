@@ -1,21 +1,24 @@
 package vm_test
 
 import (
+	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nbdlab/nbdlab/internal/testenv"
 	"github.com/nbdlab/nbdlab/kernels"
 	"github.com/nbdlab/nbdlab/vm"
 	"github.com/nbdlab/nbdlab/vm/vmtest"
 )
 
-// forEachKernel runs fn as a subtest for every installed kernel.
+// forEachKernel runs fn as a subtest for every kernel installed or fetched.
 func forEachKernel(t *testing.T, fn func(t *testing.T, k kernels.Kernel)) {
 	for _, k := range vmtest.Kernels(t) {
 		t.Run(k.Release, func(t *testing.T) { fn(t, k) })
@@ -124,5 +127,38 @@ func TestIntegrationTwoVMsAtOnce(t *testing.T) {
 		if errs[i] != nil || results[i] != want {
 			t.Errorf("VM %d: %q, %v; want %q", i, results[i], errs[i], want)
 		}
+	}
+}
+
+// TestIntegrationDynamicInit boots with the kind of nbdlab go install
+// makes where cgo is on: dynamically linked. Its loader and libraries
+// travel in the initramfs.
+func TestIntegrationDynamicInit(t *testing.T) {
+	k := vmtest.Kernels(t)[0]
+	testenv.Need(t, "gcc")
+	bin := filepath.Join(t.TempDir(), "nbdlab")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/nbdlab/nbdlab/cmd/nbdlab")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dynamic := false
+	for _, p := range f.Progs {
+		dynamic = dynamic || p.Type == elf.PT_INTERP
+	}
+	f.Close()
+	if !dynamic {
+		t.Fatal("the cgo build is static; this test would prove nothing")
+	}
+	res, out, err := vmtest.Run(t, vm.Config{Kernel: k.Release, Init: bin}, vm.InitExe, "help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode != 0 || !strings.Contains(out.Stdout.String(), "usage: nbdlab") {
+		t.Fatalf("the dynamic init ran nothing: exit %d, stdout %q", res.ExitCode, out.Stdout.String())
 	}
 }

@@ -52,13 +52,15 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
-// Run boots cfg (Init, Logf, KernelLog and the output writers filled in)
-// and runs argv. The guest's output and, on failure, the kernel log go to
-// the test log.
+// Run boots cfg (Logf, KernelLog, the output writers and, unless set,
+// Init filled in) and runs argv. The guest's output and, on failure, the
+// kernel log go to the test log.
 func Run(t testing.TB, cfg vm.Config, argv ...string) (*vm.Result, *Output, error) {
 	t.Helper()
 	out := &Output{}
-	cfg.Init = testenv.Nbdlab(t)
+	if cfg.Init == "" {
+		cfg.Init = testenv.Nbdlab(t)
+	}
 	if cfg.Stdout == nil {
 		cfg.Stdout = lockedWriter{&out.mu, &out.Stdout}
 	}
