@@ -23,7 +23,7 @@ import (
 // with an error.
 func (a *Archive) Download(ctx context.Context, p Package, dir string) (string, error) {
 	dst := filepath.Join(dir, filepath.Base(p.Filename))
-	if got, err := fileSHA256(dst); err == nil && got == p.SHA256 {
+	if got, err := FileSHA256(dst); err == nil && got == p.SHA256 {
 		return dst, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -137,7 +137,8 @@ func (a *Archive) bar(size, have int64, name string) *progressbar.ProgressBar {
 	return bar
 }
 
-func fileSHA256(path string) (string, error) {
+// FileSHA256 returns the hex SHA256 of a file.
+func FileSHA256(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/nbdlab/nbdlab/debian"
 	"github.com/nbdlab/nbdlab/internal/command"
 )
 
@@ -82,7 +83,7 @@ func aptDownload(ctx context.Context, env *Env, dir, pkg, version string) (strin
 	pattern := filepath.Join(dir, pkg+"_*.deb")
 	if debs, _ := filepath.Glob(pattern); len(debs) > 0 {
 		for _, d := range debs {
-			if got, _ := fileSHA256(d); got == sha {
+			if got, _ := debian.FileSHA256(d); got == sha {
 				return d, nil
 			}
 		}
@@ -92,7 +93,7 @@ func aptDownload(ctx context.Context, env *Env, dir, pkg, version string) (strin
 	}
 	debs, _ := filepath.Glob(pattern)
 	for _, d := range debs {
-		if got, _ := fileSHA256(d); got == sha {
+		if got, _ := debian.FileSHA256(d); got == sha {
 			env.Progress("fetched %s %s (sha256 %s… verified)", pkg, version, sha[:12])
 			return d, nil
 		}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/nbdlab/nbdlab/debian"
 	"github.com/nbdlab/nbdlab/internal/command"
 )
 
@@ -86,7 +87,7 @@ func (l LocalTree) Fetch(ctx context.Context, env *Env, t *Target) (*Source, err
 // sha256 (when given); a mismatch is an error and the file is removed.
 func download(ctx context.Context, env *Env, url, dst, sha string) error {
 	if sha != "" {
-		if got, err := fileSHA256(dst); err == nil && got == sha {
+		if got, err := debian.FileSHA256(dst); err == nil && got == sha {
 			return nil
 		}
 	}
@@ -127,19 +128,6 @@ func download(ctx context.Context, env *Env, url, dst, sha string) error {
 	}
 	env.Progress("downloaded %s (%d MiB)", url, n>>20)
 	return os.Rename(tmp, dst)
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // complete marks a cache directory as fully written.
