@@ -47,10 +47,56 @@ type Target struct {
 	Results []Result `json:"results"`
 }
 
-// Report is a run against one or more servers.
+// Report is a run against one or more servers (Kind "server"), or of
+// the kernel client against servers on one or more kernels (Kind
+// "kernel", a target a kernel and a server).
 type Report struct {
+	Kind    string      `json:"kind,omitempty"`
 	Checks  []CheckInfo `json:"checks"`
 	Targets []Target    `json:"targets"`
+}
+
+// DecodeReport reads a report written by WriteJSON.
+func DecodeReport(r io.Reader) (*Report, error) {
+	var rep Report
+	if err := json.NewDecoder(r).Decode(&rep); err != nil {
+		return nil, fmt.Errorf("conform: report: %w", err)
+	}
+	for _, t := range rep.Targets {
+		if len(t.Results) != len(rep.Checks) {
+			return nil, fmt.Errorf("conform: report: target %s has %d results for %d checks", t.Name, len(t.Results), len(rep.Checks))
+		}
+	}
+	return &rep, nil
+}
+
+// merge adds other's targets to r, each result under its check; a check
+// one side did not run is n/a on that side.
+func (r *Report) merge(other *Report) {
+	index := map[string]int{}
+	for i, c := range r.Checks {
+		index[c.ID] = i
+	}
+	for _, c := range other.Checks {
+		if _, ok := index[c.ID]; !ok {
+			index[c.ID] = len(r.Checks)
+			r.Checks = append(r.Checks, c)
+			for i := range r.Targets {
+				r.Targets[i].Results = append(r.Targets[i].Results, Result{ID: c.ID, Level: c.Level, Status: NA, Detail: "not run"})
+			}
+		}
+	}
+	for _, t := range other.Targets {
+		results := make([]Result, len(r.Checks))
+		for i, c := range r.Checks {
+			results[i] = Result{ID: c.ID, Level: c.Level, Status: NA, Detail: "not run"}
+		}
+		for _, res := range t.Results {
+			results[index[res.ID]] = res
+		}
+		t.Results = results
+		r.Targets = append(r.Targets, t)
+	}
 }
 
 // CheckInfo describes a check.
@@ -176,7 +222,11 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 	for _, t := range r.Targets {
 		s := testsuite{Name: t.Name, Tests: len(t.Results)}
 		for _, res := range t.Results {
-			c := testcase{Name: res.ID, Classname: "nbd.server." + t.Name, Time: res.Took.Seconds()}
+			kind := r.Kind
+			if kind == "" {
+				kind = "server"
+			}
+			c := testcase{Name: res.ID, Classname: "nbd." + kind + "." + t.Name, Time: res.Took.Seconds()}
 			switch res.Status {
 			case Fail:
 				c.Failure = &failure{Message: res.Detail}

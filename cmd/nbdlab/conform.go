@@ -13,9 +13,13 @@ import (
 
 const conformServerUsage = "server [--list] [--run REGEX] [--patience D] [--json FILE] [--markdown FILE] [--junit FILE] [NAME=]URI..."
 
+const conformKernelUsage = "[--kernel K]... [--server S]... [--host] [--run REGEX] [--strict] [--list] [--json FILE] [--markdown FILE] [--junit FILE]"
+
+const conformUsage = conformKernelUsage + "\n       nbdlab conform " + conformServerUsage
+
 func runConform(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if err := verb(args, "conform", "server", conformServerUsage, stdout); err != nil {
-		return err
+	if len(args) == 0 || args[0] != "server" {
+		return runConformKernel(ctx, args, stdout, stderr)
 	}
 	fs := newFlagSet("conform server", conformServerUsage, stderr)
 	run := fs.String("run", "", "only the checks whose ID matches `REGEX` (see --list)")
@@ -59,21 +63,82 @@ func runConform(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	if err := writeReports(r, stdout, *jsonOut, *mdOut, *junitOut); err != nil {
+		return err
+	}
+	if n := r.MustFailures(); n > 0 {
+		return exitError{code: 1, err: fmt.Errorf("%d MUST violations", n)}
+	}
+	return nil
+}
+
+// writeReports prints the matrix and writes the report files asked for.
+func writeReports(r *conform.Report, stdout io.Writer, jsonOut, mdOut, junitOut string) error {
 	if err := r.WriteMatrix(stdout); err != nil {
 		return err
 	}
 	for _, out := range []struct {
 		file  string
 		write func(io.Writer) error
-	}{{*jsonOut, r.WriteJSON}, {*mdOut, r.WriteMarkdown}, {*junitOut, r.WriteJUnit}} {
+	}{{jsonOut, r.WriteJSON}, {mdOut, r.WriteMarkdown}, {junitOut, r.WriteJUnit}} {
 		if out.file != "" {
 			if err := conform.WriteFile(out.file, out.write); err != nil {
 				return err
 			}
 		}
 	}
-	if n := r.MustFailures(); n > 0 {
-		return exitError{code: 1, err: fmt.Errorf("%d MUST violations", n)}
+	return nil
+}
+
+// runConformKernel runs the kernel suite: the kernel's nbd client against
+// every server, on every kernel (in VMs) or on this one (--host).
+func runConformKernel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("conform", conformUsage, stderr)
+	var o conform.KernelOptions
+	var ks, servers stringList
+	fs.Var(&ks, "kernel", "kernel `K` to run on, installed or fetched (release or debian:SUITE); repeatable (default: all)")
+	fs.Var(&servers, "server", "server `S` to run against; repeatable (default: all; see --list)")
+	fs.BoolVar(&o.Host, "host", false, "run on this machine's kernel, servers in network namespaces (needs root and nbd)")
+	fs.StringVar(&o.Run, "run", "", "only the cases whose ID matches `REGEX` (see --list)")
+	fs.BoolVar(&o.Strict, "strict", false, "fail on a peer server's failure too, not only nbdlab's")
+	list := fs.Bool("list", false, "list the cases and servers and exit")
+	jsonOut := fs.String("json", "", "write the report as JSON to `FILE`")
+	mdOut := fs.String("markdown", "", "write the matrix as Markdown to `FILE`")
+	junitOut := fs.String("junit", "", "write the report as JUnit XML (a testsuite per kernel and server) to `FILE`")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q (the server checker is 'nbdlab conform server URI')", pos[0])
+	}
+	if *list {
+		for _, c := range conform.KernelCases() {
+			fmt.Fprintf(stdout, "%-30s %s\n", c.ID, c.What)
+		}
+		fmt.Fprintln(stdout, "\nservers:")
+		for _, s := range conform.KernelServers() {
+			fmt.Fprintf(stdout, "  %-16s %s\n", s.Name, s.What)
+		}
+		return nil
+	}
+	if _, err := regexp.Compile(o.Run); err != nil {
+		return usagef("--run: %v", err)
+	}
+	o.Kernels, o.Servers, o.Out = ks, servers, stdout
+	res, err := conform.RunKernel(ctx, o)
+	if err != nil {
+		return err
+	}
+	if err := writeReports(res.Report, stdout, *jsonOut, *mdOut, *junitOut); err != nil {
+		return err
+	}
+	if !res.Passed {
+		what := "a case failed with nbdlab's server"
+		if o.Strict {
+			what = "a case failed"
+		}
+		return exitError{code: 1, err: fmt.Errorf("%s", what)}
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -400,17 +401,51 @@ func (a *Attachment) reconnectOnce(ctx context.Context) error {
 }
 
 // Disconnect disconnects device n, through netlink or, failing that, the
-// ioctl interface.
+// ioctl interface, and returns once the device is free (no client, size
+// 0), so that it can be connected again at once: the kernel finishes a
+// netlink disconnect in the background.
 func Disconnect(n int) error {
 	nl, err := OpenNetlink()
 	if err == nil {
 		defer nl.Close()
-		if err = nl.Disconnect(n); err == nil {
-			return nil
+		err = nl.Disconnect(n)
+	}
+	if err != nil {
+		if ierr := IoctlDisconnect("/dev/nbd" + strconv.Itoa(n)); ierr != nil {
+			return fmt.Errorf("%w; %w", err, ierr)
 		}
 	}
-	if ierr := IoctlDisconnect("/dev/nbd" + strconv.Itoa(n)); ierr != nil {
-		return fmt.Errorf("%w; %w", err, ierr)
+	deadline := time.Now().Add(disconnectWait)
+	for {
+		d := DeviceInfo(n)
+		if !d.Connected && d.Size == 0 {
+			dropPartitions(n)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("kernel: %s still connected (pid %d, %d bytes) %s after the disconnect; requests in flight may be waiting for their timeout",
+				d.Path, d.PID, d.Size, disconnectWait)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	return nil
 }
+
+// dropPartitions makes the kernel forget the partitions of disconnected
+// device n: some kernels (6.1) keep /dev/nbdNpM after a disconnect, and a
+// rescan of the now empty device removes them.
+func dropPartitions(n int) {
+	name := "nbd" + strconv.Itoa(n)
+	if parts, _ := filepath.Glob("/sys/block/" + name + "/" + name + "p*"); len(parts) == 0 {
+		return
+	}
+	f, err := os.OpenFile("/dev/"+name, os.O_RDONLY, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKRRPART, 0)
+}
+
+// disconnectWait bounds how long Disconnect waits for the device to be
+// free.
+const disconnectWait = 30 * time.Second

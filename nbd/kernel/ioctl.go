@@ -103,3 +103,17 @@ func IoctlDisconnect(path string) error {
 	ioctl(f, ioctlClearSock, 0)
 	return nil
 }
+
+// IoctlClearSock drops the sockets of the device at path (NBD_CLEAR_SOCK),
+// as nbd-client -d does before NBD_DISCONNECT on old kernels.
+func IoctlClearSock(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("kernel: %w", err)
+	}
+	defer f.Close()
+	if err := ioctl(f, ioctlClearSock, 0); err != nil {
+		return fmt.Errorf("kernel: NBD_CLEAR_SOCK on %s: %w", path, err)
+	}
+	return nil
+}

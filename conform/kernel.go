@@ -1,0 +1,357 @@
+package conform
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nbdlab/nbdlab/internal/testenv"
+	"github.com/nbdlab/nbdlab/kernels"
+	"github.com/nbdlab/nbdlab/vm"
+)
+
+// KernelOptions configure RunKernel.
+type KernelOptions struct {
+	Kernels []string // what kernels.Find takes; default every kernel installed or fetched
+	Servers []string // KernelServers names; default all
+	Host    bool     // run on this machine's kernel instead of in VMs
+	Run     string   // regular expression: only the cases whose ID matches
+	Strict  bool     // a peer server's failure fails the run too
+	Nbdlab  string   // the nbdlab binary the servers run; default this executable
+	Out     io.Writer
+	Timeout time.Duration // per kernel in a VM; default 20m
+}
+
+// KernelResult is a run of the kernel suite: the report, and whether it
+// passed (every case with nbdlab's servers; with Strict, with all).
+type KernelResult struct {
+	Report *Report
+	Passed bool
+}
+
+func (o *KernelOptions) defaults() error {
+	if o.Out == nil {
+		o.Out = os.Stdout
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 20 * time.Minute
+	}
+	if o.Nbdlab == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		o.Nbdlab = exe
+		if _, err := os.Stat(exe); err != nil {
+			// In a lab VM the path is the initramfs's; the kernel's link
+			// to this process's executable works from any process.
+			o.Nbdlab = fmt.Sprintf("/proc/%d/exe", os.Getpid())
+		}
+	}
+	known := map[string]bool{}
+	var names []string
+	for _, s := range KernelServers() {
+		known[s.Name] = true
+		names = append(names, s.Name)
+	}
+	for _, s := range o.Servers {
+		if !known[s] {
+			return fmt.Errorf("conform: unknown server %q; the kernel suite has %s", s, strings.Join(names, ", "))
+		}
+	}
+	if _, err := regexp.Compile(o.Run); err != nil {
+		return fmt.Errorf("conform: --run %q: %w", o.Run, err)
+	}
+	return nil
+}
+
+// RunKernel runs the kernel suite: on this machine's kernel with Host, or
+// else in one VM per kernel, each running this same code with --host.
+func RunKernel(ctx context.Context, o KernelOptions) (*KernelResult, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	var rep *Report
+	var err error
+	if o.Host {
+		rep, err = runHost(ctx, o)
+	} else {
+		rep, err = runVMs(ctx, o)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &KernelResult{Report: rep, Passed: rep.passed(o.Strict)}, nil
+}
+
+// passed reports whether no case failed with nbdlab's servers (with
+// strict, with any server).
+func (r *Report) passed(strict bool) bool {
+	for _, t := range r.Targets {
+		if !strict && !strings.Contains(t.Name, "nbdlab") {
+			continue
+		}
+		for _, res := range t.Results {
+			if res.Status == Fail {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (o KernelOptions) servers() []KernelServer {
+	all := KernelServers()
+	if len(o.Servers) == 0 {
+		return all
+	}
+	var out []KernelServer
+	for _, s := range all {
+		for _, want := range o.Servers {
+			if s.Name == want {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// runVMs boots each kernel once and runs the suite in it with --host; the
+// guest writes its report into a shared directory.
+func runVMs(ctx context.Context, o KernelOptions) (*Report, error) {
+	var ks []kernels.Kernel
+	if len(o.Kernels) == 0 {
+		all, err := kernels.All(kernels.Store{})
+		if err != nil {
+			return nil, err
+		}
+		if len(all) == 0 {
+			return nil, errors.New("conform: no kernel installed or fetched (nbdlab kernel fetch debian:SUITE)")
+		}
+		ks = all
+	}
+	for _, spec := range o.Kernels {
+		k, err := kernels.Find(spec, "", kernels.Store{})
+		if err != nil {
+			return nil, err
+		}
+		ks = append(ks, k)
+	}
+	share, err := os.MkdirTemp("", "nbdlab-conform-kernel-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(share)
+	merged := &Report{Kind: "kernel"}
+	for _, k := range ks {
+		out := filepath.Join(share, k.Release+".json")
+		argv := []string{vm.InitExe, "conform", "--host", "--json", out}
+		for _, s := range o.Servers {
+			argv = append(argv, "--server", s)
+		}
+		if o.Run != "" {
+			argv = append(argv, "--run", o.Run)
+		}
+		fmt.Fprintf(o.Out, "== %s (%s): booting a VM for the suite\n", k.Release, k.Origin)
+		start := time.Now()
+		res, err := vm.Run(ctx, vm.Config{Kernel: k.Release, Init: o.Nbdlab, Memory: "1536M", Timeout: o.Timeout,
+			Shares: []vm.Share{{Host: share}}, Stdout: o.Out, Stderr: o.Out}, argv...)
+		if err != nil {
+			return nil, fmt.Errorf("conform: kernel %s: %w", k.Release, err)
+		}
+		rep, err := ReadReport(out)
+		if err != nil {
+			return nil, fmt.Errorf("conform: kernel %s: the guest suite exited %d and left no report: %w", k.Release, res.ExitCode, err)
+		}
+		fmt.Fprintf(o.Out, "== %s: done in %s\n", k.Release, time.Since(start).Round(time.Second))
+		merged.merge(rep)
+	}
+	return merged, nil
+}
+
+// ReadReport reads a report written by WriteJSON.
+func ReadReport(path string) (*Report, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return DecodeReport(f)
+}
+
+// runHost runs every case against every server on this machine's kernel,
+// each server in a network namespace of its own.
+func runHost(ctx context.Context, o KernelOptions) (*Report, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("conform: the kernel suite needs root (network namespaces, /dev/nbd*)")
+	}
+	if err := testenv.Require("ip"); err != nil {
+		return nil, fmt.Errorf("conform: %w", err)
+	}
+	if err := loadNBD(ctx); err != nil {
+		return nil, err
+	}
+	release := runningRelease()
+	run := regexp.MustCompile(o.Run)
+	cases := kernelCases()
+	rep := &Report{Kind: "kernel"}
+	for _, c := range cases {
+		if run.MatchString(c.id) {
+			rep.Checks = append(rep.Checks, CheckInfo{ID: c.id, Level: Must, What: c.what})
+		}
+	}
+	work, err := os.MkdirTemp("", "nbdlab-conform-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	for _, spec := range o.servers() {
+		t := Target{Name: release + "/" + spec.Name, URI: spec.What}
+		fmt.Fprintf(o.Out, "-- %s\n", t.Name)
+		srv, err := startKernelServer(ctx, spec, o.Nbdlab, work)
+		for _, c := range cases {
+			if !run.MatchString(c.id) {
+				continue
+			}
+			res := Result{ID: c.id, Level: Must}
+			switch {
+			case err != nil:
+				res.Status, res.Detail = Fail, "the server did not start: "+err.Error()
+			default:
+				res = runCase(ctx, c, srv, o, release)
+			}
+			fmt.Fprintf(o.Out, "   %-34s %-4s %s\n", c.id, res.Status, firstLine(res.Detail))
+			t.Results = append(t.Results, res)
+		}
+		if srv != nil {
+			srv.close()
+		}
+		rep.Targets = append(rep.Targets, t)
+	}
+	return rep, nil
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 100 {
+		s = s[:100] + "..."
+	}
+	return s
+}
+
+func runningRelease() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// loadNBD loads nbd with enough devices and partitions, unless it is
+// there already.
+func loadNBD(ctx context.Context) error {
+	if _, err := os.Stat("/sys/module/nbd"); err == nil {
+		return nil
+	}
+	out, err := exec.CommandContext(ctx, "modprobe", "nbd", "nbds_max=16", "max_part=8").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("conform: this kernel has no nbd (modprobe nbd: %v: %s); build it (nbdlab kmod build), or run the suite in VMs (without --host)",
+			err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// startKernelServer makes the server's namespace and backing file and
+// starts it.
+func startKernelServer(ctx context.Context, spec KernelServer, bin, work string) (*runningServer, error) {
+	dir := filepath.Join(work, spec.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.Truncate(img, kernelExportSize); err != nil {
+		return nil, err
+	}
+	n, err := newTestNet("nbdlab-conform", 0)
+	if err != nil {
+		return nil, err
+	}
+	s := &runningServer{spec: spec, net: n, dir: dir, img: img, nbdlab: bin}
+	if err := s.start(ctx); err != nil {
+		n.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *runningServer) close() {
+	s.stop()
+	s.net.Close()
+}
+
+// kernelLog returns the kernel log, or "" where it cannot be read.
+func kernelLog() string {
+	out, _ := exec.Command("dmesg").Output()
+	return string(out)
+}
+
+var oops = regexp.MustCompile(`(?m)^.*(BUG:|WARNING:|Oops|general protection fault|Call Trace:|hung_task|blocked for more than).*$`)
+
+// runCase runs one case with a deadline, restarts the server if the case
+// left it stopped, and fails the case on anything alarming in the kernel
+// log.
+func runCase(ctx context.Context, c kernelCase, srv *runningServer, o KernelOptions, release string) Result {
+	res := Result{ID: c.id, Level: Must}
+	start := time.Now()
+	before := kernelLog()
+	cctx, cancel := context.WithTimeout(ctx, c.limit())
+	defer cancel()
+	e := &kenv{ctx: cctx, srv: srv, host: o.Host}
+	err := c.run(e)
+	res.Took = time.Since(start)
+	var na notApplicable
+	switch {
+	case errors.As(err, &na):
+		res.Status, res.Detail = NA, string(na)
+	case err != nil:
+		res.Status, res.Detail = Fail, err.Error()
+	default:
+		res.Status = Pass
+	}
+	if after := kernelLog(); len(after) >= len(before) {
+		if m := oops.FindString(after[len(before):]); m != "" && res.Status != NA {
+			res.Status = Fail
+			res.Detail = strings.TrimSpace(res.Detail + "\nkernel log: " + strings.TrimSpace(m))
+		}
+	}
+	e.cleanup()
+	if srv.proc == nil || isDone(srv.proc.Done()) {
+		srv.stop()
+		if err := srv.start(ctx); err != nil && res.Status == Pass {
+			res.Status, res.Detail = Fail, "the server did not restart after the case: "+err.Error()
+		}
+	}
+	if res.Status == Fail {
+		res.Detail += fmt.Sprintf("\nreproduce: nbdlab conform --kernel %s --server %s --run '^%s$'", release, srv.spec.Name, regexp.QuoteMeta(c.id))
+	}
+	return res
+}
+
+func isDone(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
