@@ -201,7 +201,7 @@ func kernelCases() []kernelCase {
 		kernelCase{id: "faults/link-down-long", what: "the link down for longer than the 3 s timeout: EIO, no hang", run: caseLinkLong},
 		kernelCase{id: "faults/netem-loss", what: "netem 5% loss and 5 ms delay on the link: fio verify passes", run: caseNetem, timeout: 5 * time.Minute},
 	)
-	return cs
+	return append(cs, requestCases()...)
 }
 
 func caseSize(e *kenv, iface kernel.Interface) error {

@@ -1,7 +1,9 @@
 package conform
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -34,11 +36,11 @@ func KernelServers() []KernelServer {
 	port := strconv.Itoa(kernelPort)
 	size := strconv.Itoa(kernelExportSize)
 	return []KernelServer{
-		{"nbdlab-mem", "nbdlab serve d=mem:256M", func(bin, _, ip, _ string) []string {
-			return []string{bin, "serve", "--listen", net.JoinHostPort(ip, port), "d=mem:" + size}
+		{"nbdlab-mem", "nbdlab serve d=mem:256M", func(bin, dir, ip, _ string) []string {
+			return []string{bin, "serve", "--listen", net.JoinHostPort(ip, port), "--record", filepath.Join(dir, recordFile), "d=mem:" + size}
 		}},
-		{"nbdlab-file", "nbdlab serve d=file:IMG", func(bin, _, ip, img string) []string {
-			return []string{bin, "serve", "--listen", net.JoinHostPort(ip, port), "d=file:" + img}
+		{"nbdlab-file", "nbdlab serve d=file:IMG", func(bin, dir, ip, img string) []string {
+			return []string{bin, "serve", "--listen", net.JoinHostPort(ip, port), "--record", filepath.Join(dir, recordFile), "d=file:" + img}
 		}},
 		{"nbd-server", "nbd-server (daemon) with flush, fua, trim", func(_, dir, ip, img string) []string {
 			conf, pid := filepath.Join(dir, "nbd-server.conf"), filepath.Join(dir, "nbd-server.pid")
@@ -60,6 +62,9 @@ exit 1`
 		}},
 	}
 }
+
+// recordFile is where nbdlab serve records the requests it reads.
+const recordFile = "requests.jsonl"
 
 // runningServer is a KernelServer started in a namespace.
 type runningServer struct {
@@ -111,4 +116,35 @@ func (s *runningServer) signal(sig os.Signal) error {
 		return fmt.Errorf("conform: %s is not running", s.spec.Name)
 	}
 	return s.proc.Cmd.Process.Signal(sig)
+}
+
+// recordMark returns where the request record ends now, or -1 when the
+// server keeps none.
+func (s *runningServer) recordMark() int64 {
+	fi, err := os.Stat(filepath.Join(s.dir, recordFile))
+	if err != nil {
+		return -1
+	}
+	return fi.Size()
+}
+
+// recordedSince reads the requests recorded after mark.
+func (s *runningServer) recordedSince(mark int64) ([]nbd.Recorded, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, recordFile))
+	if err != nil {
+		return nil, err
+	}
+	if mark > int64(len(b)) {
+		mark = 0 // the server was restarted and the file begun anew
+	}
+	var out []nbd.Recorded
+	dec := json.NewDecoder(bytes.NewReader(b[mark:]))
+	for dec.More() {
+		var r nbd.Recorded
+		if err := dec.Decode(&r); err != nil {
+			return out, fmt.Errorf("conform: request record: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }

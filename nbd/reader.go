@@ -73,6 +73,7 @@ func (t *transmission) loop() error {
 			return err
 		}
 		t.requests.Add(1)
+		t.record(r)
 		if r.cmd == CmdDisc {
 			t.traceReq(r, 0, 0)
 			return nil

@@ -58,6 +58,12 @@ type Server struct {
 	// second of waiting, they wait without one.
 	MaxBlocked int
 
+	// Record, when set, is called with every request the server reads,
+	// DISC included, as it reads it (in order on each connection, before
+	// it is checked or answered): how a test sees what a client (the
+	// kernel) sends. It must be safe for concurrent use.
+	Record func(Recorded)
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
@@ -69,6 +75,17 @@ type Server struct {
 	waiter    waiter
 	budget    budget
 	refused   refusals
+	connIDs   atomic.Uint64
+}
+
+// Recorded is one request as the server read it.
+type Recorded struct {
+	Conn   uint64 `json:"conn"` // which connection, numbered from 1 in order of arrival
+	Export string `json:"export"`
+	Cmd    string `json:"cmd"`
+	Flags  string `json:"flags,omitempty"`
+	Offset uint64 `json:"offset"`
+	Length uint32 `json:"length"`
 }
 
 // Defaults of the Server's limits.

@@ -72,6 +72,7 @@ type transmission struct {
 	afterSteal func() // tests: runs right after the stall watch steals the role
 
 	requests, bytesIn, bytesOut atomic.Int64
+	id                          uint64 // for Server.Record
 }
 
 func newTransmission(s *session, log *slog.Logger) *transmission {
@@ -87,6 +88,7 @@ func newTransmission(s *session, log *slog.Logger) *transmission {
 		bw: s.bw, kick: make(chan struct{}, 1),
 		work: make(chan work), budget: semaphore.NewWeighted(share),
 		readerDone: make(chan error, 1),
+		id:         s.srv.connIDs.Add(1),
 	}
 }
 
@@ -129,6 +131,17 @@ func (t *transmission) run() error {
 	}
 	t.log.Info("client disconnected", attrs...)
 	return nil
+}
+
+// record hands a request just read to Server.Record.
+func (t *transmission) record(r request) {
+	if rec := t.srv.Record; rec != nil {
+		f := ""
+		if r.flags != 0 {
+			f = r.flags.String()
+		}
+		rec(Recorded{Conn: t.id, Export: t.export.Name, Cmd: r.cmd.String(), Flags: f, Offset: r.off, Length: r.length})
+	}
 }
 
 func (t *transmission) traceReq(r request, errno Errno, took time.Duration) {

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nbdlab/nbdlab/internal/ready"
@@ -29,6 +32,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	idleTimeout := fs.Duration("idle-timeout", 0, "drop a client that sends no request for this long (0: never; the kernel's client may idle for days)")
 	writeTimeout := fs.Duration("write-timeout", nbd.DefaultWriteTimeout, "drop a client that takes none of its replies for this long (-1s: never)")
 	maxInflight := fs.String("max-inflight", "256M", "bytes of requests all clients together may have in flight; one client a quarter of it")
+	record := fs.String("record", "", "append every request as it is read (connection, command, flags, offset, length) to `FILE` as JSON lines")
 	readyFD := fs.Int("ready-fd", -1, "once every listener is up, write \"ok ADDR...\" (the addresses listened on) to descriptor `FD` and close it")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `usage: nbdlab serve %s
@@ -90,6 +94,14 @@ flags:
 	srv := &nbd.Server{Exports: exports, TLSConfig: tlsConfig, Logger: log,
 		MaxConnections: *maxConns, HandshakeTimeout: *hsTimeout, IdleTimeout: *idleTimeout,
 		WriteTimeout: *writeTimeout, MaxInflight: inflight}
+	if *record != "" {
+		rec, closeRec, err := recorder(*record)
+		if err != nil {
+			return err
+		}
+		defer closeRec()
+		srv.Record = rec
+	}
 	var sig *ready.Signal
 	if *readyFD >= 0 {
 		sig = ready.Open(*readyFD)
@@ -130,4 +142,19 @@ flags:
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// recorder appends each request to path as a JSON line.
+func recorder(path string) (func(nbd.Recorded), func() error, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--record: %w", err)
+	}
+	var mu sync.Mutex
+	enc := json.NewEncoder(f)
+	return func(r nbd.Recorded) {
+		mu.Lock()
+		defer mu.Unlock()
+		enc.Encode(r)
+	}, f.Close, nil
 }
