@@ -8,6 +8,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/magefile/mage/mg"
 	"github.com/magefile/mage/sh"
@@ -23,13 +24,30 @@ import (
 // binary is where Build puts the static nbdlab.
 const binary = "bin/nbdlab"
 
-// Conform groups the conformance runs; each prints a matrix and writes reports.
-type Conform mg.Namespace
-
-// Servers checks nbdlab serve, nbdkit, qemu-nbd and nbd-server against the NBD specification (reports in conform-report/).
-func (Conform) Servers(ctx context.Context) error {
+// ConformServers checks nbdlab serve, nbdkit, qemu-nbd and nbd-server against the NBD specification (reports in conform-report/).
+func ConformServers(ctx context.Context) error {
 	mg.CtxDeps(ctx, Deps)
 	return conform.RunPeers(ctx, conform.PeersOptions{})
+}
+
+// Conform runs the kernel suite on every kernel of the matrix against every server (KERNELS=, SERVERS= to narrow); reports in conform-report/kernel/.
+func Conform(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps, Build, Kernels)
+	bin, err := filepath.Abs(binary)
+	if err != nil {
+		return err
+	}
+	o := conform.KernelOptions{Nbdlab: bin, Servers: strings.Fields(os.Getenv("SERVERS"))}
+	if os.Getenv("KERNELS") != "" {
+		ks, err := ci.Kernels(ctx, os.Stdout, ci.Matrix())
+		if err != nil {
+			return err
+		}
+		for _, k := range ks {
+			o.Kernels = append(o.Kernels, k.Release)
+		}
+	}
+	return conform.RunKernelReports(ctx, o, filepath.Join("conform-report", "kernel"))
 }
 
 // Bench groups the benchmarks; each prints figures and ratios against peers

@@ -33,7 +33,7 @@ func Packages() []string {
 		// the test archive's key.
 		"debian-archive-keyring", "gpgv", "gnupg",
 		// Namespaces and the tools used inside the guests.
-		"iproute2", "kmod", "fdisk", "e2fsprogs", "util-linux",
+		"iproute2", "kmod", "fdisk", "e2fsprogs", "util-linux", "mdadm",
 	}
 }
 

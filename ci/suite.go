@@ -30,8 +30,8 @@ func Fuzzers() []Fuzzer {
 // FuzzTime is how long Test fuzzes each target.
 const FuzzTime = 10 * time.Second
 
-// Lint fails when gofmt would change a file, or go vet or staticcheck
-// reports anything.
+// Lint fails when gofmt would change a file, or go vet, staticcheck or
+// actionlint (the CI workflows) reports anything.
 func Lint(ctx context.Context, run command.Runner, w io.Writer) error {
 	var out bytes.Buffer
 	if err := run(ctx, "", &out, w, "gofmt", "-l", "."); err != nil {
@@ -46,7 +46,10 @@ func Lint(ctx context.Context, run command.Runner, w io.Writer) error {
 	if err := run(ctx, "", w, w, "go", "tool", "staticcheck", "./..."); err != nil {
 		return fmt.Errorf("lint: %w", err)
 	}
-	fmt.Fprintln(w, "lint: gofmt, go vet and staticcheck are clean")
+	if err := run(ctx, "", w, w, "go", "tool", "actionlint"); err != nil {
+		return fmt.Errorf("lint: actionlint: %w", err)
+	}
+	fmt.Fprintln(w, "lint: gofmt, go vet, staticcheck and actionlint are clean")
 	return nil
 }
 

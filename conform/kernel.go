@@ -22,6 +22,7 @@ type KernelOptions struct {
 	Kernels []string // what kernels.Find takes; default every kernel installed or fetched
 	Servers []string // KernelServers names; default all
 	Host    bool     // run on this machine's kernel instead of in VMs
+	Guest   bool     // with Host: this is a lab VM the suite may break (rmmod nbd)
 	Run     string   // regular expression: only the cases whose ID matches
 	Strict  bool     // a peer server's failure fails the run too
 	Nbdlab  string   // the nbdlab binary the servers run; default this executable
@@ -152,7 +153,7 @@ func runVMs(ctx context.Context, o KernelOptions) (*Report, error) {
 	merged := &Report{Kind: "kernel"}
 	for _, k := range ks {
 		out := filepath.Join(share, k.Release+".json")
-		argv := []string{vm.InitExe, "conform", "--host", "--json", out}
+		argv := []string{vm.InitExe, "conform", "--host", "--guest", "--json", out}
 		for _, s := range o.Servers {
 			argv = append(argv, "--server", s)
 		}
@@ -174,6 +175,29 @@ func runVMs(ctx context.Context, o KernelOptions) (*Report, error) {
 		merged.merge(rep)
 	}
 	return merged, nil
+}
+
+// RunKernelReports runs the suite, prints the matrix, writes the reports
+// into dir and fails unless the run passed.
+func RunKernelReports(ctx context.Context, o KernelOptions, dir string) error {
+	if o.Out == nil {
+		o.Out = os.Stdout
+	}
+	res, err := RunKernel(ctx, o)
+	if err != nil {
+		return err
+	}
+	if err := res.Report.WriteMatrix(o.Out); err != nil {
+		return err
+	}
+	if err := res.Report.WriteFiles(dir); err != nil {
+		return err
+	}
+	fmt.Fprintf(o.Out, "reports: %s\n", strings.Join([]string{filepath.Join(dir, "report.json"), filepath.Join(dir, "report.md"), filepath.Join(dir, "junit.xml")}, ", "))
+	if !res.Passed {
+		return errors.New("conform: a case failed with nbdlab's server")
+	}
+	return nil
 }
 
 // ReadReport reads a report written by WriteJSON.
@@ -286,8 +310,8 @@ func startKernelServer(ctx context.Context, spec KernelServer, bin, work string)
 	if err != nil {
 		return nil, err
 	}
-	s := &runningServer{spec: spec, net: n, dir: dir, img: img, nbdlab: bin}
-	if err := s.start(ctx); err != nil {
+	s := &runningServer{spec: spec, net: n, dir: dir, img: img, nbdlab: bin, ctx: ctx}
+	if err := s.start(); err != nil {
 		n.Close()
 		return nil, err
 	}
@@ -316,7 +340,7 @@ func runCase(ctx context.Context, c kernelCase, srv *runningServer, o KernelOpti
 	before := kernelLog()
 	cctx, cancel := context.WithTimeout(ctx, c.limit())
 	defer cancel()
-	e := &kenv{ctx: cctx, srv: srv, host: o.Host}
+	e := &kenv{ctx: cctx, srv: srv, host: o.Host, guest: o.Guest}
 	err := c.run(e)
 	res.Took = time.Since(start)
 	var na notApplicable
@@ -337,7 +361,7 @@ func runCase(ctx context.Context, c kernelCase, srv *runningServer, o KernelOpti
 	e.cleanup()
 	if srv.proc == nil || isDone(srv.proc.Done()) {
 		srv.stop()
-		if err := srv.start(ctx); err != nil && res.Status == Pass {
+		if err := srv.start(); err != nil && res.Status == Pass {
 			res.Status, res.Detail = Fail, "the server did not restart after the case: "+err.Error()
 		}
 	}

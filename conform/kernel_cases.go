@@ -45,6 +45,7 @@ type kenv struct {
 	ctx      context.Context
 	srv      *runningServer
 	host     bool
+	guest    bool // in a lab VM: the kernel is the suite's to break
 	attached []*kernel.Attachment
 	undo     []func()
 }
@@ -201,7 +202,8 @@ func kernelCases() []kernelCase {
 		kernelCase{id: "faults/link-down-long", what: "the link down for longer than the 3 s timeout: EIO, no hang", run: caseLinkLong},
 		kernelCase{id: "faults/netem-loss", what: "netem 5% loss and 5 ms delay on the link: fio verify passes", run: caseNetem, timeout: 5 * time.Minute},
 	)
-	return append(cs, requestCases()...)
+	cs = append(cs, requestCases()...)
+	return append(cs, faultCases()...)
 }
 
 func caseSize(e *kenv, iface kernel.Interface) error {
@@ -467,7 +469,11 @@ func caseServerStops(e *kenv) error {
 		return err
 	}
 	e.undo = append(e.undo, func() { e.srv.signal(syscall.SIGCONT) })
-	return expectEIO(e.ctx, a.Path, 60*time.Second)
+	if err := expectEIO(e.ctx, a.Path, 60*time.Second); err != nil {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", e.srv.proc.Cmd.Process.Pid))
+		return fmt.Errorf("%w (server process stat: %s)", err, strings.TrimSpace(string(st)))
+	}
+	return nil
 }
 
 func caseLinkShort(e *kenv) error {

@@ -75,7 +75,9 @@ type runningServer struct {
 	nbdlab string
 	proc   *harness.Proc
 	argv   []string
-	Flags  nbd.TransmissionFlags
+	// ctx is the suite's: a server outlives the case that restarts it.
+	ctx   context.Context
+	Flags nbd.TransmissionFlags
 }
 
 func (s *runningServer) addr() nbd.Addr {
@@ -83,14 +85,16 @@ func (s *runningServer) addr() nbd.Addr {
 }
 
 // start starts the server in its namespace and reads what it advertises.
-func (s *runningServer) start(ctx context.Context) error {
+func (s *runningServer) start() error {
+	ctx := s.ctx
 	s.argv = append([]string{"ip", "netns", "exec", s.net.Name}, s.spec.argv(s.nbdlab, s.dir, s.net.ServerIP.String(), s.img)...)
 	p, err := harness.StartListening(ctx, s.addr(), 30*time.Second, s.argv[0], s.argv[1:]...)
 	if err != nil {
 		return fmt.Errorf("conform: start %s: %w", s.spec.Name, err)
 	}
 	s.proc = p
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// Under TCG some servers take seconds per connection (nbd-server).
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	c, err := nbd.Dial(cctx, s.addr().Address, &nbd.ClientConfig{Export: "d"})
 	if err != nil {

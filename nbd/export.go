@@ -41,9 +41,12 @@ type ExportSpec struct {
 	Size     int64  // for mem
 	ReadOnly bool
 	COW      bool
+	// EIO is a range that fails with EIO (eio=OFF+LEN), for tests.
+	EIOOff, EIOLen int64
 }
 
-// ParseExportSpec parses NAME=file:PATH[,ro][,cow] or NAME=mem:SIZE[,ro][,cow].
+// ParseExportSpec parses NAME=file:PATH[,ro][,cow][,eio=OFF+LEN] or
+// NAME=mem:SIZE with the same options.
 func ParseExportSpec(s string) (ExportSpec, error) {
 	var spec ExportSpec
 	name, rest, ok := strings.Cut(s, "=")
@@ -74,10 +77,16 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 			spec.ReadOnly = true
 		case opt == "cow":
 			spec.COW = true
+		case strings.HasPrefix(opt, "eio="):
+			off, n, err := parseRange(strings.TrimPrefix(opt, "eio="))
+			if err != nil {
+				return spec, fmt.Errorf("export %q: %w", s, err)
+			}
+			spec.EIOOff, spec.EIOLen = off, n
 		case kind == "file":
 			i = len(arg)
 		default:
-			return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow)", s, opt)
+			return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow, eio=OFF+LEN)", s, opt)
 		}
 		if i == len(arg) {
 			break
@@ -123,6 +132,9 @@ func (spec ExportSpec) Open() (*Export, io.Closer, error) {
 	}
 	if spec.COW {
 		b = NewCOW(b)
+	}
+	if spec.EIOLen > 0 {
+		b = &Faulty{Backend: b, Off: spec.EIOOff, Len: spec.EIOLen}
 	}
 	return &Export{Name: spec.Name, Backend: b, ReadOnly: spec.ReadOnly}, closer, nil
 }

@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -72,7 +73,15 @@ type TLS struct {
 // NewTLS writes fresh credentials into a temporary directory.
 func NewTLS(t testing.TB) *TLS {
 	t.Helper()
-	dir := t.TempDir()
+	s, err := WriteTLS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// WriteTLS writes fresh credentials into dir.
+func WriteTLS(dir string) (*TLS, error) {
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "nbdlab test CA"},
@@ -81,13 +90,15 @@ func NewTLS(t testing.TB) *TLS {
 	}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
 	if err != nil {
-		t.Fatalf("nbdtest: CA: %v", err)
+		return nil, fmt.Errorf("nbdtest: CA: %w", err)
 	}
 	ca, _ := x509.ParseCertificate(caDER)
 	s := &TLS{Dir: dir, pool: x509.NewCertPool()}
 	s.pool.AddCert(ca)
-	s.CACert = writePEM(t, dir, "ca-cert.pem", "CERTIFICATE", caDER)
-	leaf := func(name string, serial int64, usage x509.ExtKeyUsage) (string, string) {
+	if s.CACert, err = writePEM(dir, "ca-cert.pem", "CERTIFICATE", caDER); err != nil {
+		return nil, err
+	}
+	leaf := func(name string, serial int64, usage x509.ExtKeyUsage) (string, string, error) {
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		tmpl := &x509.Certificate{
 			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
@@ -97,22 +108,41 @@ func NewTLS(t testing.TB) *TLS {
 		}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 		if err != nil {
-			t.Fatalf("nbdtest: %s certificate: %v", name, err)
+			return "", "", fmt.Errorf("nbdtest: %s certificate: %w", name, err)
 		}
 		kder, _ := x509.MarshalECPrivateKey(key)
-		return writePEM(t, dir, name+"-cert.pem", "CERTIFICATE", der), writePEM(t, dir, name+"-key.pem", "EC PRIVATE KEY", kder)
+		c, err := writePEM(dir, name+"-cert.pem", "CERTIFICATE", der)
+		if err != nil {
+			return "", "", err
+		}
+		k, err := writePEM(dir, name+"-key.pem", "EC PRIVATE KEY", kder)
+		return c, k, err
 	}
-	s.ServerCert, s.ServerKey = leaf("server", 2, x509.ExtKeyUsageServerAuth)
-	s.ClientCert, s.ClientKey = leaf("client", 3, x509.ExtKeyUsageClientAuth)
-	return s
+	if s.ServerCert, s.ServerKey, err = leaf("server", 2, x509.ExtKeyUsageServerAuth); err != nil {
+		return nil, err
+	}
+	if s.ClientCert, s.ClientKey, err = leaf("client", 3, x509.ExtKeyUsageClientAuth); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
-func writePEM(t testing.TB, dir, name, typ string, der []byte) string {
+func writePEM(dir, name, typ string, der []byte) (string, error) {
 	p := filepath.Join(dir, name)
 	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatalf("nbdtest: %v", err)
+		return "", fmt.Errorf("nbdtest: %w", err)
 	}
-	return p
+	return p, nil
+}
+
+// Client returns a TLS configuration for a client of a server with these
+// credentials.
+func (s *TLS) Client() (*tls.Config, error) {
+	pair, err := tls.LoadX509KeyPair(s.ClientCert, s.ClientKey)
+	if err != nil {
+		return nil, fmt.Errorf("nbdtest: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: s.pool, ServerName: "localhost"}, nil
 }
 
 // ServerConfig is a TLS configuration for a server with these credentials
@@ -127,9 +157,9 @@ func (s *TLS) ServerConfig(t testing.TB) *tls.Config {
 
 // ClientConfig is a TLS configuration for a client of such a server.
 func (s *TLS) ClientConfig(t testing.TB) *tls.Config {
-	pair, err := tls.LoadX509KeyPair(s.ClientCert, s.ClientKey)
+	cfg, err := s.Client()
 	if err != nil {
-		t.Fatalf("nbdtest: %v", err)
+		t.Fatal(err)
 	}
-	return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: s.pool, ServerName: "localhost"}
+	return cfg
 }
