@@ -75,7 +75,7 @@ func Deps(ctx context.Context) error {
 	return ci.Deps(ctx, command.Exec, os.Stdout, ci.Packages())
 }
 
-// Lint runs gofmt, go vet and staticcheck.
+// Lint runs gofmt, go vet, staticcheck and actionlint.
 func Lint(ctx context.Context) error {
 	return ci.Lint(ctx, command.Exec, os.Stdout)
 }

@@ -41,3 +41,19 @@ func TestDepsDoesNothingWhenAllInstalled(t *testing.T) {
 		t.Fatalf("output %q", out.String())
 	}
 }
+
+func TestDeadlineRace(t *testing.T) {
+	for _, tt := range []struct {
+		name, out string
+		want      bool
+	}{
+		{"the coordinator's race", "fuzz: elapsed: 10s, execs: 571157 (45626/sec)\n--- FAIL: FuzzRead (10.11s)\n    context deadline exceeded\nFAIL\n", true},
+		{"a crasher", "--- FAIL: FuzzRead (0.20s)\n    --- FAIL: FuzzRead (0.00s)\n        cpio_test.go:40: mismatch\n    Failing input written to testdata/fuzz/FuzzRead/abc\n", false},
+		{"a panic near the deadline", "panic: runtime error: index out of range\n    context deadline exceeded\n", false},
+		{"another failure", "--- FAIL: FuzzRead (1.00s)\n    exit status 2\n", false},
+	} {
+		if got := DeadlineRace(tt.out); got != tt.want {
+			t.Errorf("%s: DeadlineRace = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

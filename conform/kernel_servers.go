@@ -44,12 +44,8 @@ func KernelServers() []KernelServer {
 		}},
 		{"nbd-server", "nbd-server (daemon) with flush, fua, trim", func(_, dir, ip, img string) []string {
 			conf, pid := filepath.Join(dir, "nbd-server.conf"), filepath.Join(dir, "nbd-server.pid")
-			os.WriteFile(conf, []byte(fmt.Sprintf("[generic]\n    listenaddr = %s\n    port = %s\n[d]\n    exportname = %s\n    flush = true\n    fua = true\n    trim = true\n    multifile = false\n", ip, port, img)), 0o644)
-			script := `nbd-server -C "$1" -p "$2" || exit 1
-trap 'kill $(cat "$2"); exit 0' TERM INT
-while kill -0 $(cat "$2") 2>/dev/null; do sleep 1; done
-exit 1`
-			return []string{"sh", "-c", script, "nbd-server", conf, pid}
+			os.WriteFile(conf, []byte(fmt.Sprintf("[generic]\n    listenaddr = %s\n    port = %s\n[d]\n    exportname = %s\n    flush = true\n    fua = true\n    trim = true\n", ip, port, img)), 0o644)
+			return nbdServerDaemon(conf, pid)
 		}},
 		{"nbdkit-memory", "nbdkit memory 256M", func(_, _, ip, _ string) []string {
 			return []string{"nbdkit", "-f", "-i", ip, "-p", port, "memory", size}
