@@ -16,4 +16,16 @@
 // Checks write to the export (at offsets below 48 KiB) unless it is
 // read-only: point them at scratch exports. Traffic goes only to the
 // servers named.
+//
+// RunKernel is the other suite: the kernel's nbd client against servers
+// (nbdlab, nbd-server, nbdkit, qemu-nbd), on one kernel (Host) or on each
+// kernel in a lab VM that runs the same code with Host. Its files follow
+// a run: kernel.go (where it runs, the loop over servers and cases, the
+// kernel log check), netns.go (a namespace and veth pair a server),
+// kernel_servers.go (the servers and their request records),
+// kernel_cases.go (blktests' nbd group, data, devices, timeouts, link
+// faults), kernel_requests.go (the kernel's requests checked from the
+// server's side) and kernel_faults.go (servers killed, namespaces
+// deleted, errors injected, RAID1, TLS, module races). Its results are a
+// Report too, a target a kernel and a server.
 package conform

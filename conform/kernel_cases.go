@@ -469,11 +469,36 @@ func caseServerStops(e *kenv) error {
 		return err
 	}
 	e.undo = append(e.undo, func() { e.srv.signal(syscall.SIGCONT) })
+	// A stop reaches every thread only as each next runs; under TCG that
+	// takes a while, and a thread not yet stopped could still answer.
+	pid := e.srv.proc.Cmd.Process.Pid
+	if !waitFor(e.ctx, 10*time.Second, func() bool { return allStopped(pid) }) {
+		return fmt.Errorf("the server (pid %d) was not stopped 10 s after SIGSTOP", pid)
+	}
 	if err := expectEIO(e.ctx, a.Path, 60*time.Second); err != nil {
 		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", e.srv.proc.Cmd.Process.Pid))
 		return fmt.Errorf("%w (server process stat: %s)", err, strings.TrimSpace(string(st)))
 	}
 	return nil
+}
+
+// allStopped reports whether every thread of pid is stopped (state T).
+func allStopped(pid int) bool {
+	stats, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if len(stats) == 0 {
+		return false
+	}
+	for _, st := range stats {
+		b, err := os.ReadFile(st)
+		if err != nil {
+			return false
+		}
+		s := string(b)
+		if f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]); len(f) == 0 || f[0] != "T" {
+			return false
+		}
+	}
+	return true
 }
 
 func caseLinkShort(e *kenv) error {

@@ -263,17 +263,26 @@ func (a *Attachment) attachIoctl(cfg Config) error {
 	}
 	a.Index, a.Interface, a.NeedsProcess = cfg.Index, InterfaceIoctl, true
 	path := "/dev/nbd" + strconv.Itoa(cfg.Index)
-	ready := make(chan struct{})
-	a.ioctlc = make(chan error, 1)
-	go func() { a.ioctlc <- IoctlConnect(path, cfg, func() { close(ready) }) }()
-	select {
-	case <-ready:
-		return nil
-	case err := <-a.ioctlc:
-		if err == nil {
-			err = fmt.Errorf("kernel: %s disconnected at once", path)
+	// Right after a disconnect some kernels (6.1) refuse NBD_DO_IT with
+	// EBUSY for a moment, while the last configuration is let go.
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		ready := make(chan struct{})
+		a.ioctlc = make(chan error, 1)
+		go func() { a.ioctlc <- IoctlConnect(path, cfg, func() { close(ready) }) }()
+		select {
+		case <-ready:
+			return nil
+		case err := <-a.ioctlc:
+			if err == nil {
+				err = fmt.Errorf("kernel: %s disconnected at once", path)
+			}
+			if errors.Is(err, syscall.EBUSY) && time.Now().Before(deadline) && !DeviceInfo(cfg.Index).Connected {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			return err
 		}
-		return err
 	}
 }
 
