@@ -340,7 +340,7 @@ func runCase(ctx context.Context, c kernelCase, srv *runningServer, o KernelOpti
 	before := kernelLog()
 	cctx, cancel := context.WithTimeout(ctx, c.limit())
 	defer cancel()
-	e := &kenv{ctx: cctx, srv: srv, host: o.Host, guest: o.Guest}
+	e := &kenv{ctx: cctx, srv: srv, guest: o.Guest}
 	err := c.run(e)
 	res.Took = time.Since(start)
 	var na notApplicable

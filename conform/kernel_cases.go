@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/kernel"
 )
@@ -44,7 +45,6 @@ func (c kernelCase) limit() time.Duration {
 type kenv struct {
 	ctx      context.Context
 	srv      *runningServer
-	host     bool
 	guest    bool // in a lab VM: the kernel is the suite's to break
 	attached []*kernel.Attachment
 	undo     []func()
@@ -472,33 +472,10 @@ func caseServerStops(e *kenv) error {
 	// A stop reaches every thread only as each next runs; under TCG that
 	// takes a while, and a thread not yet stopped could still answer.
 	pid := e.srv.proc.Cmd.Process.Pid
-	if !waitFor(e.ctx, 10*time.Second, func() bool { return allStopped(pid) }) {
+	if !waitFor(e.ctx, 10*time.Second, func() bool { return procfs.Stopped(pid) }) {
 		return fmt.Errorf("the server (pid %d) was not stopped 10 s after SIGSTOP", pid)
 	}
-	if err := expectEIO(e.ctx, a.Path, 60*time.Second); err != nil {
-		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", e.srv.proc.Cmd.Process.Pid))
-		return fmt.Errorf("%w (server process stat: %s)", err, strings.TrimSpace(string(st)))
-	}
-	return nil
-}
-
-// allStopped reports whether every thread of pid is stopped (state T).
-func allStopped(pid int) bool {
-	stats, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
-	if len(stats) == 0 {
-		return false
-	}
-	for _, st := range stats {
-		b, err := os.ReadFile(st)
-		if err != nil {
-			return false
-		}
-		s := string(b)
-		if f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]); len(f) == 0 || f[0] != "T" {
-			return false
-		}
-	}
-	return true
+	return expectEIO(e.ctx, a.Path, 60*time.Second)
 }
 
 func caseLinkShort(e *kenv) error {

@@ -352,9 +352,6 @@ func caseModprobeRace(e *kenv) error {
 	if !e.guest {
 		return notApplicable("unloads nbd: run only in lab VMs (without --host)")
 	}
-	for _, a := range e.attached {
-		kernel.Disconnect(a.Index)
-	}
 	for round := 0; round < 10; round++ {
 		var wg sync.WaitGroup
 		wg.Add(2)

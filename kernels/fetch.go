@@ -100,14 +100,14 @@ func Fetch(ctx context.Context, spec string, o FetchOptions) (Kernel, error) {
 		o.Progress("%s: newest amd64 kernel is %s", sp, kver)
 	}
 	if k, ok := o.Store.Get(kver); ok {
-		o.Progress("%s already fetched into %s", kver, o.Store.kernelDir(kver))
+		o.Progress("%s already fetched into %s", kver, o.Store.KernelDir(kver))
 		return k, nil
 	}
 	plan, err := planFetch(ix, sp, kver, o.Force, o.Progress)
 	if err != nil {
 		return Kernel{}, err
 	}
-	dir := o.Store.kernelDir(kver)
+	dir := o.Store.KernelDir(kver)
 	debs := map[string]string{}
 	var total int64
 	for _, p := range plan.all() {

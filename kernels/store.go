@@ -47,11 +47,12 @@ type debRecord struct {
 
 const manifestName = "manifest.json"
 
-func (s Store) kernelDir(rel string) string { return filepath.Join(s.dir(), rel) }
+// KernelDir returns the directory that holds fetched kernel rel.
+func (s Store) KernelDir(rel string) string { return filepath.Join(s.dir(), rel) }
 
 // Get returns the fetched kernel rel, if the store has all of it.
 func (s Store) Get(rel string) (Kernel, bool) {
-	dir := s.kernelDir(rel)
+	dir := s.KernelDir(rel)
 	b, err := os.ReadFile(filepath.Join(dir, manifestName))
 	if err != nil {
 		return Kernel{}, false
@@ -97,7 +98,7 @@ func (s Store) writeManifest(m manifest) error {
 	if err != nil {
 		return err
 	}
-	p := filepath.Join(s.kernelDir(m.Release), manifestName)
+	p := filepath.Join(s.KernelDir(m.Release), manifestName)
 	if err := os.WriteFile(p+".tmp", append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("kernels: %w", err)
 	}
@@ -118,12 +119,9 @@ func DiskUsage(path string) int64 {
 	return n
 }
 
-// Dir returns the directory that holds fetched kernel rel.
-func (s Store) KernelDir(rel string) string { return s.kernelDir(rel) }
-
 // Remove deletes fetched kernel rel and all its files.
 func (s Store) Remove(rel string) (int64, error) {
-	dir := s.kernelDir(rel)
+	dir := s.KernelDir(rel)
 	if _, err := os.Stat(dir); err != nil {
 		return 0, fmt.Errorf("kernels: %s is not fetched (%s)", rel, dir)
 	}
@@ -135,7 +133,7 @@ func (s Store) Remove(rel string) (int64, error) {
 // keeping the source .deb unless dropSource.
 func (s Store) RemoveDebs(rel string, dropSource bool) (int64, error) {
 	k, ok := s.Get(rel)
-	debs, _ := filepath.Glob(filepath.Join(s.kernelDir(rel), "debs", "*"))
+	debs, _ := filepath.Glob(filepath.Join(s.KernelDir(rel), "debs", "*"))
 	var n int64
 	for _, d := range debs {
 		if ok && d == k.SourceDeb && !dropSource {

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -47,6 +48,23 @@ func parseStat(path, s string) (Stat, error) {
 		return Stat{}, fmt.Errorf("procfs: %s: utime %q, stime %q", path, f[11], f[12])
 	}
 	return Stat{State: f[0][0], CPU: time.Duration(utime+stime) * time.Second / clockTick}, nil
+}
+
+// Stopped reports whether every thread of pid is stopped (state T), as a
+// SIGSTOP leaves it once it has reached each thread.
+func Stopped(pid int) bool {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			return false
+		}
+		st, err := parseStat(t, string(b))
+		if err != nil || st.State != 'T' {
+			return false
+		}
+	}
+	return len(tasks) > 0
 }
 
 // Alive reports whether pid is a process that has not exited (a zombie

@@ -3,6 +3,7 @@ package procfs
 import (
 	"os"
 	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -56,5 +57,28 @@ func TestAliveAndPeakRSS(t *testing.T) {
 	cmd.Wait()
 	if Alive(pid) {
 		t.Fatal("a reaped process counts as alive")
+	}
+}
+
+func TestStopped(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	pid := cmd.Process.Pid
+	if Stopped(pid) {
+		t.Fatal("a sleeping process reads as stopped")
+	}
+	cmd.Process.Signal(syscall.SIGSTOP)
+	deadline := time.Now().Add(5 * time.Second)
+	for !Stopped(pid) {
+		if time.Now().After(deadline) {
+			t.Fatal("not stopped 5 s after SIGSTOP")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if Stopped(1 << 30) {
+		t.Error("a process that does not exist reads as stopped")
 	}
 }
