@@ -34,17 +34,33 @@ func (k Kernel) IsFetched() bool { return strings.HasPrefix(k.Origin, "debian:")
 // NBD says which nbd.ko k has: the one nbdlab built (updates/), the
 // distribution's, or none.
 func (k Kernel) NBD() string {
-	for _, p := range []string{"updates/nbd.ko", "updates/nbd.ko.xz", "updates/nbd.ko.zst"} {
-		if _, err := os.Stat(filepath.Join(k.Modules, p)); err == nil {
-			return "built by nbdlab"
-		}
-	}
-	for _, p := range []string{"kernel/drivers/block/nbd.ko", "kernel/drivers/block/nbd.ko.xz", "kernel/drivers/block/nbd.ko.zst"} {
-		if _, err := os.Stat(filepath.Join(k.Modules, p)); err == nil {
-			return "distribution's"
-		}
+	ours, distro := NBDModules(k.Modules)
+	switch {
+	case ours != "":
+		return "built by nbdlab"
+	case distro != "":
+		return "distribution's"
 	}
 	return "none"
+}
+
+// NBDModules returns the nbd.ko nbdlab installed under a modules
+// directory (updates/) and the distribution's own, each "" when absent,
+// compressed or not.
+func NBDModules(modDir string) (ours, distro string) {
+	var names []string
+	for _, ext := range []string{"", ".xz", ".zst"} {
+		names = append(names, "nbd.ko"+ext)
+	}
+	find := func(dir string) string {
+		for _, n := range names {
+			if p := filepath.Join(modDir, dir, n); firstExisting(p) != "" {
+				return p
+			}
+		}
+		return ""
+	}
+	return find("updates"), find("kernel/drivers/block")
 }
 
 // CompareReleases orders kernel release strings by their numbers:

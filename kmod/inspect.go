@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/nbdlab/nbdlab/kernels"
 )
 
 // Target is what inspection found out about the kernel to build for.
@@ -62,17 +64,7 @@ func Inspect(root, rel, running string) (*Target, error) {
 	if t.Config["CONFIG_BLK_DEV_NBD"] == "y" {
 		return t, fmt.Errorf("kmod: kernel %s: %w (CONFIG_BLK_DEV_NBD=y in %s); there is nothing to build", rel, ErrBuiltIn, t.ConfigPath)
 	}
-	modDir := filepath.Join(root, "lib/modules", rel)
-	for _, p := range []string{"updates/nbd.ko", "updates/nbd.ko.xz", "updates/nbd.ko.zst"} {
-		if _, err := os.Stat(filepath.Join(modDir, p)); err == nil {
-			t.Installed = filepath.Join(modDir, p)
-		}
-	}
-	for _, p := range []string{"kernel/drivers/block/nbd.ko", "kernel/drivers/block/nbd.ko.xz", "kernel/drivers/block/nbd.ko.zst"} {
-		if _, err := os.Stat(filepath.Join(modDir, p)); err == nil {
-			t.DistroNBD = filepath.Join(modDir, p)
-		}
-	}
+	t.Installed, t.DistroNBD = kernels.NBDModules(filepath.Join(root, "lib/modules", rel))
 	return t, nil
 }
 
