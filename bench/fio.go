@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -70,17 +71,26 @@ type fioDir struct {
 
 // RunFio runs job against uri for d and returns fio's figures.
 func RunFio(ctx context.Context, dir, uri string, job Job, size int64, d time.Duration) (Result, error) {
-	out := filepath.Join(dir, "fio.json")
 	args := []string{
 		"--name=" + job.RW, "--ioengine=nbd", "--uri=" + uri,
 		"--rw=" + job.RW, "--bs=" + job.BS, "--iodepth=" + strconv.Itoa(job.Depth),
 		"--size=" + strconv.FormatInt(size, 10), "--time_based=1",
 		"--runtime=" + strconv.Itoa(int(d.Seconds())), "--ramp_time=1",
-		"--output-format=json", "--output=" + out,
 	}
+	r, err := fioJSON(ctx, filepath.Join(dir, "fio.json"), args)
+	if err != nil {
+		return r, fmt.Errorf("bench: fio %s against %s: %w", job.Name, uri, err)
+	}
+	return r, nil
+}
+
+// fioJSON runs fio with args, its JSON report going to out (fio prints
+// other things on stdout), and returns its figures.
+func fioJSON(ctx context.Context, out string, args []string) (Result, error) {
+	args = append(args, "--output-format=json", "--output="+out)
 	cmd := exec.CommandContext(ctx, "fio", args...)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return Result{}, fmt.Errorf("bench: fio %s against %s: %w\n%s", job.Name, uri, err, b)
+		return Result{}, fmt.Errorf("fio %s: %w\n%s", strings.Join(args, " "), err, b)
 	}
 	b, err := os.ReadFile(out)
 	if err != nil {

@@ -34,6 +34,8 @@ func Packages() []string {
 		"debian-archive-keyring", "gpgv", "gnupg",
 		// Namespaces and the tools used inside the guests.
 		"iproute2", "kmod", "fdisk", "e2fsprogs", "util-linux", "mdadm",
+		// The NFS side of the NBD-against-NFS benchmark.
+		"nfs-kernel-server", "rpcbind", "nfs-common", "tar",
 	}
 }
 

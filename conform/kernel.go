@@ -14,6 +14,7 @@ import (
 
 	"github.com/nbdlab/nbdlab/internal/testenv"
 	"github.com/nbdlab/nbdlab/kernels"
+	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/vm"
 )
 
@@ -306,7 +307,7 @@ func startKernelServer(ctx context.Context, spec KernelServer, bin, work string)
 	if err := os.Truncate(img, kernelExportSize); err != nil {
 		return nil, err
 	}
-	n, err := newTestNet("nbdlab-conform", 0)
+	n, err := labnet.NewPair("nbdlab-conform", 0)
 	if err != nil {
 		return nil, err
 	}

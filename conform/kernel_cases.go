@@ -521,7 +521,7 @@ func caseLinkLong(e *kenv) error {
 
 func caseNetem(e *kenv) error {
 	exec.CommandContext(e.ctx, "modprobe", "sch_netem").Run()
-	link, err := netlink.LinkByName(e.srv.net.clientLink)
+	link, err := netlink.LinkByName(e.srv.net.ClientLink)
 	if err != nil {
 		return err
 	}

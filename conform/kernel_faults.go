@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/kernel"
 	"github.com/nbdlab/nbdlab/nbd/nbdtest"
@@ -136,7 +137,7 @@ func caseNetnsDeleted(e *kenv) error {
 		return fmt.Errorf("delete namespace %s: %w", old.Name, err)
 	}
 	e.undo = append(e.undo, func() {
-		if n, err := newTestNet(old.Name, 0); err == nil {
+		if n, err := labnet.NewPair(old.Name, 0); err == nil {
 			e.srv.net = n
 		}
 	})
@@ -253,7 +254,7 @@ func caseRAID1(e *kenv) error {
 		return notApplicable("mdadm is not installed")
 	}
 	// A second server of the same kind, in a namespace of its own.
-	n2, err := newTestNet("nbdlab-conform-b", 1)
+	n2, err := labnet.NewPair("nbdlab-conform-b", 1)
 	if err != nil {
 		return err
 	}

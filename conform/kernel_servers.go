@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/nbd"
 )
 
@@ -65,7 +66,7 @@ const recordFile = "requests.jsonl"
 // runningServer is a KernelServer started in a namespace.
 type runningServer struct {
 	spec   KernelServer
-	net    *testNet
+	net    *labnet.Pair
 	dir    string
 	img    string
 	nbdlab string

@@ -38,6 +38,9 @@ type Config struct {
 	CPUs    int    // default 2
 	Timeout time.Duration
 	Shares  []Share
+	// NIC, if set, gives the guest a virtio-net interface on a QEMU
+	// socket netdev (see LinkedNICs).
+	NIC *NIC
 	// Init is the static binary that runs as the guest's init; default
 	// this executable. It must call GuestInit when IsGuestInit.
 	Init string
@@ -200,6 +203,16 @@ func qemuArgs(cfg Config, k kernels.Kernel, initrd, accel, sock, klog string) []
 		"-device", "virtserialport,chardev=ctl,name=" + portName,
 		"-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
 		"-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
+	}
+	if n := cfg.NIC; n != nil {
+		args = append(args,
+			"-netdev", "socket,id=net0,udp="+n.Remote+",localaddr="+n.Local,
+			"-device", "virtio-net-pci,netdev=net0,mac="+n.MAC)
+	}
+	if n := cfg.NIC; n != nil {
+		args = append(args,
+			"-netdev", "socket,id=net0,udp="+n.Remote+",localaddr="+n.Local,
+			"-device", "virtio-net-pci,netdev=net0,mac="+n.MAC)
 	}
 	for i, s := range cfg.Shares {
 		id := fmt.Sprintf("share%d", i)

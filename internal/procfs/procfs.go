@@ -105,3 +105,61 @@ func Status(pid int, field string) (int64, error) {
 	}
 	return 0, fmt.Errorf("procfs: no %s in %s", field, path)
 }
+
+// SystemCPU is the CPU time the whole machine has spent busy (everything
+// in the first line of /proc/stat but idle and iowait) since boot, summed
+// over CPUs.
+func SystemCPU() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	return parseSystemCPU(string(b))
+}
+
+func parseSystemCPU(s string) (time.Duration, error) {
+	line, _, _ := strings.Cut(s, "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, fmt.Errorf("procfs: /proc/stat: first line %q is not the cpu total", line)
+	}
+	var busy int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		if i >= 8 { // guest and guest_nice are already in user and nice
+			break
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("procfs: /proc/stat: field %d %q: %w", i+1, v, err)
+		}
+		busy += n
+	}
+	return time.Duration(busy) * time.Second / clockTick, nil
+}
+
+// CommandCPU sums the CPU time of every process or kernel thread whose
+// command name is comm, such as the "nfsd" threads.
+func CommandCPU(comm string) (time.Duration, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	var sum time.Duration
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err != nil || strings.TrimSpace(string(b)) != comm {
+			continue
+		}
+		if st, err := ReadStat(pid); err == nil {
+			sum += st.CPU
+		}
+	}
+	return sum, nil
+}

@@ -82,3 +82,22 @@ func TestStopped(t *testing.T) {
 		t.Error("a process that does not exist reads as stopped")
 	}
 }
+
+func TestParseSystemCPU(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		err  bool
+	}{
+		// user nice system idle iowait irq softirq steal guest guest_nice
+		{"cpu  100 5 50 9000 40 1 4 0 30 0\ncpu0 1 2 3\n", 160 * time.Second / 100, false},
+		{"cpu  1 2 3 4\n", 0, true},
+		{"intr 1 2 3 4 5\n", 0, true},
+		{"cpu  1 x 3 4 5 6\n", 0, true},
+	} {
+		got, err := parseSystemCPU(tc.in)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("parseSystemCPU(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}

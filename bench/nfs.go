@@ -1,0 +1,381 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nbdlab/nbdlab/internal/procfs"
+	"github.com/nbdlab/nbdlab/labnet"
+	"github.com/nbdlab/nbdlab/nbd"
+	"github.com/nbdlab/nbdlab/nbd/kernel"
+)
+
+// NFSOptions configure RunNFS.
+type NFSOptions struct {
+	// Setups are TOPOLOGY/LINK pairs: netns or vms, and a labnet profile.
+	// Default netns/none, netns/wan, vms/none.
+	Setups  []string
+	Targets []string // default nbd, nfs4.2-sync, nfs4.2-async, nfs3-sync
+	Kernel  string   // for the VMs; default the newest installed
+	// Server is the NBD server under ext4: nbdlab (default), nbdkit,
+	// qemu-nbd.
+	Server      string
+	Connections int   // NBD connections; default 1, as NFS uses one
+	Files       int   // files in the untarred tree; default 1500
+	Small       int   // files created and fsynced; default 200
+	FioSize     int64 // bytes of the sequential file; default 64 MiB
+	FioTime     time.Duration
+	Rounds      int  // default 1
+	Quick       bool // a small subset, for smoke tests
+	Host        bool // run here: netns setups only, needs nbd and nfsd
+	Guest       bool // with Host: this is a lab VM
+	Agent       string
+	NIC         string // with Host in a VM of the vms topology: this VM's address
+	Tree        string // tarball of the tree; made from GOROOT/src by default
+	Nbdlab      string
+	Dir         string // where results.json, report.md and plots go
+	JSON        string // with Host: write the figures here instead
+	Out         io.Writer
+}
+
+// NFSTargets are the targets the comparison knows.
+func NFSTargets() []string {
+	return []string{nbdTarget, "nfs4.2-sync", "nfs4.2-async", "nfs3-sync", "nfs3-async"}
+}
+
+func (o *NFSOptions) defaults() error {
+	if o.Out == nil {
+		o.Out = os.Stdout
+	}
+	if o.Quick {
+		if len(o.Setups) == 0 {
+			o.Setups = []string{"netns/none"}
+		}
+		if len(o.Targets) == 0 {
+			o.Targets = []string{nbdTarget, "nfs4.2-sync"}
+		}
+		o.Files = orInt(o.Files, 200)
+		o.Small = orInt(o.Small, 30)
+		if o.FioSize == 0 {
+			o.FioSize = 16 << 20
+		}
+		if o.FioTime == 0 {
+			o.FioTime = time.Second
+		}
+	}
+	if len(o.Setups) == 0 {
+		o.Setups = []string{"netns/none", "netns/wan", "vms/none"}
+	}
+	if len(o.Targets) == 0 {
+		o.Targets = []string{nbdTarget, "nfs4.2-sync", "nfs4.2-async", "nfs3-sync"}
+	}
+	o.Files = orInt(o.Files, 1500)
+	o.Small = orInt(o.Small, 200)
+	o.Connections = orInt(o.Connections, 1)
+	o.Rounds = orInt(o.Rounds, 1)
+	if o.FioSize == 0 {
+		o.FioSize = 64 << 20
+	}
+	if o.FioTime == 0 {
+		o.FioTime = 3 * time.Second
+	}
+	if o.Server == "" {
+		o.Server = "nbdlab"
+	}
+	for _, s := range o.Setups {
+		if _, err := parseSetup(s); err != nil {
+			return err
+		}
+	}
+	for _, tg := range o.Targets {
+		if !slices.Contains(NFSTargets(), tg) {
+			return fmt.Errorf("bench: unknown target %q; known: %s", tg, strings.Join(NFSTargets(), ", "))
+		}
+	}
+	if _, err := nbdServerArgv(o.Server, "nbdlab", "192.0.2.1", "img"); err != nil {
+		return fmt.Errorf("bench: --server: %w", err)
+	}
+	if o.Nbdlab == "" {
+		exe, err := selfExe()
+		if err != nil {
+			return err
+		}
+		o.Nbdlab = exe
+	}
+	return nil
+}
+
+func orInt(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// selfExe is this executable; in a lab VM, the kernel's link to it.
+func selfExe() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(exe); err != nil {
+		return fmt.Sprintf("/proc/%d/exe", os.Getpid()), nil
+	}
+	return exe, nil
+}
+
+func parseSetup(s string) (setup, error) {
+	topo, link, ok := strings.Cut(s, "/")
+	if !ok || (topo != "netns" && topo != "vms") {
+		return setup{}, fmt.Errorf("bench: setup %q: want TOPOLOGY/LINK with TOPOLOGY netns or vms, e.g. netns/wan", s)
+	}
+	if _, err := labnet.FindProfile(link); err != nil {
+		return setup{}, fmt.Errorf("bench: setup %q: %w", s, err)
+	}
+	return setup{topo, link}, nil
+}
+
+// hostRun is the client side of the comparison on this kernel.
+type hostRun struct {
+	o      NFSOptions
+	agent  *agentClient
+	ip     string // the server side's address
+	link   string // the client's end of the link, to shape
+	res    *Results
+	kernel string
+	mnt    string
+	own    bool // the server side has a kernel of its own
+}
+
+// runNFSHost runs the comparison's setups on this kernel: netns setups
+// with the server side in a namespace; a vms setup when Agent names the
+// server VM.
+func runNFSHost(ctx context.Context, o NFSOptions) (*Results, error) {
+	if err := checkTools("fio", "tar", "mkfs.ext4", "mount.nfs", "exportfs", "rpc.nfsd", "rpc.mountd", "rpcbind"); err != nil {
+		return nil, err
+	}
+	if err := command(ctx, "modprobe", "nbd"); err != nil {
+		return nil, fmt.Errorf("bench: this kernel has no nbd (build it with nbdlab kmod build, or run without --host): %w", err)
+	}
+	res := &Results{Kind: "nfs", Started: time.Now()}
+	rel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	h := &hostRun{o: o, res: res, kernel: strings.TrimSpace(string(rel)), mnt: "/run/nbdlab-bench-mnt"}
+	if err := os.MkdirAll(h.mnt, 0o755); err != nil {
+		return nil, err
+	}
+	var netnsLinks, vmsLinks []string
+	for _, s := range o.Setups {
+		st, _ := parseSetup(s)
+		if st.Topology == "netns" {
+			netnsLinks = append(netnsLinks, st.Link)
+		} else {
+			vmsLinks = append(vmsLinks, st.Link)
+		}
+	}
+	if len(vmsLinks) > 0 {
+		if o.Agent == "" || o.NIC == "" {
+			return nil, errors.New("bench: a vms setup runs in the client VM that nbdlab bench nfs boots (without --host)")
+		}
+		link, err := labnet.UpNIC(ctx, net.ParseIP(o.NIC))
+		if err != nil {
+			return nil, err
+		}
+		h.ip, h.link, h.own = o.Agent, link, true
+		if err := h.withAgent(ctx, "vms", vmsLinks); err != nil {
+			return res, err
+		}
+	}
+	if len(netnsLinks) > 0 {
+		pair, err := labnet.NewPair("nbdlab-bench", 0)
+		if err != nil {
+			return nil, err
+		}
+		defer pair.Close()
+		argv := []string{"netns", "exec", pair.Name, o.Nbdlab, "bench", "agent", "--ip", pair.ServerIP.String(),
+			"--link", pair.ServerLink, "--backing", "/run/nbdlab-bench-backing"}
+		agent := exec.CommandContext(ctx, "ip", argv...)
+		agent.Stdout, agent.Stderr = o.Out, o.Out
+		if err := agent.Start(); err != nil {
+			return nil, fmt.Errorf("bench: start the agent: %w", err)
+		}
+		defer func() {
+			agent.Process.Kill()
+			agent.Wait()
+		}()
+		h.ip, h.link, h.own = pair.ServerIP.String(), pair.ClientLink, false
+		if err := h.withAgent(ctx, "netns", netnsLinks); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+func checkTools(names ...string) error {
+	var missing []string
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("bench: missing %s (go run mage.go deps installs them)", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// withAgent runs every link of one topology against the agent at h.ip.
+func (h *hostRun) withAgent(ctx context.Context, topo string, links []string) error {
+	ac, err := dialAgent(ctx, h.ip)
+	if err != nil {
+		return err
+	}
+	defer ac.close()
+	h.agent = ac
+	for _, name := range links {
+		p, _ := labnet.FindProfile(name)
+		if err := labnet.Shape(ctx, nil, h.link, p); err != nil {
+			return err
+		}
+		if _, err := ac.call(agentRequest{Op: "shape", Profile: name}); err != nil {
+			return err
+		}
+		for round := 1; round <= h.o.Rounds; round++ {
+			for _, tg := range h.o.Targets {
+				if err := h.target(ctx, setup{topo, name}, p, tg, round); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	labnet.Shape(ctx, nil, h.link, labnet.Profile{Name: "none"})
+	return nil
+}
+
+// target mounts one target, runs every workload on it and unmounts it.
+func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg string, round int) error {
+	base := Figure{Topology: s.Topology, Link: s.Link, LinkDesc: p.String(), Kernel: h.kernel, CPUs: runtime.NumCPU(),
+		Target: tg, Round: round, Durable: !strings.HasSuffix(tg, "-async")}
+	unmount, err := h.mount(ctx, tg, &base)
+	if err != nil {
+		return fmt.Errorf("bench: %s %s: %w", s, tg, err)
+	}
+	w := &wenv{ctx: ctx, dir: h.mnt, tarball: h.o.Tree, files: h.o.Files, fioSize: h.o.FioSize, fioTime: h.o.FioTime, small: h.o.Small}
+	for _, wl := range Workloads() {
+		if wl.Cold {
+			if err := dropCaches(); err != nil {
+				unmount()
+				return err
+			}
+			if _, err := h.agent.call(agentRequest{Op: "drop-caches"}); err != nil {
+				unmount()
+				return err
+			}
+		}
+		f := base
+		f.Workload, f.Unit = wl.Name, wl.Unit
+		c0, _ := procfs.SystemCPU()
+		s0, _ := h.agent.cpu()
+		start := time.Now()
+		v, err := wl.run(w)
+		f.Wall = time.Since(start).Seconds()
+		c1, _ := procfs.SystemCPU()
+		s1, _ := h.agent.cpu()
+		f.Value, f.ServerCPU, f.ClientCPU = v, (s1 - s0).Seconds(), (c1 - c0).Seconds()
+		if !h.own {
+			// One kernel: the machine's busy time less the server's.
+			f.ClientCPU -= f.ServerCPU
+		}
+		line := fmt.Sprintf("%s %s %s: ", s, tg, wl.Name)
+		if err != nil {
+			f.Error = err.Error()
+			line += "ERROR " + err.Error()
+		} else {
+			line += fmt.Sprintf("%.3g %s (CPU client %.2fs, server %.2fs)", v, wl.Unit, f.ClientCPU, f.ServerCPU)
+		}
+		fmt.Fprintln(h.o.Out, line)
+		h.res.Figures = append(h.res.Figures, f)
+	}
+	return unmount()
+}
+
+// mount offers target tg at h.mnt and returns how to take it away.
+func (h *hostRun) mount(ctx context.Context, tg string, f *Figure) (func() error, error) {
+	if tg == nbdTarget {
+		return h.mountNBD(ctx, f)
+	}
+	vers, mode, _ := strings.Cut(strings.TrimPrefix(tg, "nfs"), "-")
+	rep, err := h.agent.call(agentRequest{Op: "export-nfs", Sync: mode == "sync"})
+	if err != nil {
+		return nil, err
+	}
+	f.Server = "nfsd, 8 threads"
+	f.Export = "rw," + mode + ",no_subtree_check,no_root_squash"
+	src, fstype, opts := h.ip+":/", "nfs4", "vers="+vers
+	if vers == "3" {
+		src, fstype, opts = h.ip+":"+rep.Path, "nfs", "vers=3,nolock,proto=tcp,mountproto=tcp"
+	}
+	f.Mount = fstype + " " + opts
+	if err := command(ctx, "mount", "-t", fstype, "-o", opts, src, h.mnt); err != nil {
+		h.agent.call(agentRequest{Op: "unexport-nfs"})
+		return nil, err
+	}
+	return func() error {
+		err := command(ctx, "umount", h.mnt)
+		if _, uerr := h.agent.call(agentRequest{Op: "unexport-nfs"}); err == nil {
+			err = uerr
+		}
+		return err
+	}, nil
+}
+
+// nbdExportSize is the export under the NFS comparison's ext4.
+const nbdExportSize = 1 << 30
+
+func (h *hostRun) mountNBD(ctx context.Context, f *Figure) (func() error, error) {
+	if _, err := h.agent.call(agentRequest{Op: "serve-nbd", Server: h.o.Server, Size: nbdExportSize}); err != nil {
+		return nil, err
+	}
+	argv, _ := nbdServerArgv(h.o.Server, "nbdlab", h.ip, "IMG")
+	f.Server = strings.Join(argv, " ")
+	addr := nbd.Addr{Network: "tcp", Address: net.JoinHostPort(h.ip, "10809")}
+	a, err := kernel.Attach(ctx, addr.DialConn, kernel.AttachOptions{Device: "any", Connections: h.o.Connections,
+		Timeout: 2 * time.Minute, Client: nbd.ClientConfig{Export: "d"}})
+	if err != nil {
+		h.agent.call(agentRequest{Op: "stop-nbd"})
+		return nil, err
+	}
+	detach := func() error {
+		err := kernel.Disconnect(a.Index)
+		if _, serr := h.agent.call(agentRequest{Op: "stop-nbd"}); err == nil {
+			err = serr
+		}
+		return err
+	}
+	f.Export = fmt.Sprintf("%s, %d connection(s), %d MiB", a.Path, a.Connections, nbdExportSize>>20)
+	f.Mount = "ext4 defaults"
+	if err := command(ctx, "mkfs.ext4", "-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0", a.Path); err != nil {
+		detach()
+		return nil, err
+	}
+	if err := command(ctx, "mount", "-t", "ext4", a.Path, h.mnt); err != nil {
+		detach()
+		return nil, err
+	}
+	return func() error {
+		if err := command(ctx, "umount", h.mnt); err != nil {
+			return err
+		}
+		return detach()
+	}, nil
+}
+
+

@@ -1,0 +1,147 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nbdlab/nbdlab/harness"
+	"github.com/vishvananda/netns"
+)
+
+// graceSeconds is the NFSv4 grace and lease time the comparison's nfsd
+// runs with: the least nfsd takes, so that a fresh server opens soon.
+const graceSeconds = 10
+
+// nfsd is the kernel NFS server with the user-space daemons it needs:
+// rpcbind (for NFSv3's MOUNT protocol) and rpc.mountd.
+type nfsd struct {
+	rpcbind, mountd *harness.Proc
+}
+
+// startNfsd loads nfsd, mounts its control filesystem in this mount and
+// network namespace, starts the daemons and 8 nfsd threads, and waits out
+// the grace period.
+func startNfsd(ctx context.Context, out io.Writer) (*nfsd, error) {
+	if err := command(ctx, "modprobe", "nfsd"); err != nil {
+		return nil, fmt.Errorf("bench: this kernel has no nfsd: %w", err)
+	}
+	if _, err := os.Stat("/proc/fs/nfsd/threads"); err != nil {
+		if err := syscall.Mount("nfsd", "/proc/fs/nfsd", "nfsd", 0, ""); err != nil {
+			return nil, fmt.Errorf("bench: mount nfsd on /proc/fs/nfsd: %w", err)
+		}
+	}
+	for _, f := range []string{"nfsv4gracetime", "nfsv4leasetime"} {
+		if err := os.WriteFile("/proc/fs/nfsd/"+f, []byte(fmt.Sprint(graceSeconds)), 0); err != nil {
+			return nil, fmt.Errorf("bench: set nfsd's %s: %w", f, err)
+		}
+	}
+	n := &nfsd{}
+	var err error
+	if n.rpcbind, err = harness.Start(ctx, "rpcbind", "-f", "-w"); err != nil {
+		return nil, err
+	}
+	if n.mountd, err = harness.Start(ctx, "rpc.mountd", "-F"); err != nil {
+		n.stop()
+		return nil, err
+	}
+	time.Sleep(300 * time.Millisecond) // rpcbind and mountd register
+	if err := command(ctx, "rpc.nfsd", "8"); err != nil {
+		n.stop()
+		return nil, err
+	}
+	// Writing v4_end_grace ends the grace period in the initial network
+	// namespace only; elsewhere it has to run out.
+	if initialNetNS() && os.WriteFile("/proc/fs/nfsd/v4_end_grace", []byte("Y"), 0) == nil {
+		return n, nil
+	}
+	fmt.Fprintf(out, "agent: waiting %ds for nfsd's grace period to end\n", graceSeconds+1)
+	select {
+	case <-ctx.Done():
+		n.stop()
+		return nil, ctx.Err()
+	case <-time.After((graceSeconds + 1) * time.Second):
+	}
+	return n, nil
+}
+
+// initialNetNS reports whether this thread is in PID 1's network namespace.
+func initialNetNS() bool {
+	cur, err := netns.Get()
+	if err != nil {
+		return false
+	}
+	defer cur.Close()
+	init, err := netns.GetFromPid(1)
+	if err != nil {
+		return false
+	}
+	defer init.Close()
+	return cur.Equal(init)
+}
+
+// export exports dir to everyone on the test networks; fsid=0 makes it
+// NFSv4's root, so v4 mounts "/" and v3 mounts dir.
+func (n *nfsd) export(ctx context.Context, dir string, sync bool) error {
+	mode := "async"
+	if sync {
+		mode = "sync"
+	}
+	opts := "rw," + mode + ",no_subtree_check,no_root_squash,insecure,fsid=0"
+	if err := command(ctx, "exportfs", "-i", "-o", opts, "*:"+dir); err != nil {
+		return err
+	}
+	return command(ctx, "exportfs", "-f")
+}
+
+func (n *nfsd) unexport(ctx context.Context, dir string) error {
+	if err := command(ctx, "exportfs", "-u", "*:"+dir); err != nil {
+		return err
+	}
+	return command(ctx, "exportfs", "-f")
+}
+
+func (n *nfsd) stop() {
+	exec.Command("rpc.nfsd", "0").Run()
+	exec.Command("exportfs", "-ua").Run()
+	for _, p := range []*harness.Proc{n.mountd, n.rpcbind} {
+		if p != nil {
+			p.Stop(5 * time.Second)
+		}
+	}
+}
+
+// mountTmpfs mounts a fresh tmpfs on dir.
+func mountTmpfs(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "mode=0755"); err != nil {
+		return fmt.Errorf("bench: mount a tmpfs on %s: %w", dir, err)
+	}
+	return nil
+}
+
+// dropCaches writes back and drops this kernel's page, dentry and inode
+// caches.
+func dropCaches() error {
+	syscall.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+		return fmt.Errorf("bench: drop caches: %w", err)
+	}
+	return nil
+}
+
+// command runs name with args and returns an error holding its output.
+func command(ctx context.Context, name string, args ...string) error {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}

@@ -1,0 +1,84 @@
+package bench
+
+import (
+	"fmt"
+	"math"
+	"path/filepath"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+)
+
+// plotNFS draws, per setup, every target's speed on every workload
+// relative to NBD's (NBD is 1): bars above the line at 1 are faster than
+// NBD. One PNG and one SVG each.
+func (r *Results) plotNFS(dir string) error {
+	t := r.table()
+	for _, s := range t.setups {
+		p := plot.New()
+		desc := ""
+		for _, wl := range t.workloads {
+			if c := t.cell(s, wl, nbdTarget); c != nil {
+				desc = c.desc
+			}
+		}
+		p.Title.Text = fmt.Sprintf("NFS against NBD: %s, link %s", s.Topology, desc)
+		p.Y.Label.Text = "speed relative to NBD (x; above 1: faster than NBD)"
+		p.X.Label.Text = "workload"
+		p.X.Tick.Label.Rotation = math.Pi / 5
+		p.X.Tick.Label.XAlign = draw.XRight
+		p.X.Tick.Label.YAlign = draw.YCenter
+		p.Legend.Top = true
+		p.Y.Min = 0
+		// Each workload's group of bars takes 80% of its slot.
+		width := vg.Points(480 / float64(len(t.workloads)*len(t.targets)))
+		for i, tg := range t.targets {
+			vals := make(plotter.Values, len(t.workloads))
+			for j, wl := range t.workloads {
+				vals[j] = relativeToNBD(t, s, wl, tg)
+			}
+			bars, err := plotter.NewBarChart(vals, width)
+			if err != nil {
+				return fmt.Errorf("bench: plot %s %s: %w", s, tg, err)
+			}
+			bars.LineStyle.Width = vg.Length(0)
+			bars.Color = plotutil.Color(i)
+			bars.Offset = width * vg.Length(float64(i)-float64(len(t.targets)-1)/2)
+			p.Add(bars)
+			p.Legend.Add(targetLabel(t, s, tg), bars)
+		}
+		one := plotter.NewFunction(func(float64) float64 { return 1 })
+		one.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		p.Add(one)
+		p.NominalX(t.workloads...)
+		p.Y.Max *= 1.2 // room for the legend above the bars
+		for _, ext := range []string{"png", "svg"} {
+			path := filepath.Join(dir, plotName(r.Kind, s)+"."+ext)
+			if err := p.Save(10*vg.Inch, 6*vg.Inch, path); err != nil {
+				return fmt.Errorf("bench: save %s: %w", path, err)
+			}
+		}
+	}
+	return nil
+}
+
+// relativeToNBD is target tg's speed on workload wl divided by NBD's: for
+// rates the ratio of rates, for times the inverse ratio of times. 0 where
+// either is missing.
+func relativeToNBD(t *table, s setup, wl, tg string) float64 {
+	c, n := t.cell(s, wl, tg), t.cell(s, wl, nbdTarget)
+	if c == nil || n == nil || len(c.vals) == 0 || len(n.vals) == 0 {
+		return 0
+	}
+	v, nv := medianOf(c.vals), medianOf(n.vals)
+	if v == 0 || nv == 0 {
+		return 0
+	}
+	if higherIsBetter(c.unit) {
+		return v / nv
+	}
+	return nv / v
+}

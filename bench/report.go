@@ -1,0 +1,194 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"strings"
+)
+
+// nbdTarget is the NFS comparison's block-device target.
+const nbdTarget = "nbd"
+
+// WriteNFSReport writes the comparison as Markdown: per setup, a table of
+// every workload on every target, the ratio of NBD to the best NFS that
+// stores what it acknowledges, and whether NBD is the faster there; then
+// the CPU each side spent.
+func (r *Results) WriteNFSReport(w io.Writer) error {
+	t := r.table()
+	var b strings.Builder
+	fmt.Fprintf(&b, "# NBD against NFS\n\n")
+	if len(r.Figures) > 0 {
+		f := r.Figures[0]
+		fmt.Fprintf(&b, "Started %s. Kernel %s, %d CPUs, %s. NBD: %s, ext4 (%s). NFS: %s.\n\n",
+			r.Started.UTC().Format("2006-01-02 15:04 UTC"), f.Kernel, f.CPUs, orUnknown(f.Accel), serverOf(r, nbdTarget), mountOf(r, nbdTarget), nfsServerOf(r))
+	}
+	fmt.Fprintf(&b, "Times are seconds (lower is better), rates MiB/s or IOPS (higher is better); the median of the rounds. "+
+		"**NBD vs NFS** compares NBD with the fastest NFS target that stores what it acknowledges (sync exports): "+
+		"above 1.00x NBD is faster. Targets marked * are `async` exports: nfsd acknowledges writes it has not "+
+		"stored, and a server crash loses them; they are shown, never counted as the best NFS.\n\n")
+	for _, s := range t.setups {
+		desc := ""
+		for _, wl := range t.workloads {
+			for _, tg := range t.targets {
+				if c := t.cell(s, wl, tg); c != nil && desc == "" {
+					desc = c.desc
+				}
+			}
+		}
+		fmt.Fprintf(&b, "## %s, link %s\n\n", s.Topology, desc)
+		b.WriteString("| workload | unit |")
+		for _, tg := range t.targets {
+			fmt.Fprintf(&b, " %s |", targetLabel(t, s, tg))
+		}
+		b.WriteString(" NBD vs NFS | NBD faster |\n|---|---|")
+		for range t.targets {
+			b.WriteString("---:|")
+		}
+		b.WriteString("---:|---|\n")
+		for _, wl := range t.workloads {
+			unit := ""
+			for _, tg := range t.targets {
+				if c := t.cell(s, wl, tg); c != nil {
+					unit = c.unit
+				}
+			}
+			fmt.Fprintf(&b, "| %s | %s |", wl, unit)
+			for _, tg := range t.targets {
+				fmt.Fprintf(&b, " %s |", formatCell(t.cell(s, wl, tg)))
+			}
+			ratio, ok := nbdRatio(t, s, wl)
+			if !ok {
+				b.WriteString(" - | - |\n")
+				continue
+			}
+			verdict := "yes"
+			if ratio < 1 {
+				verdict = "no"
+			}
+			fmt.Fprintf(&b, " %.2fx | %s |\n", ratio, verdict)
+		}
+		b.WriteString("\nCPU seconds while each workload ran (client + server):\n\n| workload |")
+		for _, tg := range t.targets {
+			fmt.Fprintf(&b, " %s |", tg)
+		}
+		b.WriteString("\n|---|")
+		for range t.targets {
+			b.WriteString("---:|")
+		}
+		b.WriteString("\n")
+		for _, wl := range t.workloads {
+			fmt.Fprintf(&b, "| %s |", wl)
+			for _, tg := range t.targets {
+				c := t.cell(s, wl, tg)
+				if c == nil || len(c.vals) == 0 {
+					b.WriteString(" - |")
+					continue
+				}
+				fmt.Fprintf(&b, " %.2f + %.2f |", medianOf(c.client), medianOf(c.server))
+			}
+			b.WriteString("\n")
+		}
+		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// nbdRatio is how many times faster NBD is than the best durable NFS
+// target on workload wl in setup s.
+func nbdRatio(t *table, s setup, wl string) (float64, bool) {
+	nbd := t.cell(s, wl, nbdTarget)
+	if nbd == nil || len(nbd.vals) == 0 {
+		return 0, false
+	}
+	best := math.NaN()
+	for _, tg := range t.targets {
+		c := t.cell(s, wl, tg)
+		if tg == nbdTarget || c == nil || !c.durable || len(c.vals) == 0 {
+			continue
+		}
+		v := medianOf(c.vals)
+		if math.IsNaN(best) || (higherIsBetter(c.unit) && v > best) || (!higherIsBetter(c.unit) && v < best) {
+			best = v
+		}
+	}
+	n := medianOf(nbd.vals)
+	if math.IsNaN(best) || best == 0 || n == 0 {
+		return 0, false
+	}
+	if higherIsBetter(nbd.unit) {
+		return n / best, true
+	}
+	return best / n, true
+}
+
+func targetLabel(t *table, s setup, tg string) string {
+	for _, wl := range t.workloads {
+		if c := t.cell(s, wl, tg); c != nil && !c.durable {
+			return tg + "*"
+		}
+	}
+	return tg
+}
+
+func formatCell(c *cell) string {
+	switch {
+	case c == nil:
+		return "-"
+	case c.err != "" && len(c.vals) == 0:
+		return "error"
+	}
+	m := medianOf(c.vals)
+	var s string
+	switch {
+	case m >= 100:
+		s = fmt.Sprintf("%.0f", m)
+	case m >= 10:
+		s = fmt.Sprintf("%.1f", m)
+	default:
+		s = fmt.Sprintf("%.2f", m)
+	}
+	if len(c.vals) > 1 {
+		lo, hi := c.vals[0], c.vals[0]
+		for _, v := range c.vals {
+			lo, hi = math.Min(lo, v), math.Max(hi, v)
+		}
+		s += fmt.Sprintf(" (%.3g-%.3g)", lo, hi)
+	}
+	return s
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "accelerator unknown"
+	}
+	return s
+}
+
+func serverOf(r *Results, target string) string {
+	for _, f := range r.Figures {
+		if f.Target == target {
+			return f.Server
+		}
+	}
+	return "-"
+}
+
+func mountOf(r *Results, target string) string {
+	for _, f := range r.Figures {
+		if f.Target == target {
+			return f.Mount
+		}
+	}
+	return "-"
+}
+
+func nfsServerOf(r *Results) string {
+	for _, f := range r.Figures {
+		if f.Target != nbdTarget {
+			return f.Server
+		}
+	}
+	return "-"
+}

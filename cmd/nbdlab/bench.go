@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+
+	"github.com/nbdlab/nbdlab/bench"
+	"github.com/nbdlab/nbdlab/labnet"
+)
+
+const benchNFSUsage = "nfs [--setup TOPOLOGY/LINK]... [--target T]... [--kernel K] [--server S] [--quick] [--out DIR]"
+
+const benchUsage = benchNFSUsage
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usagef("want a benchmark: nfs")
+	}
+	switch args[0] {
+	case "nfs":
+		return runBenchNFS(ctx, args[1:], stdout, stderr)
+	case "agent":
+		return runBenchAgent(ctx, args[1:], stdout, stderr)
+	}
+	return usagef("unknown benchmark %q: want nfs", args[0])
+}
+
+// runBenchNFS compares a filesystem on NBD with NFS from the same server.
+func runBenchNFS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench nfs", benchNFSUsage, stderr)
+	var o bench.NFSOptions
+	var setups, targets stringList
+	fs.Var(&setups, "setup", "`TOPOLOGY/LINK` to measure: netns or vms, and none, lan or wan; repeatable (default netns/none, netns/wan, vms/none)")
+	fs.Var(&targets, "target", "target `T`: "+strings.Join(bench.NFSTargets(), ", ")+"; repeatable (default all but nfs3-async)")
+	fs.StringVar(&o.Kernel, "kernel", "", "kernel `K` the VMs boot, installed or fetched (default the newest installed)")
+	fs.StringVar(&o.Server, "server", "nbdlab", "NBD server under ext4: nbdlab, nbdkit or qemu-nbd")
+	fs.IntVar(&o.Connections, "connections", 1, "NBD connections (NFS uses one)")
+	fs.IntVar(&o.Files, "files", 0, "files in the untarred tree (default 1500; 200 with --quick)")
+	fs.IntVar(&o.Small, "small", 0, "files created and fsynced (default 200; 30 with --quick)")
+	fs.Int64Var(&o.FioSize, "fio-size", 0, "bytes of the sequential file (default 64 MiB; 16 MiB with --quick)")
+	fs.DurationVar(&o.FioTime, "fio-time", 0, "how long each random I/O job runs (default 3s; 1s with --quick)")
+	fs.IntVar(&o.Rounds, "rounds", 1, "times every workload runs on every target; the report gives the median")
+	fs.BoolVar(&o.Quick, "quick", false, "a small subset (netns/none, nbd and nfs4.2-sync, small sizes): a smoke test of the whole path")
+	fs.StringVar(&o.Dir, "out", "bench-report/nfs", "`DIR` for results.json, report.md and the plots")
+	fs.StringVar(&o.Tree, "tree", "", "tar `FILE` of the tree to untar (default: made from the Go distribution's src)")
+	fs.BoolVar(&o.Host, "host", false, "run the netns setups on this machine's kernel (needs root, nbd and nfsd)")
+	fs.BoolVar(&o.Guest, "guest", false, "with --host: this machine is a lab VM; set by the VM mode")
+	fs.StringVar(&o.Agent, "agent", "", "with --host in the client VM of a vms setup: the server VM's `IP`")
+	fs.StringVar(&o.NIC, "nic", "", "with --host in the client VM of a vms setup: this VM's `IP`")
+	fs.StringVar(&o.JSON, "json", "", "with --host: write the figures to `FILE` only")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	o.Setups, o.Targets, o.Out = setups, targets, stdout
+	res, err := bench.RunNFS(ctx, o)
+	if err != nil {
+		return err
+	}
+	if o.Host {
+		return nil
+	}
+	if err := res.WriteNFSReport(stdout); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "written:")
+	for _, f := range res.Outputs(o.Dir) {
+		fmt.Fprintln(stdout, "  "+f)
+	}
+	return nil
+}
+
+// runBenchAgent is the server side of the NFS comparison; bench nfs
+// starts it in a namespace or a VM of its own.
+func runBenchAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench agent", "[--ip IP --link IFACE | --nic IP] [--backing DIR]", stderr)
+	var o bench.AgentOptions
+	fs.StringVar(&o.IP, "ip", "", "address to listen on")
+	fs.StringVar(&o.Link, "link", "", "interface to shape")
+	nic := fs.String("nic", "", "bring up this VM's NIC with `IP` and serve there (a VM of its own)")
+	fs.StringVar(&o.Backing, "backing", "/run/nbdlab-bench-backing", "`DIR` to mount the exports' tmpfs on")
+	if _, err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *nic != "" {
+		link, err := labnet.UpNIC(ctx, net.ParseIP(*nic))
+		if err != nil {
+			return err
+		}
+		o.IP, o.Link, o.OwnKernel = *nic, link, true
+	}
+	if o.IP == "" || o.Link == "" {
+		return usagef("want --ip and --link, or --nic")
+	}
+	nbdlab, err := filepath.Abs("/proc/self/exe")
+	if err != nil {
+		return err
+	}
+	o.Nbdlab, o.Out = nbdlab, stdout
+	return bench.RunAgent(ctx, o)
+}
