@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,6 +59,24 @@ type Bench mg.Namespace
 func (Bench) Server(ctx context.Context) error {
 	mg.CtxDeps(ctx, Deps)
 	return bench.RunServer(ctx, bench.Options{})
+}
+
+// NFS compares ext4 on NBD with NFS (v4.2 and v3, sync and async) from the same server, in a namespace and across two VMs (KVER=release; reports in bench-report/nfs/).
+func (Bench) NFS(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps, Build)
+	bin, err := filepath.Abs(binary)
+	if err != nil {
+		return err
+	}
+	res, err := bench.RunNFS(ctx, bench.NFSOptions{Kernel: os.Getenv("KVER"), Nbdlab: bin, Dir: filepath.Join("bench-report", "nfs")})
+	if res != nil && len(res.Figures) > 0 {
+		res.WriteNFSReport(os.Stdout)
+		fmt.Println("written:")
+		for _, f := range res.Outputs(filepath.Join("bench-report", "nfs")) {
+			fmt.Println("  " + f)
+		}
+	}
+	return err
 }
 
 // Lab is the main job: build nbd.ko for the newest installed kernel, boot it, attach, partition, mount, check.

@@ -217,19 +217,14 @@ func (a *agent) close() {
 	}
 }
 
-// nbdServerArgv is the command line of an NBD server the comparison can
-// put under ext4: it listens on ip:10809 and exports "d" from img.
+// nbdServer is the server the comparison puts under ext4: one of
+// harness.TCPServers, listening on ip:10809 and exporting "d" from img.
 func nbdServerArgv(server, nbdlab, ip, img string) ([]string, error) {
-	listen := net.JoinHostPort(ip, "10809")
-	switch server {
-	case "", "nbdlab":
-		return []string{nbdlab, "serve", "--listen", listen, "d=file:" + img}, nil
-	case "nbdkit":
-		return []string{"nbdkit", "-f", "-i", ip, "-p", "10809", "file", img}, nil
-	case "qemu-nbd":
-		return []string{"qemu-nbd", "-t", "--shared=8", "-f", "raw", "-x", "d", "-b", ip, "-p", "10809", "--cache=none", "--aio=threads", img}, nil
+	s, err := harness.FindTCPServer(server)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("unknown NBD server %q (nbdlab, nbdkit, qemu-nbd)", server)
+	return s.Argv(harness.ServerArgs{Nbdlab: nbdlab, Dir: filepath.Dir(img), IP: ip, Port: 10809, Img: img, Size: nbdExportSize}), nil
 }
 
 // agentClient is the client's end of the control connection.
@@ -286,4 +281,3 @@ func (ac *agentClient) close() error {
 	ac.call(agentRequest{Op: "quit"})
 	return ac.c.Close()
 }
-

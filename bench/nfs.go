@@ -26,8 +26,8 @@ type NFSOptions struct {
 	Setups  []string
 	Targets []string // default nbd, nfs4.2-sync, nfs4.2-async, nfs3-sync
 	Kernel  string   // for the VMs; default the newest installed
-	// Server is the NBD server under ext4: nbdlab (default), nbdkit,
-	// qemu-nbd.
+	// Server is the NBD server under ext4, one of harness.TCPServers;
+	// default nbdlab-file.
 	Server      string
 	Connections int   // NBD connections; default 1, as NFS uses one
 	Files       int   // files in the untarred tree; default 1500
@@ -58,7 +58,7 @@ func (o *NFSOptions) defaults() error {
 	}
 	if o.Quick {
 		if len(o.Setups) == 0 {
-			o.Setups = []string{"netns/none"}
+			o.Setups = []string{"netns/none", "vms/none"}
 		}
 		if len(o.Targets) == 0 {
 			o.Targets = []string{nbdTarget, "nfs4.2-sync"}
@@ -89,7 +89,7 @@ func (o *NFSOptions) defaults() error {
 		o.FioTime = 3 * time.Second
 	}
 	if o.Server == "" {
-		o.Server = "nbdlab"
+		o.Server = "nbdlab-file"
 	}
 	for _, s := range o.Setups {
 		if _, err := parseSetup(s); err != nil {
@@ -377,5 +377,3 @@ func (h *hostRun) mountNBD(ctx context.Context, f *Figure) (func() error, error)
 		return detach()
 	}, nil
 }
-
-

@@ -23,42 +23,11 @@ const kernelPort = 10809
 // kernelExportSize is the export every server offers the kernel.
 const kernelExportSize = 256 << 20
 
-// KernelServer is a server the kernel suite runs against: argv starts it
-// in the foreground listening on ip:port, exporting "d" from img (a
-// sparse file of kernelExportSize) or from memory.
-type KernelServer struct {
-	Name string
-	What string
-	argv func(nbdlab, dir, ip, img string) []string
-}
+// KernelServer is a server the kernel suite runs against.
+type KernelServer = harness.TCPServer
 
 // KernelServers returns the servers of the kernel suite.
-func KernelServers() []KernelServer {
-	port := strconv.Itoa(kernelPort)
-	size := strconv.Itoa(kernelExportSize)
-	return []KernelServer{
-		{"nbdlab-mem", "nbdlab serve d=mem:256M", func(bin, dir, ip, _ string) []string {
-			return []string{bin, "serve", "--listen", net.JoinHostPort(ip, port), "--record", filepath.Join(dir, recordFile), "d=mem:" + size}
-		}},
-		{"nbdlab-file", "nbdlab serve d=file:IMG", func(bin, dir, ip, img string) []string {
-			return []string{bin, "serve", "--listen", net.JoinHostPort(ip, port), "--record", filepath.Join(dir, recordFile), "d=file:" + img}
-		}},
-		{"nbd-server", "nbd-server (daemon) with flush, fua, trim", func(_, dir, ip, img string) []string {
-			conf, pid := filepath.Join(dir, "nbd-server.conf"), filepath.Join(dir, "nbd-server.pid")
-			os.WriteFile(conf, []byte(fmt.Sprintf("[generic]\n    listenaddr = %s\n    port = %s\n[d]\n    exportname = %s\n    flush = true\n    fua = true\n    trim = true\n", ip, port, img)), 0o644)
-			return nbdServerDaemon(conf, pid)
-		}},
-		{"nbdkit-memory", "nbdkit memory 256M", func(_, _, ip, _ string) []string {
-			return []string{"nbdkit", "-f", "-i", ip, "-p", port, "memory", size}
-		}},
-		{"nbdkit-file", "nbdkit file IMG", func(_, _, ip, img string) []string {
-			return []string{"nbdkit", "-f", "-i", ip, "-p", port, "file", img}
-		}},
-		{"qemu-nbd", "qemu-nbd -f raw --shared=32 IMG", func(_, _, ip, img string) []string {
-			return []string{"qemu-nbd", "-t", "--shared=32", "-f", "raw", "-x", "d", "-b", ip, "-p", port, "--cache=none", "--aio=threads", img}
-		}},
-	}
-}
+func KernelServers() []KernelServer { return harness.TCPServers() }
 
 // recordFile is where nbdlab serve records the requests it reads.
 const recordFile = "requests.jsonl"
@@ -84,7 +53,8 @@ func (s *runningServer) addr() nbd.Addr {
 // start starts the server in its namespace and reads what it advertises.
 func (s *runningServer) start() error {
 	ctx := s.ctx
-	s.argv = append([]string{"ip", "netns", "exec", s.net.Name}, s.spec.argv(s.nbdlab, s.dir, s.net.ServerIP.String(), s.img)...)
+	s.argv = append([]string{"ip", "netns", "exec", s.net.Name}, s.spec.Argv(harness.ServerArgs{Nbdlab: s.nbdlab, Dir: s.dir, IP: s.net.ServerIP.String(),
+		Port: kernelPort, Img: s.img, Size: kernelExportSize, Record: filepath.Join(s.dir, recordFile)})...)
 	p, err := harness.StartListening(ctx, s.addr(), 30*time.Second, s.argv[0], s.argv[1:]...)
 	if err != nil {
 		return fmt.Errorf("conform: start %s: %w", s.spec.Name, err)

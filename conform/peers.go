@@ -45,7 +45,7 @@ func peers() []peer {
 		{"nbd-server", func(dir, sock, img string) []string {
 			conf, pid := filepath.Join(dir, "nbd-server.conf"), filepath.Join(dir, "nbd-server.pid")
 			os.WriteFile(conf, []byte(fmt.Sprintf("[generic]\n    unixsock = %s\n[d]\n    exportname = %s\n    flush = true\n    fua = true\n    trim = true\n", sock, img)), 0o644)
-			return nbdServerDaemon(conf, pid)
+			return harness.NBDServerDaemon(conf, pid)
 		}},
 	}
 }
@@ -143,15 +143,4 @@ func WriteFile(path string, write func(io.Writer) error) error {
 		return fmt.Errorf("conform: write %s: %w", path, err)
 	}
 	return nil
-}
-
-// nbdServerDaemon runs nbd-server with config conf as the daemon it must
-// be to serve more than one client (-d serves one): a shell holds its
-// place, so that stopping the shell stops the daemon.
-func nbdServerDaemon(conf, pid string) []string {
-	const script = `nbd-server -C "$1" -p "$2" || exit 1
-trap 'kill $(cat "$2"); exit 0' TERM INT
-while kill -0 $(cat "$2") 2>/dev/null; do sleep 1; done
-exit 1`
-	return []string{"sh", "-c", script, "nbd-server", conf, pid}
 }
