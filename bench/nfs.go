@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -29,22 +30,25 @@ type NFSOptions struct {
 	// Server is the NBD server under ext4, one of harness.TCPServers;
 	// default nbdlab-file.
 	Server      string
-	Connections int   // NBD connections; default 1, as NFS uses one
-	Files       int   // files in the untarred tree; default 1500
-	Small       int   // files created and fsynced; default 200
-	FioSize     int64 // bytes of the sequential file; default 64 MiB
-	FioTime     time.Duration
-	Rounds      int  // default 1
-	Quick       bool // a small subset, for smoke tests
-	Host        bool // run here: netns setups only, needs nbd and nfsd
-	Guest       bool // with Host: this is a lab VM
-	Agent       string
-	NIC         string // with Host in a VM of the vms topology: this VM's address
-	Tree        string // tarball of the tree; made from GOROOT/src by default
-	Nbdlab      string
-	Dir         string // where results.json, report.md and plots go
-	JSON        string // with Host: write the figures here instead
-	Out         io.Writer
+	Connections int // NBD connections; default 1, as NFS uses one
+	// Sizes on an unshaped or lan link; on a link of 5 ms RTT or more the
+	// file counts are a fifth and the file half, so that a run stays
+	// within its time (every NFS metadata operation waits a round trip).
+	Files   int   // files in the untarred tree; default 1000
+	Small   int   // files created and fsynced; default 100
+	FioSize int64 // bytes of the sequential file; default 48 MiB
+	FioTime time.Duration
+	Rounds  int  // default 1
+	Quick   bool // a small subset, for smoke tests
+	Host    bool // run here: netns setups only, needs nbd and nfsd
+	Guest   bool // with Host: this is a lab VM
+	Agent   string
+	NIC     string // with Host in a VM of the vms topology: this VM's address
+	Source  string // the tree's files come from here; default GOROOT/src
+	Nbdlab  string
+	Dir     string // where results.json, report.md and plots go
+	JSON    string // with Host: write the figures here instead
+	Out     io.Writer
 }
 
 // NFSTargets are the targets the comparison knows.
@@ -78,12 +82,12 @@ func (o *NFSOptions) defaults() error {
 	if len(o.Targets) == 0 {
 		o.Targets = []string{nbdTarget, "nfs4.2-sync", "nfs4.2-async", "nfs3-sync"}
 	}
-	o.Files = orInt(o.Files, 1500)
-	o.Small = orInt(o.Small, 200)
+	o.Files = orInt(o.Files, 1000)
+	o.Small = orInt(o.Small, 100)
 	o.Connections = orInt(o.Connections, 1)
 	o.Rounds = orInt(o.Rounds, 1)
 	if o.FioSize == 0 {
-		o.FioSize = 64 << 20
+		o.FioSize = 48 << 20
 	}
 	if o.FioTime == 0 {
 		o.FioTime = 3 * time.Second
@@ -154,6 +158,7 @@ type hostRun struct {
 	kernel string
 	mnt    string
 	own    bool // the server side has a kernel of its own
+	trees  map[int]string
 }
 
 // runNFSHost runs the comparison's setups on this kernel: netns setups
@@ -268,7 +273,13 @@ func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg stri
 	if err != nil {
 		return fmt.Errorf("bench: %s %s: %w", s, tg, err)
 	}
-	w := &wenv{ctx: ctx, dir: h.mnt, tarball: h.o.Tree, files: h.o.Files, fioSize: h.o.FioSize, fioTime: h.o.FioTime, small: h.o.Small}
+	w := h.o.sized(p)
+	w.ctx, w.dir = ctx, h.mnt
+	if w.tarball, err = h.tree(w.files); err != nil {
+		unmount()
+		return err
+	}
+	base.Files, base.SmallFiles, base.FileBytes = w.files, w.small, w.fioSize
 	for _, wl := range Workloads() {
 		if wl.Cold {
 			if err := dropCaches(); err != nil {
@@ -305,6 +316,34 @@ func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg stri
 		h.res.Figures = append(h.res.Figures, f)
 	}
 	return unmount()
+}
+
+// sized is the workloads' environment sized for link p.
+func (o NFSOptions) sized(p labnet.Profile) *wenv {
+	w := &wenv{files: o.Files, small: o.Small, fioSize: o.FioSize, fioTime: o.FioTime}
+	if p.Delay >= 5*time.Millisecond {
+		w.files, w.small, w.fioSize = max(w.files/5, 1), max(w.small/5, 1), max(w.fioSize/2, 1<<20)
+	}
+	return w
+}
+
+// tree returns a tarball of the first n files of the source tree, made
+// once per size.
+func (h *hostRun) tree(n int) (string, error) {
+	if p, ok := h.trees[n]; ok {
+		return p, nil
+	}
+	p := filepath.Join(os.TempDir(), fmt.Sprintf("nbdlab-bench-tree-%d.tar", n))
+	size, err := MakeTree(p, h.o.Source, n)
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintf(h.o.Out, "tree: the first %d files of %s, %.1f MiB\n", n, h.o.Source, float64(size)/(1<<20))
+	if h.trees == nil {
+		h.trees = map[int]string{}
+	}
+	h.trees[n] = p
+	return p, nil
 }
 
 // mount offers target tg at h.mnt and returns how to take it away.

@@ -46,17 +46,10 @@ func RunNFS(ctx context.Context, o NFSOptions) (*Results, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(work)
-	if o.Tree == "" {
-		o.Tree = filepath.Join(work, "tree.tar")
-		src, err := goSourceTree(ctx)
-		if err != nil {
+	if o.Source == "" {
+		if o.Source, err = goSourceTree(ctx); err != nil {
 			return nil, err
 		}
-		size, err := MakeTree(o.Tree, src, o.Files)
-		if err != nil {
-			return nil, err
-		}
-		fmt.Fprintf(o.Out, "tree: the first %d files of %s, %.1f MiB\n", o.Files, src, float64(size)/(1<<20))
 	}
 	var netnsSetups, vmsSetups []string
 	for _, s := range o.Setups {
@@ -107,7 +100,7 @@ func RunNFS(ctx context.Context, o NFSOptions) (*Results, error) {
 
 // guestArgs passes the options on to the client inside a VM.
 func (o NFSOptions) guestArgs(setups []string) []string {
-	args := []string{"--tree", o.Tree, "--files", strconv.Itoa(o.Files), "--small", strconv.Itoa(o.Small),
+	args := []string{"--source", o.Source, "--files", strconv.Itoa(o.Files), "--small", strconv.Itoa(o.Small),
 		"--fio-size", strconv.FormatInt(o.FioSize, 10), "--fio-time", o.FioTime.String(),
 		"--rounds", strconv.Itoa(o.Rounds), "--connections", strconv.Itoa(o.Connections), "--server", o.Server}
 	for _, s := range setups {
@@ -190,12 +183,16 @@ func (r *Results) WriteOutputs(dir string) error {
 	if err != nil {
 		return err
 	}
-	if err := r.WriteNFSReport(f); err != nil {
+	write := r.WriteNFSReport
+	if r.Kind == "kernel" {
+		write = r.WriteKernelReport
+	}
+	if err := write(f); err != nil {
 		f.Close()
 		return err
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return r.plotNFS(dir)
+	return r.plot(dir)
 }

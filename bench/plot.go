@@ -12,22 +12,33 @@ import (
 	"gonum.org/v1/plot/vg/draw"
 )
 
-// plotNFS draws, per setup, every target's speed on every workload
-// relative to NBD's (NBD is 1): bars above the line at 1 are faster than
-// NBD. One PNG and one SVG each.
-func (r *Results) plotNFS(dir string) error {
+// plot draws, per setup, every target's speed on every workload relative
+// to a reference (the line at 1): NBD's in the NFS comparison, the best
+// peer's in the kernel benchmark. One PNG and one SVG each.
+func (r *Results) plot(dir string) error {
 	t := r.table()
 	for _, s := range t.setups {
 		p := plot.New()
 		desc := ""
 		for _, wl := range t.workloads {
-			if c := t.cell(s, wl, nbdTarget); c != nil {
-				desc = c.desc
+			for _, tg := range t.targets {
+				if c := t.cell(s, wl, tg); c != nil && desc == "" {
+					desc = c.desc
+				}
 			}
 		}
+		relative := func(wl, tg string) float64 { return relativeToNBD(t, s, wl, tg) }
 		p.Title.Text = fmt.Sprintf("NFS against NBD: %s, link %s", s.Topology, desc)
 		p.Y.Label.Text = "speed relative to NBD (x; above 1: faster than NBD)"
-		p.X.Label.Text = "workload"
+		if r.Kind == "kernel" {
+			relative = func(wl, tg string) float64 { return relativeToBestPeer(t, s, wl, tg) }
+			p.Title.Text = fmt.Sprintf("fio through /dev/nbdN, kernel %s", r.Figures[0].Kernel)
+			p.Y.Label.Text = "IOPS or MiB/s relative to the best peer (x)"
+			p.X.Label.Text = "job"
+		}
+		if p.X.Label.Text == "" {
+			p.X.Label.Text = "workload"
+		}
 		p.X.Tick.Label.Rotation = math.Pi / 5
 		p.X.Tick.Label.XAlign = draw.XRight
 		p.X.Tick.Label.YAlign = draw.YCenter
@@ -38,7 +49,7 @@ func (r *Results) plotNFS(dir string) error {
 		for i, tg := range t.targets {
 			vals := make(plotter.Values, len(t.workloads))
 			for j, wl := range t.workloads {
-				vals[j] = relativeToNBD(t, s, wl, tg)
+				vals[j] = relative(wl, tg)
 			}
 			bars, err := plotter.NewBarChart(vals, width)
 			if err != nil {
@@ -81,4 +92,15 @@ func relativeToNBD(t *table, s setup, wl, tg string) float64 {
 		return v / nv
 	}
 	return nv / v
+}
+
+// relativeToBestPeer is target tg's median on workload wl divided by the
+// best peer's (not nbdlab's); 0 where either is missing.
+func relativeToBestPeer(t *table, s setup, wl, tg string) float64 {
+	c := t.cell(s, wl, tg)
+	_, peer, _ := nbdlabAgainstPeers(t, s, wl)
+	if c == nil || len(c.vals) == 0 || peer == 0 {
+		return 0
+	}
+	return medianOf(c.vals) / peer
 }

@@ -37,6 +37,12 @@ func (r *Results) WriteNFSReport(w io.Writer) error {
 			}
 		}
 		fmt.Fprintf(&b, "## %s, link %s\n\n", s.Topology, desc)
+		for _, f := range r.Figures {
+			if f.Topology == s.Topology && f.Link == s.Link && f.Files > 0 {
+				fmt.Fprintf(&b, "A tree of %d files, %d small files, a %d MiB file.\n\n", f.Files, f.SmallFiles, f.FileBytes>>20)
+				break
+			}
+		}
 		b.WriteString("| workload | unit |")
 		for _, tg := range t.targets {
 			fmt.Fprintf(&b, " %s |", targetLabel(t, s, tg))

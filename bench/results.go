@@ -34,12 +34,17 @@ type Figure struct {
 	Mount  string `json:"mount,omitempty"`
 	// Durable is false where the server acknowledges writes it has not
 	// stored (NFS async exports).
-	Durable  bool    `json:"durable"`
-	Workload string  `json:"workload"`
-	Unit     string  `json:"unit"` // s (lower is better), MiB/s, IOPS
-	Value    float64 `json:"value"`
-	Round    int     `json:"round"`
-	Wall     float64 `json:"wall_s"`
+	Durable bool `json:"durable"`
+	// The NFS comparison's sizes: files untarred, small files created,
+	// bytes of the sequential file.
+	Files      int     `json:"files,omitempty"`
+	SmallFiles int     `json:"small_files,omitempty"`
+	FileBytes  int64   `json:"file_bytes,omitempty"`
+	Workload   string  `json:"workload"`
+	Unit       string  `json:"unit"` // s (lower is better), MiB/s, IOPS
+	Value      float64 `json:"value"`
+	Round      int     `json:"round"`
+	Wall       float64 `json:"wall_s"`
 	// CPU seconds spent while the workload ran, on each side.
 	ClientCPU float64 `json:"client_cpu_s"`
 	ServerCPU float64 `json:"server_cpu_s"`

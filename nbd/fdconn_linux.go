@@ -184,6 +184,16 @@ func onThisMachine(c net.Conn) bool {
 	return ok && a.IP.IsLoopback()
 }
 
+// Queued returns the bytes waiting in the socket's receive queue.
+func (c *fdConn) Queued() (int, error) {
+	fd, err := c.acquire()
+	if err != nil {
+		return 0, err
+	}
+	defer c.release()
+	return unix.IoctlGetInt(fd, unix.SIOCINQ)
+}
+
 // ReadSpin is Read, but while the socket is empty it polls it for up to d
 // before it blocks, if the peer is on this machine. A local sender fills
 // the socket at memory speed, so the wait is short; a remote one is paced

@@ -271,6 +271,7 @@ func slowAfter(n uint32) time.Duration {
 // runInline runs one request on the reader. It reports false when the
 // request stalled and the reader role passed to another goroutine.
 func (t *transmission) runInline(r request, payload []byte) bool {
+	t.behind.Store(t.br.Buffered() > 0)
 	ticket := t.inline.begin()
 	t.srv.stalls.touch()
 	start := time.Since(t.start) // monotonic clock only: one clock read
@@ -281,19 +282,54 @@ func (t *transmission) runInline(r request, payload []byte) bool {
 		t.inflight.Done()
 		return false
 	}
-	if time.Since(t.start)-start <= slowAfter(r.length) {
+	t.noteInline(time.Since(t.start)-start, r.length)
+	return true
+}
+
+// noteInline counts an inline request of n bytes that took took: after
+// inlineSlowRun slow ones in a row, each with more requests waiting
+// behind it, the next inlineBackoff requests go to workers.
+func (t *transmission) noteInline(took time.Duration, n uint32) {
+	if took <= slowAfter(n) || !t.requestsWaiting() {
+		// Fast, or slow with nothing behind it: workers would not have
+		// overlapped it with anything, only added a hand-off. On a slow
+		// machine (a VM without acceleration) every request is slow by
+		// the clock, and a client at queue depth 1 lost a third of its
+		// rate to that hand-off.
 		t.slowRun = 0
 	} else if t.slowRun++; t.slowRun == inlineSlowRun {
 		t.slowRun = 0
 		t.noInline = inlineBackoff
 	}
-	return true
+}
+
+// requestsWaiting reports whether more of the client's requests have
+// arrived: in the read buffer, or in the socket's queue.
+func (t *transmission) requestsWaiting() bool {
+	return t.br.Buffered() > 0 || t.socketQueued()
+}
+
+// socketQueued reports whether the connection's socket holds bytes not
+// read yet; true where that cannot be told.
+func (t *transmission) socketQueued() bool {
+	q, ok := t.in.r.(interface{ Queued() (int, error) })
+	if !ok {
+		return true // cannot tell: assume they have, as before
+	}
+	n, err := q.Queued()
+	return err != nil || n > 0
 }
 
 // takeOver is the stall watch's move when the inline request that held
 // ticket at its last look still runs: if it wins the race against the
 // request's end, a new goroutine becomes the reader.
 func (t *transmission) takeOver(ticket uint64) bool {
+	if !t.behind.Load() && !t.socketQueued() {
+		// Nothing waits behind the request: a new reader would find
+		// nothing to read, and the hand-off to workers that follows a
+		// steal would only slow the client down.
+		return false
+	}
 	// The stalled request counts in flight before the steal: once the
 	// steal is done its old reader may end it at any moment, and Done
 	// must never come before this Add.

@@ -94,3 +94,43 @@ func TestPayloadTrickleStopsPolling(t *testing.T) {
 		})
 	}
 }
+
+// queued is a connection whose socket holds n bytes not read yet.
+type queued struct {
+	io.Reader
+	n int
+}
+
+func (q queued) Queued() (int, error) { return q.n, nil }
+
+// Slow inline requests send the next ones to workers only when requests
+// wait behind them: at queue depth 1 a worker overlaps nothing and only
+// adds a hand-off, which on a slow machine (every request slow by the
+// clock) cost a third of the rate.
+func TestSlowInlineBacksOffOnlyWithRequestsWaiting(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		queued   int
+		took     time.Duration
+		wantBack bool
+	}{
+		{"slow, nothing waiting", 0, time.Millisecond, false},
+		{"slow, requests waiting", 28, time.Millisecond, true},
+		{"fast, requests waiting", 28, time.Microsecond, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := fuzzServer(t)
+			s := newSession(srv, stream{bytes.NewReader(nil), io.Discard}, nil)
+			s.export = srv.Exports[0]
+			tr := newTransmission(s, srv.logger())
+			tr.in.r = queued{bytes.NewReader(nil), tt.queued}
+			for range inlineSlowRun {
+				tr.noteInline(tt.took, 4096)
+			}
+			if got := tr.noInline > 0; got != tt.wantBack {
+				t.Errorf("after %d requests of %s with %d bytes queued: backing off %v, want %v",
+					inlineSlowRun, tt.took, tt.queued, got, tt.wantBack)
+			}
+		})
+	}
+}

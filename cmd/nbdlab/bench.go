@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/nbdlab/nbdlab/bench"
@@ -14,19 +15,80 @@ import (
 
 const benchNFSUsage = "nfs [--setup TOPOLOGY/LINK]... [--target T]... [--kernel K] [--server S] [--quick] [--out DIR]"
 
-const benchUsage = benchNFSUsage
+const benchKernelUsage = "kernel [--server S]... [--connections N]... [--time D] [--rounds N] [--kernel K] [--quick] [--out DIR]"
+
+const benchUsage = benchKernelUsage + "\n       nbdlab bench " + benchNFSUsage
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usagef("want a benchmark: nfs")
+		return usagef("want a benchmark: kernel or nfs")
 	}
 	switch args[0] {
+	case "kernel":
+		return runBenchKernel(ctx, args[1:], stdout, stderr)
 	case "nfs":
 		return runBenchNFS(ctx, args[1:], stdout, stderr)
 	case "agent":
 		return runBenchAgent(ctx, args[1:], stdout, stderr)
 	}
-	return usagef("unknown benchmark %q: want nfs", args[0])
+	return usagef("unknown benchmark %q: want kernel or nfs", args[0])
+}
+
+// runBenchKernel runs fio on /dev/nbdN against every server.
+func runBenchKernel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench kernel", benchKernelUsage, stderr)
+	var o bench.KernelOptions
+	var servers stringList
+	var conns intList
+	fs.Var(&servers, "server", "server `S`; repeatable (default all: nbdlab-mem, nbdlab-file, nbd-server, nbdkit-memory, nbdkit-file, qemu-nbd)")
+	fs.Var(&conns, "connections", "connections `N` per device; repeatable (default 1 and 4)")
+	fs.DurationVar(&o.Time, "time", 0, "how long each fio job runs, after a second of ramp (default 3s; 1s with --quick)")
+	fs.IntVar(&o.Rounds, "rounds", 2, "rounds, each visiting every server; the report gives the median")
+	fs.StringVar(&o.Kernel, "kernel", "", "kernel `K` the VM boots, installed or fetched (default the newest installed)")
+	fs.BoolVar(&o.Quick, "quick", false, "nbdlab-file and nbdkit-file, one connection, 1s jobs: a smoke test")
+	fs.StringVar(&o.Dir, "out", "bench-report/kernel", "`DIR` for results.json, report.md and the plot")
+	fs.BoolVar(&o.Host, "host", false, "run on this machine's kernel, servers in a network namespace (needs root and nbd)")
+	fs.BoolVar(&o.Guest, "guest", false, "with --host: this machine is a lab VM; set by the VM mode")
+	fs.StringVar(&o.JSON, "json", "", "with --host: write the figures to `FILE` only")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	o.Servers, o.Conns, o.Out = servers, conns, stdout
+	res, err := bench.RunKernel(ctx, o)
+	if err != nil || o.Host {
+		return err
+	}
+	if err := res.WriteKernelReport(stdout); err != nil {
+		return err
+	}
+	printOutputs(stdout, res, o.Dir)
+	return nil
+}
+
+// printOutputs names the files a benchmark wrote.
+func printOutputs(w io.Writer, res *bench.Results, dir string) {
+	fmt.Fprintln(w, "written:")
+	for _, f := range res.Outputs(dir) {
+		fmt.Fprintln(w, "  "+f)
+	}
+}
+
+// intList is a repeatable integer flag.
+type intList []int
+
+func (l *intList) String() string { return fmt.Sprint(*l) }
+
+func (l *intList) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return fmt.Errorf("want a positive number, not %q", s)
+	}
+	*l = append(*l, n)
+	return nil
 }
 
 // runBenchNFS compares a filesystem on NBD with NFS from the same server.
@@ -39,14 +101,14 @@ func runBenchNFS(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&o.Kernel, "kernel", "", "kernel `K` the VMs boot, installed or fetched (default the newest installed)")
 	fs.StringVar(&o.Server, "server", "nbdlab-file", "NBD server under ext4: nbdlab-file, nbdlab-mem, nbd-server, nbdkit-file, nbdkit-memory or qemu-nbd")
 	fs.IntVar(&o.Connections, "connections", 1, "NBD connections (NFS uses one)")
-	fs.IntVar(&o.Files, "files", 0, "files in the untarred tree (default 1500; 200 with --quick)")
-	fs.IntVar(&o.Small, "small", 0, "files created and fsynced (default 200; 30 with --quick)")
-	fs.Int64Var(&o.FioSize, "fio-size", 0, "bytes of the sequential file (default 64 MiB; 16 MiB with --quick)")
+	fs.IntVar(&o.Files, "files", 0, "files in the untarred tree (default 1000; 200 with --quick; a fifth on wan)")
+	fs.IntVar(&o.Small, "small", 0, "files created and fsynced (default 100; 30 with --quick; a fifth on wan)")
+	fs.Int64Var(&o.FioSize, "fio-size", 0, "bytes of the sequential file (default 48 MiB; 16 MiB with --quick; half on wan)")
 	fs.DurationVar(&o.FioTime, "fio-time", 0, "how long each random I/O job runs (default 3s; 1s with --quick)")
 	fs.IntVar(&o.Rounds, "rounds", 1, "times every workload runs on every target; the report gives the median")
 	fs.BoolVar(&o.Quick, "quick", false, "a small subset (netns/none and vms/none, nbd and nfs4.2-sync, small sizes): a smoke test of the whole path")
 	fs.StringVar(&o.Dir, "out", "bench-report/nfs", "`DIR` for results.json, report.md and the plots")
-	fs.StringVar(&o.Tree, "tree", "", "tar `FILE` of the tree to untar (default: made from the Go distribution's src)")
+	fs.StringVar(&o.Source, "source", "", "`DIR` whose first files make the untarred tree (default the Go distribution's src)")
 	fs.BoolVar(&o.Host, "host", false, "run the netns setups on this machine's kernel (needs root, nbd and nfsd)")
 	fs.BoolVar(&o.Guest, "guest", false, "with --host: this machine is a lab VM; set by the VM mode")
 	fs.StringVar(&o.Agent, "agent", "", "with --host in the client VM of a vms setup: the server VM's `IP`")
@@ -70,10 +132,7 @@ func runBenchNFS(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := res.WriteNFSReport(stdout); err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, "written:")
-	for _, f := range res.Outputs(o.Dir) {
-		fmt.Fprintln(stdout, "  "+f)
-	}
+	printOutputs(stdout, res, o.Dir)
 	return nil
 }
 

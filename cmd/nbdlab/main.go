@@ -36,7 +36,7 @@ func commands() []command {
 		{"kernel", kernelUsage, "fetch Debian kernels into the cache, list and prune them", runKernel},
 		{"kmod", kmodBuildUsage, "build nbd.ko for an installed or fetched kernel and install it", runKmod},
 		{"vm", vmRunUsage, "run a command under a distro kernel in a QEMU VM", runVM},
-		{"bench", benchUsage, "benchmarks through the kernel: NBD against NFS", runBench},
+		{"bench", benchUsage, "benchmarks through the kernel: fio on /dev/nbdN against every server; NBD against NFS", runBench},
 		{"conform", conformUsage, "the kernel's nbd client against NBD servers, on every kernel; or check a server against the specification", runConform},
 	}
 }

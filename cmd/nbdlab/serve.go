@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -33,6 +34,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	writeTimeout := fs.Duration("write-timeout", nbd.DefaultWriteTimeout, "drop a client that takes none of its replies for this long (-1s: never)")
 	maxInflight := fs.String("max-inflight", "256M", "bytes of requests all clients together may have in flight; one client a quarter of it")
 	record := fs.String("record", "", "append every request as it is read (connection, command, flags, offset, length) to `FILE` as JSON lines")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to `FILE` until the server stops")
 	readyFD := fs.Int("ready-fd", -1, "once every listener is up, write \"ok ADDR...\" (the addresses listened on) to descriptor `FD` and close it")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `usage: nbdlab serve %s
@@ -56,6 +58,17 @@ flags:
 	}
 	if len(listen) == 0 {
 		listen = stringList{fmt.Sprintf("127.0.0.1:%d", nbd.DefaultPort)}
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
 	}
 	var exports []*nbd.Export
 	seen := map[string]bool{}

@@ -1,0 +1,361 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/procfs"
+	"github.com/nbdlab/nbdlab/kernels"
+	"github.com/nbdlab/nbdlab/kmod"
+	"github.com/nbdlab/nbdlab/labnet"
+	"github.com/nbdlab/nbdlab/nbd"
+	"github.com/nbdlab/nbdlab/nbd/kernel"
+	"github.com/nbdlab/nbdlab/vm"
+)
+
+// KernelOptions configure RunKernel.
+type KernelOptions struct {
+	Kernel  string   // for the VM; default the newest installed
+	Servers []string // harness.TCPServers names; default all
+	Conns   []int    // connections per device; default 1 and 4
+	Time    time.Duration
+	Rounds  int
+	Quick   bool
+	Host    bool // run on this kernel (needs nbd); what the VM runs
+	Guest   bool
+	JSON    string // with Host: write the figures here only
+	Dir     string
+	Nbdlab  string
+	Out     io.Writer
+}
+
+// KernelJobs are the fio jobs run on /dev/nbdN, writes before the reads
+// of the same size so that the reads find data.
+func KernelJobs() []Job {
+	return []Job{
+		{"4k randwrite QD1", "randwrite", "4k", 1},
+		{"4k randwrite QD16", "randwrite", "4k", 16},
+		{"4k randread QD1", "randread", "4k", 1},
+		{"4k randread QD16", "randread", "4k", 16},
+		{"1M write QD4", "write", "1M", 4},
+		{"1M read QD4", "read", "1M", 4},
+	}
+}
+
+// kernelExport is the size of the export every server offers.
+const kernelExport = 256 << 20
+
+func (o *KernelOptions) defaults() error {
+	if o.Out == nil {
+		o.Out = os.Stdout
+	}
+	if o.Quick {
+		if len(o.Servers) == 0 {
+			o.Servers = []string{"nbdlab-file", "nbdkit-file"}
+		}
+		if len(o.Conns) == 0 {
+			o.Conns = []int{1}
+		}
+		if o.Time == 0 {
+			o.Time = time.Second
+		}
+	}
+	if len(o.Servers) == 0 {
+		for _, s := range harness.TCPServers() {
+			o.Servers = append(o.Servers, s.Name)
+		}
+	}
+	for _, s := range o.Servers {
+		if _, err := harness.FindTCPServer(s); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+	}
+	if len(o.Conns) == 0 {
+		o.Conns = []int{1, 4}
+	}
+	if o.Time == 0 {
+		o.Time = 3 * time.Second
+	}
+	o.Rounds = orInt(o.Rounds, 2)
+	if o.Nbdlab == "" {
+		exe, err := selfExe()
+		if err != nil {
+			return err
+		}
+		o.Nbdlab = exe
+	}
+	return nil
+}
+
+// RunKernel runs fio on /dev/nbdN against every server, in rounds that
+// visit each server in turn, and writes results.json, report.md and a
+// plot into o.Dir. With Host it runs on this kernel with the servers in a
+// network namespace; otherwise in a VM running the same code.
+func RunKernel(ctx context.Context, o KernelOptions) (*Results, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	if o.Host {
+		res, err := runKernelHost(ctx, o)
+		if res != nil && o.JSON != "" {
+			if werr := res.WriteJSON(o.JSON); err == nil {
+				err = werr
+			}
+		}
+		return res, err
+	}
+	k, err := kernels.Find(o.Kernel, "", kernels.Store{})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := kmod.Build(ctx, kmod.Options{Kernel: k.Release, Out: o.Out}); err != nil {
+		return nil, fmt.Errorf("bench: nbd.ko for %s: %w", k.Release, err)
+	}
+	work, err := os.MkdirTemp("", "nbdlab-bench-kernel-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	out := filepath.Join(work, "kernel.json")
+	argv := []string{vm.InitExe, "bench", "kernel", "--host", "--guest", "--json", out,
+		"--time", o.Time.String(), "--rounds", strconv.Itoa(o.Rounds)}
+	for _, s := range o.Servers {
+		argv = append(argv, "--server", s)
+	}
+	for _, c := range o.Conns {
+		argv = append(argv, "--connections", strconv.Itoa(c))
+	}
+	fmt.Fprintf(o.Out, "== fio on /dev/nbdN, %s: %s\n", k.Release, strings.Join(o.Servers, ", "))
+	vres, err := vm.Run(ctx, vm.Config{Kernel: k.Release, Init: o.Nbdlab, Memory: "2048M", Timeout: 90 * time.Minute,
+		Shares: []vm.Share{{Host: work}}, Stdout: o.Out, Stderr: o.Out}, argv...)
+	if err != nil {
+		return nil, err
+	}
+	res, rerr := ReadResults(out)
+	if rerr != nil {
+		return nil, fmt.Errorf("bench: the VM exited %d and left no results: %w", vres.ExitCode, rerr)
+	}
+	for i := range res.Figures {
+		res.Figures[i].Accel = vres.Accel
+	}
+	if err := res.WriteOutputs(o.Dir); err != nil {
+		return res, err
+	}
+	if vres.ExitCode != 0 {
+		return res, fmt.Errorf("bench: the benchmark exited %d in the VM (figures so far are kept)", vres.ExitCode)
+	}
+	return res, nil
+}
+
+func runKernelHost(ctx context.Context, o KernelOptions) (*Results, error) {
+	if err := checkTools("fio", "ip"); err != nil {
+		return nil, err
+	}
+	if err := command(ctx, "modprobe", "nbd"); err != nil {
+		return nil, fmt.Errorf("bench: this kernel has no nbd (build it with nbdlab kmod build, or run without --host): %w", err)
+	}
+	rel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	res := &Results{Kind: "kernel", Started: time.Now()}
+	pair, err := labnet.NewPair("nbdlab-bench", 0)
+	if err != nil {
+		return nil, err
+	}
+	defer pair.Close()
+	work, err := os.MkdirTemp("/dev/shm", "nbdlab-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	base := Figure{Topology: "netns", Link: "none", LinkDesc: labnet.Profile{Name: "none"}.String(),
+		Kernel: strings.TrimSpace(string(rel)), CPUs: runtime.NumCPU(), Durable: true}
+	for round := 1; round <= o.Rounds; round++ {
+		for _, name := range o.Servers {
+			figs, err := benchServer(ctx, o, pair, work, name, base, round)
+			res.Figures = append(res.Figures, figs...)
+			if err != nil {
+				if ctx.Err() != nil {
+					return res, err
+				}
+				fmt.Fprintf(o.Out, "round %d %s: %v\n", round, name, err)
+			}
+		}
+	}
+	return res, nil
+}
+
+// benchServer starts one server in the namespace and runs every job
+// through the kernel with each connection count.
+func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, name string, base Figure, round int) ([]Figure, error) {
+	spec, _ := harness.FindTCPServer(name)
+	dir := filepath.Join(work, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	img := filepath.Join(dir, "disk.img")
+	if err := fillImage(img, kernelExport); err != nil {
+		return nil, err
+	}
+	defer os.Remove(img)
+	args := harness.ServerArgs{Nbdlab: o.Nbdlab, Dir: dir, IP: pair.ServerIP.String(), Port: 10809, Img: img, Size: kernelExport}
+	argv := append([]string{"netns", "exec", pair.Name}, spec.Argv(args)...)
+	addr := nbd.Addr{Network: "tcp", Address: net.JoinHostPort(args.IP, "10809")}
+	p, err := harness.StartListening(ctx, addr, time.Minute, "ip", argv...)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Stop(10 * time.Second)
+	base.Target, base.Server, base.Round = name, spec.What, round
+	var figs []Figure
+	for _, conns := range o.Conns {
+		a, err := kernel.Attach(ctx, addr.DialConn, kernel.AttachOptions{Device: "any", Connections: conns,
+			Timeout: time.Minute, Client: nbd.ClientConfig{Export: "d"}})
+		if err != nil {
+			fmt.Fprintf(o.Out, "round %d %s, %d connections: not measured: %v\n", round, name, conns, err)
+			continue
+		}
+		for _, job := range KernelJobs() {
+			f := base
+			f.Workload = fmt.Sprintf("%s, %d conn", job.Name, conns)
+			f.Export = fmt.Sprintf("%s, %d connection(s)", a.Path, a.Connections)
+			f.Unit = "IOPS"
+			if job.BS == "1M" {
+				f.Unit = "MiB/s"
+			}
+			c0 := serverCPU(p)
+			start := time.Now()
+			r, err := fioJSON(ctx, filepath.Join(work, "fio.json"), []string{"--name=" + job.RW, "--filename=" + a.Path,
+				"--rw=" + job.RW, "--bs=" + job.BS, "--iodepth=" + strconv.Itoa(job.Depth), "--ioengine=libaio", "--direct=1",
+				"--time_based=1", "--runtime=" + strconv.Itoa(int(o.Time.Seconds())), "--ramp_time=1", "--size=" + strconv.Itoa(kernelExport)})
+			f.Wall, f.ServerCPU = time.Since(start).Seconds(), (serverCPU(p) - c0).Seconds()
+			if err != nil {
+				f.Error = err.Error()
+				fmt.Fprintf(o.Out, "round %d %s %s: ERROR %v\n", round, name, f.Workload, err)
+			} else {
+				f.Value = r.IOPS
+				if f.Unit == "MiB/s" {
+					f.Value = r.MiBps()
+				}
+				fmt.Fprintf(o.Out, "round %d %-13s %-26s %8.1f %s (server CPU %.2fs)\n", round, name, f.Workload, f.Value, f.Unit, f.ServerCPU)
+			}
+			figs = append(figs, f)
+		}
+		if err := kernel.Disconnect(a.Index); err != nil {
+			return figs, err
+		}
+	}
+	return figs, nil
+}
+
+// serverCPU is the CPU time of the server's process tree under p (ip
+// netns exec has exec'd the server, or a shell holds a daemon's place).
+func serverCPU(p *harness.Proc) time.Duration {
+	var sum time.Duration
+	pids := []int{p.Cmd.Process.Pid}
+	for len(pids) > 0 {
+		pid := pids[0]
+		pids = pids[1:]
+		if st, err := procfs.ReadStat(pid); err == nil {
+			sum += st.CPU
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, c)
+			}
+		}
+	}
+	return sum
+}
+
+// fillImage writes size bytes of non-zero data, so that reads move data
+// and no server can answer them from a hole.
+func fillImage(path string, size int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i*13 + 7)
+	}
+	for n := int64(0); n < size; n += int64(len(buf)) {
+		if _, err := f.Write(buf); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// WriteKernelReport writes the kernel benchmark as Markdown: a table per
+// job of every server's median and range, and nbdlab's best against the
+// best peer's.
+func (r *Results) WriteKernelReport(w io.Writer) error {
+	t := r.table()
+	var b strings.Builder
+	b.WriteString("# fio through /dev/nbdN\n\n")
+	if len(r.Figures) > 0 {
+		f := r.Figures[0]
+		fmt.Fprintf(&b, "Started %s. Kernel %s, %d CPUs, %s; each server in a network namespace over a veth pair; fio libaio, O_DIRECT, on the whole device. "+
+			"Median of the rounds (range in brackets). **nbdlab / best peer** is nbdlab's better server against the best of the others: at least 1.00x is the goal.\n\n",
+			r.Started.UTC().Format("2006-01-02 15:04 UTC"), f.Kernel, f.CPUs, orUnknown(f.Accel))
+	}
+	for _, s := range t.setups {
+		b.WriteString("| job | unit |")
+		for _, tg := range t.targets {
+			fmt.Fprintf(&b, " %s |", tg)
+		}
+		b.WriteString(" nbdlab / best peer |\n|---|---|")
+		for range t.targets {
+			b.WriteString("---:|")
+		}
+		b.WriteString("---:|\n")
+		for _, wl := range t.workloads {
+			unit := ""
+			for _, tg := range t.targets {
+				if c := t.cell(s, wl, tg); c != nil {
+					unit = c.unit
+				}
+			}
+			fmt.Fprintf(&b, "| %s | %s |", wl, unit)
+			for _, tg := range t.targets {
+				fmt.Fprintf(&b, " %s |", formatCell(t.cell(s, wl, tg)))
+			}
+			if ours, peer, ok := nbdlabAgainstPeers(t, s, wl); ok {
+				fmt.Fprintf(&b, " %.2fx |\n", ours/peer)
+			} else {
+				b.WriteString(" - |\n")
+			}
+		}
+		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// nbdlabAgainstPeers returns the best median of nbdlab's servers and of
+// the others on workload wl (higher is better for every kernel job).
+func nbdlabAgainstPeers(t *table, s setup, wl string) (ours, peer float64, ok bool) {
+	for _, tg := range t.targets {
+		c := t.cell(s, wl, tg)
+		if c == nil || len(c.vals) == 0 {
+			continue
+		}
+		v := medianOf(c.vals)
+		if strings.HasPrefix(tg, "nbdlab") {
+			ours = max(ours, v)
+		} else {
+			peer = max(peer, v)
+		}
+	}
+	return ours, peer, ours > 0 && peer > 0
+}
