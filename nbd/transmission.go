@@ -67,11 +67,11 @@ type transmission struct {
 	readerBusy atomic.Bool // the reader flushes before it next blocks
 	readerDone chan error  // why reading ended
 	inline     inlineGate
-	noInline   int    // requests still to hand to workers (reader's)
-	slowRun    int    // inline requests in a row that were slow (reader's)
+	noInline   int // requests still to hand to workers (reader's)
+	slowRun    int // inline requests in a row that were slow (reader's)
 	// behind: the read buffer held more requests when the inline request
 	// began (for the stall watch, which must not touch the buffer).
-	behind atomic.Bool
+	behind     atomic.Bool
 	afterSteal func() // tests: runs right after the stall watch steals the role
 
 	requests, bytesIn, bytesOut atomic.Int64
