@@ -68,15 +68,37 @@ func (Bench) NFS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := bench.RunNFS(ctx, bench.NFSOptions{Kernel: os.Getenv("KVER"), Nbdlab: bin, Dir: filepath.Join("bench-report", "nfs")})
+	dir := filepath.Join("bench-report", "nfs")
+	res, err := bench.RunNFS(ctx, bench.NFSOptions{Kernel: os.Getenv("KVER"), Nbdlab: bin, Dir: dir})
 	if res != nil && len(res.Figures) > 0 {
 		res.WriteNFSReport(os.Stdout)
-		fmt.Println("written:")
-		for _, f := range res.Outputs(filepath.Join("bench-report", "nfs")) {
-			fmt.Println("  " + f)
-		}
+		printOutputs(res, dir)
 	}
 	return err
+}
+
+// Kernel runs fio on /dev/nbdN in a VM against nbdlab serve, nbd-server, nbdkit and qemu-nbd, 1 and 4 connections (KVER=release; reports in bench-report/kernel/).
+func (Bench) Kernel(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps, Build)
+	bin, err := filepath.Abs(binary)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join("bench-report", "kernel")
+	res, err := bench.RunKernel(ctx, bench.KernelOptions{Kernel: os.Getenv("KVER"), Nbdlab: bin, Dir: dir})
+	if res != nil && len(res.Figures) > 0 {
+		res.WriteKernelReport(os.Stdout)
+		printOutputs(res, dir)
+	}
+	return err
+}
+
+// printOutputs names the files a benchmark wrote.
+func printOutputs(res *bench.Results, dir string) {
+	fmt.Println("written:")
+	for _, f := range res.Outputs(dir) {
+		fmt.Println("  " + f)
+	}
 }
 
 // Lab is the main job: build nbd.ko for the newest installed kernel, boot it, attach, partition, mount, check.
