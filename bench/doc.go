@@ -1,12 +1,23 @@
 // Package bench measures nbdlab against its peers. Every figure it prints
-// comes from the same run: the same fio jobs against nbdlab serve, nbdkit
-// and qemu-nbd, one after another, on the same machine.
+// comes from the same run, on the same machine, against peers measured
+// one after another in rounds.
 //
-// RunServer needs fio (with its nbd engine), nbdkit and qemu-nbd; "go run
-// mage.go deps" installs them. File exports live on a tmpfs (/dev/shm by
-// default) so that the servers, not a disk, are measured.
+// The files follow the three benchmarks:
+//   - server.go, fio.go: fio's nbd engine against nbdlab serve, nbdkit and
+//     qemu-nbd over a unix socket (RunServer). Environment: BENCH_TIME
+//     sets the seconds each fio job runs (default 5), BENCH_ROUNDS the
+//     rounds (default 3).
+//   - kernel.go: fio on /dev/nbdN through the kernel's client against
+//     every server in a network namespace (RunKernel), in a lab VM or on
+//     this machine's kernel.
+//   - NBD against NFS (RunNFS): agent.go is the server side (a tmpfs
+//     offered over NBD or by nfsd.go's kernel NFS server, on request over
+//     a control connection), workload.go and tree.go what the client
+//     measures, nfs.go the client's run on one kernel, nfs_run.go the
+//     namespace VM and the two linked VMs.
+//   - results.go, report.go, plot.go: results.json, report.md and the
+//     plots (gonum.org/v1/plot) of the kernel and NFS benchmarks.
 //
-// Environment: BENCH_TIME sets the seconds each fio job runs (default 5),
-// BENCH_ROUNDS how many times every job runs on every server (default 3);
-// the report gives the median round and the range.
+// File exports live on a tmpfs so that the servers, not a disk, are
+// measured. "go run mage.go deps" installs every tool used.
 package bench

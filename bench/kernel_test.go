@@ -1,0 +1,85 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nbdlab/nbdlab/internal/testenv"
+	"github.com/nbdlab/nbdlab/vm/vmtest"
+)
+
+func TestKernelReport(t *testing.T) {
+	r := &Results{Kind: "kernel", Started: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	add := func(server, job, unit string, vals ...float64) {
+		for i, v := range vals {
+			r.Figures = append(r.Figures, Figure{Topology: "netns", Link: "none", Kernel: "6.12", CPUs: 2,
+				Target: server, Workload: job, Unit: unit, Value: v, Round: i + 1, Durable: true})
+		}
+	}
+	add("nbdlab-mem", "4k randread QD1, 1 conn", "IOPS", 100, 300)  // median 200
+	add("nbdlab-file", "4k randread QD1, 1 conn", "IOPS", 250, 250) // nbdlab's best
+	add("nbdkit-file", "4k randread QD1, 1 conn", "IOPS", 500, 500) // best peer
+	add("qemu-nbd", "4k randread QD1, 1 conn", "IOPS", 400, 400)
+	add("nbdlab-file", "1M read QD4, 1 conn", "MiB/s", 90)
+	add("qemu-nbd", "1M read QD4, 1 conn", "MiB/s", 30)
+	add("nbdlab-file", "1M write QD4, 4 conn", "MiB/s", 90) // no peer measured
+	var b bytes.Buffer
+	if err := r.WriteKernelReport(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"| job | unit | nbdlab-mem | nbdlab-file | nbdkit-file | qemu-nbd | nbdlab / best peer |",
+		"| 4k randread QD1, 1 conn | IOPS | 200 (100-300) | 250 (250-250) | 500 (500-500) | 400 (400-400) | 0.50x |",
+		"| 1M read QD4, 1 conn | MiB/s | - | 90.0 | - | 30.0 | 3.00x |",
+		"| 1M write QD4, 4 conn | MiB/s | - | 90.0 | - | - | - |",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, b.String())
+		}
+	}
+	tb := r.table()
+	if got := relativeToBestPeer(tb, setup{"netns", "none"}, "4k randread QD1, 1 conn", "nbdlab-file"); got != 0.5 {
+		t.Errorf("nbdlab-file relative to the best peer: %g, want 0.5", got)
+	}
+	dir := t.TempDir()
+	if err := r.WriteOutputs(dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range r.Outputs(dir) {
+		if fi, err := os.Stat(f); err != nil || fi.Size() == 0 {
+			t.Errorf("output %s: %v", f, err)
+		}
+	}
+}
+
+// TestIntegrationKernelBenchQuick runs bench kernel --quick on the newest
+// kernel: two servers, every job, the report.
+func TestIntegrationKernelBenchQuick(t *testing.T) {
+	ks := vmtest.Kernels(t)
+	testenv.Need(t, "fio", "ip", "nbdkit")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	dir := t.TempDir()
+	res, err := RunKernel(ctx, KernelOptions{Quick: true, Rounds: 1, Kernel: ks[0].Release, Nbdlab: testenv.Nbdlab(t), Dir: dir, Out: &out})
+	t.Logf("bench output:\n%s", out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, f := range res.Figures {
+		if f.Error != "" || f.Value <= 0 {
+			t.Errorf("%s %s: value %g, error %q", f.Target, f.Workload, f.Value, f.Error)
+		}
+		got[f.Target]++
+	}
+	for _, s := range []string{"nbdlab-file", "nbdkit-file"} {
+		if got[s] != len(KernelJobs()) {
+			t.Errorf("%s: %d figures, want one per job (%d)", s, got[s], len(KernelJobs()))
+		}
+	}
+}
