@@ -159,6 +159,7 @@ type hostRun struct {
 	mnt    string
 	own    bool // the server side has a kernel of its own
 	trees  map[int]string
+	dev    string // the NBD device while the nbd target is mounted
 }
 
 // runNFSHost runs the comparison's setups on this kernel: netns setups
@@ -295,12 +296,16 @@ func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg stri
 		f.Workload, f.Unit = wl.Name, wl.Unit
 		c0, _ := procfs.SystemCPU()
 		s0, _ := h.agent.cpu()
+		d0, _ := readDiskStat(h.dev)
 		start := time.Now()
 		v, err := wl.run(w)
 		f.Wall = time.Since(start).Seconds()
 		c1, _ := procfs.SystemCPU()
 		s1, _ := h.agent.cpu()
 		f.Value, f.ServerCPU, f.ClientCPU = v, (s1 - s0).Seconds(), (c1 - c0).Seconds()
+		if d1, err := readDiskStat(h.dev); err == nil && h.dev != "" {
+			f.Requests = d1.sub(d0).String()
+		}
 		if !h.own {
 			// One kernel: the machine's busy time less the server's.
 			f.ClientCPU -= f.ServerCPU
@@ -311,6 +316,9 @@ func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg stri
 			line += "ERROR " + err.Error()
 		} else {
 			line += fmt.Sprintf("%.3g %s (CPU client %.2fs, server %.2fs)", v, wl.Unit, f.ClientCPU, f.ServerCPU)
+			if f.Requests != "" {
+				line += "; " + f.Requests
+			}
 		}
 		fmt.Fprintln(h.o.Out, line)
 		h.res.Figures = append(h.res.Figures, f)
@@ -400,6 +408,7 @@ func (h *hostRun) mountNBD(ctx context.Context, f *Figure) (func() error, error)
 		return err
 	}
 	f.Export = fmt.Sprintf("%s, %d connection(s), %d MiB", a.Path, a.Connections, nbdExportSize>>20)
+	h.dev = filepath.Base(a.Path)
 	f.Mount = "ext4 defaults"
 	if err := command(ctx, "mkfs.ext4", "-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0", a.Path); err != nil {
 		detach()
@@ -410,6 +419,7 @@ func (h *hostRun) mountNBD(ctx context.Context, f *Figure) (func() error, error)
 		return nil, err
 	}
 	return func() error {
+		h.dev = ""
 		if err := command(ctx, "umount", h.mnt); err != nil {
 			return err
 		}

@@ -96,9 +96,30 @@ func (r *Results) WriteNFSReport(w io.Writer) error {
 			b.WriteString("\n")
 		}
 		b.WriteString("\n")
+		writeRequests(&b, r, s)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeRequests lists what the kernel sent the NBD device in each
+// workload of setup s (its first round): the request sizes and flushes
+// that explain where NBD wins and loses.
+func writeRequests(b *strings.Builder, r *Results, s setup) {
+	first := true
+	for _, f := range r.Figures {
+		if f.Topology != s.Topology || f.Link != s.Link || f.Target != nbdTarget || f.Requests == "" || f.Round > 1 {
+			continue
+		}
+		if first {
+			b.WriteString("What the kernel sent the NBD device (/sys/block/nbdN/stat):\n\n| workload | requests |\n|---|---|\n")
+			first = false
+		}
+		fmt.Fprintf(b, "| %s | %s |\n", f.Workload, f.Requests)
+	}
+	if !first {
+		b.WriteString("\n")
+	}
 }
 
 // nbdRatio is how many times faster NBD is than the best durable NFS

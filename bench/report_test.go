@@ -20,6 +20,9 @@ func fixture() *Results {
 			r.Figures = append(r.Figures, Figure{Topology: "netns", Link: "wan", LinkDesc: "wan (100 Mbit/s, 10 ms RTT)",
 				Kernel: "6.12", CPUs: 2, Target: target, Durable: durable, Workload: workload, Unit: unit,
 				Value: v, Round: i + 1, ClientCPU: 1, ServerCPU: 0.5, Server: "srv-" + target, Mount: "mnt-" + target})
+			if target == "nbd" {
+				r.Figures[len(r.Figures)-1].Requests = "requests of " + workload
+			}
 		}
 	}
 	add("nbd", true, "untar", "s", 2, 4)           // median 3
@@ -46,6 +49,7 @@ func TestNFSReport(t *testing.T) {
 		"| seq-write | MiB/s | 30.0 (30-30) | 60.0 (60-60) | 600 (600-600) | 0.50x | no |",
 		"| untar | 1.00 + 0.50 | 1.00 + 0.50 | 1.00 + 0.50 |",
 		"NBD: srv-nbd, ext4 (mnt-nbd). NFS: srv-nfs4.2-sync.",
+		"| untar | requests of untar |\n| seq-write | requests of seq-write |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)

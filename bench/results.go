@@ -48,7 +48,10 @@ type Figure struct {
 	// CPU seconds spent while the workload ran, on each side.
 	ClientCPU float64 `json:"client_cpu_s"`
 	ServerCPU float64 `json:"server_cpu_s"`
-	Error     string  `json:"error,omitempty"`
+	// Requests is what the kernel sent the NBD device while the workload
+	// ran, from /sys/block/nbdN/stat (the nbd target only).
+	Requests string `json:"requests,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // higherIsBetter reports whether a larger value of unit is better.
