@@ -209,11 +209,6 @@ func qemuArgs(cfg Config, k kernels.Kernel, initrd, accel, sock, klog string) []
 			"-netdev", "socket,id=net0,udp="+n.Remote+",localaddr="+n.Local,
 			"-device", "virtio-net-pci,netdev=net0,mac="+n.MAC)
 	}
-	if n := cfg.NIC; n != nil {
-		args = append(args,
-			"-netdev", "socket,id=net0,udp="+n.Remote+",localaddr="+n.Local,
-			"-device", "virtio-net-pci,netdev=net0,mac="+n.MAC)
-	}
 	for i, s := range cfg.Shares {
 		id := fmt.Sprintf("share%d", i)
 		args = append(args,
