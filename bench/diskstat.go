@@ -78,5 +78,8 @@ func kib(bytes uint64) string {
 	if bytes >= 1<<20 && bytes%(1<<20) == 0 {
 		return fmt.Sprintf("%d MiB", bytes>>20)
 	}
-	return fmt.Sprintf("%.3g KiB", float64(bytes)/1024)
+	if k := float64(bytes) / 1024; k < 100 {
+		return fmt.Sprintf("%.3g KiB", k)
+	}
+	return fmt.Sprintf("%.0f KiB", float64(bytes)/1024)
 }
