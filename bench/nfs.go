@@ -31,9 +31,10 @@ type NFSOptions struct {
 	// default nbdlab-file.
 	Server      string
 	Connections int // NBD connections; default 1, as NFS uses one
-	// Sizes on an unshaped or lan link; on a link of 5 ms RTT or more the
-	// file counts are a fifth and the file half, so that a run stays
-	// within its time (every NFS metadata operation waits a round trip).
+	// Sizes in a namespace on an unshaped or lan link; on a link of 5 ms
+	// RTT or more, and between two VMs, the file counts are a fifth and
+	// the file half, so that a run stays within its time (every NFS
+	// metadata operation waits a round trip).
 	Files   int   // files in the untarred tree; default 1000
 	Small   int   // files created and fsynced; default 100
 	FioSize int64 // bytes of the sequential file; default 48 MiB
@@ -276,7 +277,7 @@ func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg stri
 	if err != nil {
 		return fmt.Errorf("bench: %s %s: %w", s, tg, err)
 	}
-	w := h.o.sized(p)
+	w := h.o.sized(s, p)
 	w.ctx, w.dir = ctx, h.mnt
 	if w.tarball, err = h.tree(w.files); err != nil {
 		unmount()
@@ -341,10 +342,13 @@ func (h *hostRun) cool(ctx context.Context) error {
 	return command(ctx, "mount", h.mountArgs...)
 }
 
-// sized is the workloads' environment sized for link p.
-func (o NFSOptions) sized(p labnet.Profile) *wenv {
+// sized is the workloads' environment sized for setup s on link p: on a
+// slow path (a link of 5 ms RTT or more, or two VMs, which share the
+// host's CPUs and under emulation take tens of milliseconds a round trip)
+// the file counts are a fifth and the file half.
+func (o NFSOptions) sized(s setup, p labnet.Profile) *wenv {
 	w := &wenv{files: o.Files, small: o.Small, fioSize: o.FioSize, fioTime: o.FioTime}
-	if p.Delay >= 5*time.Millisecond {
+	if p.Delay >= 5*time.Millisecond || s.Topology == "vms" {
 		w.files, w.small, w.fioSize = max(w.files/5, 1), max(w.small/5, 1), max(w.fioSize/2, 1<<20)
 	}
 	return w
