@@ -14,8 +14,6 @@ import (
 
 	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/procfs"
-	"github.com/nbdlab/nbdlab/kernels"
-	"github.com/nbdlab/nbdlab/kmod"
 	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/kernel"
@@ -106,21 +104,9 @@ func RunKernel(ctx context.Context, o KernelOptions) (*Results, error) {
 	}
 	if o.Host {
 		res, err := runKernelHost(ctx, o)
-		if res != nil && o.JSON != "" {
-			if werr := res.WriteJSON(o.JSON); err == nil {
-				err = werr
-			}
-		}
-		return res, err
+		return writeHost(res, err, o.JSON)
 	}
-	k, err := kernels.Find(o.Kernel, "", kernels.Store{})
-	if err != nil {
-		return nil, err
-	}
-	if _, err := kmod.Build(ctx, kmod.Options{Kernel: k.Release, Out: o.Out}); err != nil {
-		return nil, fmt.Errorf("bench: nbd.ko for %s: %w", k.Release, err)
-	}
-	work, err := os.MkdirTemp("", "nbdlab-bench-kernel-")
+	k, work, err := prepareVM(ctx, o.Kernel, o.Out, "kernel")
 	if err != nil {
 		return nil, err
 	}
@@ -310,32 +296,12 @@ func (r *Results) WriteKernelReport(w io.Writer) error {
 			r.Started.UTC().Format("2006-01-02 15:04 UTC"), f.Kernel, f.CPUs, orUnknown(f.Accel))
 	}
 	for _, s := range t.setups {
-		b.WriteString("| job | unit |")
-		for _, tg := range t.targets {
-			fmt.Fprintf(&b, " %s |", tg)
-		}
-		b.WriteString(" nbdlab / best peer |\n|---|---|")
-		for range t.targets {
-			b.WriteString("---:|")
-		}
-		b.WriteString("---:|\n")
-		for _, wl := range t.workloads {
-			unit := ""
-			for _, tg := range t.targets {
-				if c := t.cell(s, wl, tg); c != nil {
-					unit = c.unit
-				}
-			}
-			fmt.Fprintf(&b, "| %s | %s |", wl, unit)
-			for _, tg := range t.targets {
-				fmt.Fprintf(&b, " %s |", formatCell(t.cell(s, wl, tg)))
-			}
+		t.writeFigures(&b, s, "job", func(tg string) string { return tg }, []string{"nbdlab / best peer"}, func(wl string) []string {
 			if ours, peer, ok := nbdlabAgainstPeers(t, s, wl); ok {
-				fmt.Fprintf(&b, " %.2fx |\n", ours/peer)
-			} else {
-				b.WriteString(" - |\n")
+				return []string{fmt.Sprintf("%.2fx", ours/peer)}
 			}
-		}
+			return []string{"-"}
+		})
 		b.WriteString("\n")
 	}
 	_, err := io.WriteString(w, b.String())

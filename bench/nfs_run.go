@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,21 +28,9 @@ func RunNFS(ctx context.Context, o NFSOptions) (*Results, error) {
 	}
 	if o.Host {
 		res, err := runNFSHost(ctx, o)
-		if res != nil && o.JSON != "" {
-			if werr := res.WriteJSON(o.JSON); err == nil {
-				err = werr
-			}
-		}
-		return res, err
+		return writeHost(res, err, o.JSON)
 	}
-	k, err := kernels.Find(o.Kernel, "", kernels.Store{})
-	if err != nil {
-		return nil, err
-	}
-	if _, err := kmod.Build(ctx, kmod.Options{Kernel: k.Release, Out: o.Out}); err != nil {
-		return nil, fmt.Errorf("bench: nbd.ko for %s: %w", k.Release, err)
-	}
-	work, err := os.MkdirTemp("", "nbdlab-bench-nfs-")
+	k, work, err := prepareVM(ctx, o.Kernel, o.Out, "nfs")
 	if err != nil {
 		return nil, err
 	}
@@ -96,6 +85,32 @@ func RunNFS(ctx context.Context, o NFSOptions) (*Results, error) {
 		}
 	}
 	return all, err
+}
+
+// writeHost is the end of a --host run: its figures written to path, if
+// set, whatever its error.
+func writeHost(res *Results, err error, path string) (*Results, error) {
+	if res != nil && path != "" {
+		if werr := res.WriteJSON(path); err == nil {
+			err = werr
+		}
+	}
+	return res, err
+}
+
+// prepareVM is what a benchmark does before it boots: find the kernel,
+// build its nbd.ko unless it is there, and make the directory the guest
+// writes its figures into (the caller removes it).
+func prepareVM(ctx context.Context, kernel string, out io.Writer, name string) (kernels.Kernel, string, error) {
+	k, err := kernels.Find(kernel, "", kernels.Store{})
+	if err != nil {
+		return k, "", err
+	}
+	if _, err := kmod.Build(ctx, kmod.Options{Kernel: k.Release, Out: out}); err != nil {
+		return k, "", fmt.Errorf("bench: nbd.ko for %s: %w", k.Release, err)
+	}
+	work, err := os.MkdirTemp("", "nbdlab-bench-"+name+"-")
+	return k, work, err
 }
 
 // guestArgs passes the options on to the client inside a VM.

@@ -31,6 +31,12 @@ func startNfsd(ctx context.Context, out io.Writer) (*nfsd, error) {
 	if err := command(ctx, "modprobe", "nfsd"); err != nil {
 		return nil, fmt.Errorf("bench: this kernel has no nfsd: %w", err)
 	}
+	// The agent runs in a mount namespace of its own (ip netns exec
+	// makes one; a VM is one): a tmpfs over /var/lib/nfs keeps this
+	// nfsd's export table away from the machine's.
+	if err := mountTmpfs("/var/lib/nfs"); err != nil {
+		return nil, err
+	}
 	if _, err := os.Stat("/proc/fs/nfsd/threads"); err != nil {
 		if err := syscall.Mount("nfsd", "/proc/fs/nfsd", "nfsd", 0, ""); err != nil {
 			return nil, fmt.Errorf("bench: mount nfsd on /proc/fs/nfsd: %w", err)

@@ -43,37 +43,17 @@ func (r *Results) WriteNFSReport(w io.Writer) error {
 				break
 			}
 		}
-		b.WriteString("| workload | unit |")
-		for _, tg := range t.targets {
-			fmt.Fprintf(&b, " %s |", targetLabel(t, s, tg))
-		}
-		b.WriteString(" NBD vs NFS | NBD faster |\n|---|---|")
-		for range t.targets {
-			b.WriteString("---:|")
-		}
-		b.WriteString("---:|---|\n")
-		for _, wl := range t.workloads {
-			unit := ""
-			for _, tg := range t.targets {
-				if c := t.cell(s, wl, tg); c != nil {
-					unit = c.unit
-				}
-			}
-			fmt.Fprintf(&b, "| %s | %s |", wl, unit)
-			for _, tg := range t.targets {
-				fmt.Fprintf(&b, " %s |", formatCell(t.cell(s, wl, tg)))
-			}
+		label := func(tg string) string { return targetLabel(t, s, tg) }
+		t.writeFigures(&b, s, "workload", label, []string{"NBD vs NFS", "NBD faster"}, func(wl string) []string {
 			ratio, ok := nbdRatio(t, s, wl)
-			if !ok {
-				b.WriteString(" - | - |\n")
-				continue
+			switch {
+			case !ok:
+				return []string{"-", "-"}
+			case ratio < 1:
+				return []string{fmt.Sprintf("%.2fx", ratio), "no"}
 			}
-			verdict := "yes"
-			if ratio < 1 {
-				verdict = "no"
-			}
-			fmt.Fprintf(&b, " %.2fx | %s |\n", ratio, verdict)
-		}
+			return []string{fmt.Sprintf("%.2fx", ratio), "yes"}
+		})
 		b.WriteString("\nCPU seconds while each workload ran (client + server):\n\n| workload |")
 		for _, tg := range t.targets {
 			fmt.Fprintf(&b, " %s |", tg)
@@ -118,6 +98,40 @@ func writeRequests(b *strings.Builder, r *Results, s setup) {
 		fmt.Fprintf(b, "| %s | %s |\n", f.Workload, f.Requests)
 	}
 	if !first {
+		b.WriteString("\n")
+	}
+}
+
+// writeFigures writes setup s as a Markdown table: a row per workload
+// (the first column, headed first) with its unit and each target's
+// figure (headed label(target)), then the columns extra, filled by more.
+func (t *table) writeFigures(b *strings.Builder, s setup, first string, label func(string) string, extra []string, more func(wl string) []string) {
+	fmt.Fprintf(b, "| %s | unit |", first)
+	for _, tg := range t.targets {
+		fmt.Fprintf(b, " %s |", label(tg))
+	}
+	for _, e := range extra {
+		fmt.Fprintf(b, " %s |", e)
+	}
+	b.WriteString("\n|---|---|")
+	for range len(t.targets) + len(extra) {
+		b.WriteString("---:|")
+	}
+	b.WriteString("\n")
+	for _, wl := range t.workloads {
+		unit := ""
+		for _, tg := range t.targets {
+			if c := t.cell(s, wl, tg); c != nil {
+				unit = c.unit
+			}
+		}
+		fmt.Fprintf(b, "| %s | %s |", wl, unit)
+		for _, tg := range t.targets {
+			fmt.Fprintf(b, " %s |", formatCell(t.cell(s, wl, tg)))
+		}
+		for _, v := range more(wl) {
+			fmt.Fprintf(b, " %s |", v)
+		}
 		b.WriteString("\n")
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -47,15 +48,9 @@ func runBenchKernel(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.StringVar(&o.Kernel, "kernel", "", "kernel `K` the VM boots, installed or fetched (default the newest installed)")
 	fs.BoolVar(&o.Quick, "quick", false, "nbdlab-file and nbdkit-file, one connection, 1s jobs: a smoke test")
 	fs.StringVar(&o.Dir, "out", "bench-report/kernel", "`DIR` for results.json, report.md and the plot")
-	fs.BoolVar(&o.Host, "host", false, "run on this machine's kernel, servers in a network namespace (needs root and nbd)")
-	fs.BoolVar(&o.Guest, "guest", false, "with --host: this machine is a lab VM; set by the VM mode")
-	fs.StringVar(&o.JSON, "json", "", "with --host: write the figures to `FILE` only")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
+	hostFlags(fs, &o.Host, &o.Guest, &o.JSON, "run on this machine's kernel, servers in a network namespace (needs root and nbd)")
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("unexpected argument %q", pos[0])
 	}
 	o.Servers, o.Conns, o.Out = servers, conns, stdout
 	res, err := bench.RunKernel(ctx, o)
@@ -67,6 +62,22 @@ func runBenchKernel(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	printOutputs(stdout, res, o.Dir)
 	return nil
+}
+
+// hostFlags are the flags a benchmark's VM mode runs it with inside.
+func hostFlags(fs *flag.FlagSet, host, guest *bool, json *string, what string) {
+	fs.BoolVar(host, "host", false, what)
+	fs.BoolVar(guest, "guest", false, "with --host: this machine is a lab VM; set by the VM mode")
+	fs.StringVar(json, "json", "", "with --host: write the figures to `FILE` only")
+}
+
+// parseNoArgs parses flags and refuses positional arguments.
+func parseNoArgs(fs *flag.FlagSet, args []string) error {
+	pos, err := parseFlags(fs, args)
+	if err == nil && len(pos) > 0 {
+		err = usagef("unexpected argument %q", pos[0])
+	}
+	return err
 }
 
 // printOutputs names the files a benchmark wrote.
@@ -109,17 +120,11 @@ func runBenchNFS(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.BoolVar(&o.Quick, "quick", false, "a small subset (netns/none and vms/none, nbd and nfs4.2-sync, small sizes): a smoke test of the whole path")
 	fs.StringVar(&o.Dir, "out", "bench-report/nfs", "`DIR` for results.json, report.md and the plots")
 	fs.StringVar(&o.Source, "source", "", "`DIR` whose first files make the untarred tree (default the Go distribution's src)")
-	fs.BoolVar(&o.Host, "host", false, "run the netns setups on this machine's kernel (needs root, nbd and nfsd)")
-	fs.BoolVar(&o.Guest, "guest", false, "with --host: this machine is a lab VM; set by the VM mode")
+	hostFlags(fs, &o.Host, &o.Guest, &o.JSON, "run the netns setups on this machine's kernel (needs root, nbd and nfsd)")
 	fs.StringVar(&o.Agent, "agent", "", "with --host in the client VM of a vms setup: the server VM's `IP`")
 	fs.StringVar(&o.NIC, "nic", "", "with --host in the client VM of a vms setup: this VM's `IP`")
-	fs.StringVar(&o.JSON, "json", "", "with --host: write the figures to `FILE` only")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("unexpected argument %q", pos[0])
 	}
 	o.Setups, o.Targets, o.Out = setups, targets, stdout
 	res, err := bench.RunNFS(ctx, o)
