@@ -83,15 +83,15 @@ func (o *NFSOptions) defaults() error {
 	if len(o.Targets) == 0 {
 		o.Targets = []string{nbdTarget, "nfs4.2-sync", "nfs4.2-async", "nfs3-sync"}
 	}
-	o.Files = orInt(o.Files, 1000)
+	o.Files = orInt(o.Files, 800)
 	o.Small = orInt(o.Small, 100)
 	o.Connections = orInt(o.Connections, 1)
 	o.Rounds = orInt(o.Rounds, 1)
 	if o.FioSize == 0 {
-		o.FioSize = 48 << 20
+		o.FioSize = 32 << 20
 	}
 	if o.FioTime == 0 {
-		o.FioTime = 3 * time.Second
+		o.FioTime = 2 * time.Second
 	}
 	if o.Server == "" {
 		o.Server = "nbdlab-file"
