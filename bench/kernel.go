@@ -216,12 +216,12 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 			if job.BS == "1M" {
 				f.Unit = "MiB/s"
 			}
-			c0 := serverCPU(p)
+			c0 := serverCPU(p, dir)
 			start := time.Now()
 			r, err := fioJSON(ctx, filepath.Join(work, "fio.json"), []string{"--name=" + job.RW, "--filename=" + a.Path,
 				"--rw=" + job.RW, "--bs=" + job.BS, "--iodepth=" + strconv.Itoa(job.Depth), "--ioengine=libaio", "--direct=1",
 				"--time_based=1", "--runtime=" + strconv.Itoa(int(o.Time.Seconds())), "--ramp_time=1", "--size=" + strconv.Itoa(kernelExport)})
-			f.Wall, f.ServerCPU = time.Since(start).Seconds(), (serverCPU(p) - c0).Seconds()
+			f.Wall, f.ServerCPU = time.Since(start).Seconds(), (serverCPU(p, dir) - c0).Seconds()
 			if err != nil {
 				f.Error = err.Error()
 				fmt.Fprintf(o.Out, "round %d %s %s: ERROR %v\n", round, name, f.Workload, err)
@@ -242,10 +242,16 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 }
 
 // serverCPU is the CPU time of the server's process tree under p (ip
-// netns exec has exec'd the server, or a shell holds a daemon's place).
-func serverCPU(p *harness.Proc) time.Duration {
+// netns exec has exec'd the server), and under the daemon whose pid file
+// is in dir (nbd-server detaches from the shell that holds its place).
+func serverCPU(p *harness.Proc, dir string) time.Duration {
 	var sum time.Duration
 	pids := []int{p.Cmd.Process.Pid}
+	if b, err := os.ReadFile(filepath.Join(dir, "nbd-server.pid")); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			pids = append(pids, pid)
+		}
+	}
 	for len(pids) > 0 {
 		pid := pids[0]
 		pids = pids[1:]
