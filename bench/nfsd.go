@@ -37,6 +37,11 @@ func startNfsd(ctx context.Context, out io.Writer) (*nfsd, error) {
 	if err := mountTmpfs("/var/lib/nfs"); err != nil {
 		return nil, err
 	}
+	for _, f := range []string{"etab", "rmtab"} { // exportfs and mountd open them
+		if err := os.WriteFile("/var/lib/nfs/"+f, nil, 0o644); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := os.Stat("/proc/fs/nfsd/threads"); err != nil {
 		if err := syscall.Mount("nfsd", "/proc/fs/nfsd", "nfsd", 0, ""); err != nil {
 			return nil, fmt.Errorf("bench: mount nfsd on /proc/fs/nfsd: %w", err)
