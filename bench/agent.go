@@ -32,6 +32,9 @@ type AgentOptions struct {
 	// server's process and the nfsd threads.
 	OwnKernel bool
 	Backing   string // directory to hold the exports; a tmpfs is mounted there
+	// OnDisk keeps the exports in Backing as it is, on whatever
+	// filesystem holds it, instead of a tmpfs.
+	OnDisk bool
 	Out       io.Writer
 }
 
@@ -64,7 +67,11 @@ func RunAgent(ctx context.Context, o AgentOptions) error {
 	if o.Out == nil {
 		o.Out = os.Stdout
 	}
-	if err := mountTmpfs(o.Backing); err != nil {
+	if o.OnDisk {
+		if fi, err := os.Stat(o.Backing); err != nil || !fi.IsDir() {
+			return fmt.Errorf("bench: agent: backing directory %s: not a directory (%v)", o.Backing, err)
+		}
+	} else if err := mountTmpfs(o.Backing); err != nil {
 		return err
 	}
 	l, err := net.Listen("tcp", net.JoinHostPort(o.IP, strconv.Itoa(AgentPort)))

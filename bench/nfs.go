@@ -46,6 +46,9 @@ type NFSOptions struct {
 	Agent   string
 	NIC     string // with Host in a VM of the vms topology: this VM's address
 	Source  string // the tree's files come from here; default GOROOT/src
+	// Backing, with Host, is a directory on disk for the exports (the
+	// image file and the NFS export) instead of a tmpfs.
+	Backing string
 	Nbdlab  string
 	Dir     string // where results.json, report.md and plots go
 	JSON    string // with Host: write the figures here instead
@@ -105,6 +108,9 @@ func (o *NFSOptions) defaults() error {
 		if !slices.Contains(NFSTargets(), tg) {
 			return fmt.Errorf("bench: unknown target %q; known: %s", tg, strings.Join(NFSTargets(), ", "))
 		}
+	}
+	if o.Backing != "" && !o.Host {
+		return errors.New("bench: --backing needs --host: in a lab VM every filesystem is memory or 9p, and nfsd cannot export 9p")
 	}
 	if _, err := nbdServerArgv(o.Server, "nbdlab", "192.0.2.1", "img"); err != nil {
 		return fmt.Errorf("bench: --server: %w", err)
@@ -211,6 +217,9 @@ func runNFSHost(ctx context.Context, o NFSOptions) (*Results, error) {
 		defer pair.Close()
 		argv := []string{"netns", "exec", pair.Name, o.Nbdlab, "bench", "agent", "--ip", pair.ServerIP.String(),
 			"--link", pair.ServerLink, "--backing", "/run/nbdlab-bench-backing"}
+		if o.Backing != "" {
+			argv = append(argv[:len(argv)-1], o.Backing, "--on-disk")
+		}
 		agent := exec.CommandContext(ctx, "ip", argv...)
 		agent.Stdout, agent.Stderr = o.Out, o.Out
 		if err := agent.Start(); err != nil {

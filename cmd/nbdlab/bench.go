@@ -119,6 +119,7 @@ func runBenchNFS(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.IntVar(&o.Rounds, "rounds", 1, "times every workload runs on every target; the report gives the median")
 	fs.BoolVar(&o.Quick, "quick", false, "a small subset (netns/none and vms/none, nbd and nfs4.2-sync, small sizes): a smoke test of the whole path")
 	fs.StringVar(&o.Dir, "out", "bench-report/nfs", "`DIR` for results.json, report.md and the plots")
+	fs.StringVar(&o.Backing, "backing", "", "with --host: keep the exports (image, NFS export) in `DIR` on disk instead of a tmpfs")
 	fs.StringVar(&o.Source, "source", "", "`DIR` whose first files make the untarred tree (default the Go distribution's src)")
 	hostFlags(fs, &o.Host, &o.Guest, &o.JSON, "run the netns setups on this machine's kernel (needs root, nbd and nfsd)")
 	fs.StringVar(&o.Agent, "agent", "", "with --host in the client VM of a vms setup: the server VM's `IP`")
@@ -150,6 +151,7 @@ func runBenchAgent(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.StringVar(&o.Link, "link", "", "interface to shape")
 	nic := fs.String("nic", "", "bring up this VM's NIC with `IP` and serve there (a VM of its own)")
 	fs.StringVar(&o.Backing, "backing", "/run/nbdlab-bench-backing", "`DIR` to mount the exports' tmpfs on")
+	fs.BoolVar(&o.OnDisk, "on-disk", false, "keep the exports in --backing as it is, not on a tmpfs")
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
 	}
