@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -61,10 +62,25 @@ func startNfsd(ctx context.Context, out io.Writer) (*nfsd, error) {
 		n.stop()
 		return nil, err
 	}
-	time.Sleep(300 * time.Millisecond) // rpcbind and mountd register
-	if err := command(ctx, "rpc.nfsd", "8"); err != nil {
+	// rpc.nfsd fails (ECONNREFUSED) if the kernel cannot reach rpcbind
+	// to register: wait until rpcbind answers, and try again for a while,
+	// since a busy machine may start the daemons slowly.
+	if err := waitUnix(ctx, "/run/rpcbind.sock", 15*time.Second); err != nil {
 		n.stop()
-		return nil, err
+		return nil, fmt.Errorf("bench: rpcbind did not come up: %w", err)
+	}
+	for try := 1; ; try++ {
+		err = command(ctx, "rpc.nfsd", "8")
+		if err == nil {
+			break
+		}
+		exec.Command("rpc.nfsd", "0").Run()
+		if try == 10 || ctx.Err() != nil {
+			n.stop()
+			return nil, err
+		}
+		fmt.Fprintf(out, "agent: %v; trying again\n", err)
+		time.Sleep(time.Second)
 	}
 	// Writing v4_end_grace ends the grace period in the initial network
 	// namespace only; elsewhere it has to run out.
@@ -79,6 +95,21 @@ func startNfsd(ctx context.Context, out io.Writer) (*nfsd, error) {
 	case <-time.After((graceSeconds + 1) * time.Second):
 	}
 	return n, nil
+}
+
+// waitUnix waits until a unix socket at path accepts connections.
+func waitUnix(ctx context.Context, path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // initialNetNS reports whether this thread is in PID 1's network namespace.
