@@ -35,7 +35,7 @@ type AgentOptions struct {
 	// OnDisk keeps the exports in Backing as it is, on whatever
 	// filesystem holds it, instead of a tmpfs.
 	OnDisk bool
-	Out       io.Writer
+	Out    io.Writer
 }
 
 // agentRequest is one line the client sends the agent.
