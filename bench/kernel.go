@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/nbd"
@@ -28,8 +29,7 @@ type KernelOptions struct {
 	Time    time.Duration
 	Rounds  int
 	Quick   bool
-	Host    bool // run on this kernel (needs nbd); what the VM runs
-	Guest   bool
+	Host    bool   // run on this kernel (needs nbd); what the VM runs
 	JSON    string // with Host: write the figures here only
 	Dir     string
 	Nbdlab  string
@@ -112,7 +112,7 @@ func RunKernel(ctx context.Context, o KernelOptions) (*Results, error) {
 	}
 	defer os.RemoveAll(work)
 	out := filepath.Join(work, "kernel.json")
-	argv := []string{vm.InitExe, "bench", "kernel", "--host", "--guest", "--json", out,
+	argv := []string{vm.InitExe, "bench", "kernel", "--host", "--json", out,
 		"--time", o.Time.String(), "--rounds", strconv.Itoa(o.Rounds)}
 	for _, s := range o.Servers {
 		argv = append(argv, "--server", s)
@@ -146,7 +146,7 @@ func runKernelHost(ctx context.Context, o KernelOptions) (*Results, error) {
 	if err := checkTools("fio", "ip"); err != nil {
 		return nil, err
 	}
-	if err := command(ctx, "modprobe", "nbd"); err != nil {
+	if err := command.Exec(ctx, "", nil, nil, "modprobe", "nbd"); err != nil {
 		return nil, fmt.Errorf("bench: this kernel has no nbd (build it with nbdlab kmod build, or run without --host): %w", err)
 	}
 	rel, _ := os.ReadFile("/proc/sys/kernel/osrelease")

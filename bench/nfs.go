@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/nbd"
@@ -42,7 +44,6 @@ type NFSOptions struct {
 	Rounds  int  // default 1
 	Quick   bool // a small subset, for smoke tests
 	Host    bool // run here: netns setups only, needs nbd and nfsd
-	Guest   bool // with Host: this is a lab VM
 	Agent   string
 	NIC     string // with Host in a VM of the vms topology: this VM's address
 	Source  string // the tree's files come from here; default GOROOT/src
@@ -112,7 +113,7 @@ func (o *NFSOptions) defaults() error {
 	if o.Backing != "" && !o.Host {
 		return errors.New("bench: --backing needs --host: in a lab VM every filesystem is memory or 9p, and nfsd cannot export 9p")
 	}
-	if _, err := nbdServerArgv(o.Server, "nbdlab", "192.0.2.1", "img"); err != nil {
+	if _, err := harness.FindTCPServer(o.Server); err != nil {
 		return fmt.Errorf("bench: --server: %w", err)
 	}
 	if o.Nbdlab == "" {
@@ -178,7 +179,7 @@ func runNFSHost(ctx context.Context, o NFSOptions) (*Results, error) {
 	if err := checkTools("fio", "tar", "mkfs.ext4", "mount.nfs", "exportfs", "rpc.nfsd", "rpc.mountd", "rpcbind"); err != nil {
 		return nil, err
 	}
-	if err := command(ctx, "modprobe", "nbd"); err != nil {
+	if err := command.Exec(ctx, "", nil, nil, "modprobe", "nbd"); err != nil {
 		return nil, fmt.Errorf("bench: this kernel has no nbd (build it with nbdlab kmod build, or run without --host): %w", err)
 	}
 	res := &Results{Kind: "nfs", Started: time.Now()}
@@ -339,7 +340,7 @@ func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg stri
 // leaves a journaling filesystem's metadata cached while it waits to be
 // checkpointed (dirty, so not dropped).
 func (h *hostRun) cool(ctx context.Context) error {
-	if err := command(ctx, "umount", h.mnt); err != nil {
+	if err := command.Exec(ctx, "", nil, nil, "umount", h.mnt); err != nil {
 		return err
 	}
 	if err := dropCaches(); err != nil {
@@ -348,7 +349,7 @@ func (h *hostRun) cool(ctx context.Context) error {
 	if _, err := h.agent.call(agentRequest{Op: "drop-caches"}); err != nil {
 		return err
 	}
-	return command(ctx, "mount", h.mountArgs...)
+	return command.Exec(ctx, "", nil, nil, "mount", h.mountArgs...)
 }
 
 // sized is the workloads' environment sized for setup s on link p: on a
@@ -400,12 +401,12 @@ func (h *hostRun) mount(ctx context.Context, tg string, f *Figure) (func() error
 	}
 	f.Mount = fstype + " " + opts
 	h.mountArgs = []string{"-t", fstype, "-o", opts, src, h.mnt}
-	if err := command(ctx, "mount", h.mountArgs...); err != nil {
+	if err := command.Exec(ctx, "", nil, nil, "mount", h.mountArgs...); err != nil {
 		h.agent.call(agentRequest{Op: "unexport-nfs"})
 		return nil, err
 	}
 	return func() error {
-		err := command(ctx, "umount", h.mnt)
+		err := command.Exec(ctx, "", nil, nil, "umount", h.mnt)
 		if _, uerr := h.agent.call(agentRequest{Op: "unexport-nfs"}); err == nil {
 			err = uerr
 		}
@@ -420,8 +421,8 @@ func (h *hostRun) mountNBD(ctx context.Context, f *Figure) (func() error, error)
 	if _, err := h.agent.call(agentRequest{Op: "serve-nbd", Server: h.o.Server, Size: nbdExportSize}); err != nil {
 		return nil, err
 	}
-	argv, _ := nbdServerArgv(h.o.Server, "nbdlab", h.ip, "IMG")
-	f.Server = strings.Join(argv, " ")
+	spec, _ := harness.FindTCPServer(h.o.Server)
+	f.Server = spec.What
 	addr := nbd.Addr{Network: "tcp", Address: net.JoinHostPort(h.ip, "10809")}
 	a, err := kernel.Attach(ctx, addr.DialConn, kernel.AttachOptions{Device: "any", Connections: h.o.Connections,
 		Timeout: 2 * time.Minute, Client: nbd.ClientConfig{Export: "d"}})
@@ -439,18 +440,18 @@ func (h *hostRun) mountNBD(ctx context.Context, f *Figure) (func() error, error)
 	f.Export = fmt.Sprintf("%s, %d connection(s), %d MiB", a.Path, a.Connections, nbdExportSize>>20)
 	h.dev = filepath.Base(a.Path)
 	f.Mount = "ext4 defaults"
-	if err := command(ctx, "mkfs.ext4", "-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0", a.Path); err != nil {
+	if err := command.Exec(ctx, "", nil, nil, "mkfs.ext4", "-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0", a.Path); err != nil {
 		detach()
 		return nil, err
 	}
 	h.mountArgs = []string{"-t", "ext4", a.Path, h.mnt}
-	if err := command(ctx, "mount", h.mountArgs...); err != nil {
+	if err := command.Exec(ctx, "", nil, nil, "mount", h.mountArgs...); err != nil {
 		detach()
 		return nil, err
 	}
 	return func() error {
 		h.dev = ""
-		if err := command(ctx, "umount", h.mnt); err != nil {
+		if err := command.Exec(ctx, "", nil, nil, "umount", h.mnt); err != nil {
 			return err
 		}
 		return detach()

@@ -54,7 +54,7 @@ func RunNFS(ctx context.Context, o NFSOptions) (*Results, error) {
 			return nil
 		}
 		out := filepath.Join(work, name+".json")
-		argv := append([]string{vm.InitExe, "bench", "nfs", "--host", "--guest", "--json", out}, o.guestArgs(setups)...)
+		argv := append([]string{vm.InitExe, "bench", "nfs", "--host", "--json", out}, o.guestArgs(setups)...)
 		fmt.Fprintf(o.Out, "== %s: %s on %s\n", name, strings.Join(setups, ", "), k.Release)
 		res, err := fn(argv)
 		if err != nil {
@@ -129,7 +129,7 @@ func (o NFSOptions) guestArgs(setups []string) []string {
 
 // runPair boots the server VM (the agent) and the client VM running argv,
 // linked by a socket netdev, and returns how the client ended.
-func runPair(ctx context.Context, cfg vm.Config, argv []string, out interface{ Write([]byte) (int, error) }) (*vm.Result, error) {
+func runPair(ctx context.Context, cfg vm.Config, argv []string, out io.Writer) (*vm.Result, error) {
 	a, b, err := vm.LinkedNICs()
 	if err != nil {
 		return nil, err
@@ -165,7 +165,7 @@ func runPair(ctx context.Context, cfg vm.Config, argv []string, out interface{ W
 // apart. Writes are line-sized in practice (the VM relays whole writes).
 type prefixWriter struct {
 	prefix string
-	w      interface{ Write([]byte) (int, error) }
+	w      io.Writer
 }
 
 func (p prefixWriter) Write(b []byte) (int, error) {

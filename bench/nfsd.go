@@ -7,11 +7,11 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/vishvananda/netns"
 )
 
@@ -29,7 +29,7 @@ type nfsd struct {
 // network namespace, starts the daemons and 8 nfsd threads, and waits out
 // the grace period.
 func startNfsd(ctx context.Context, out io.Writer) (*nfsd, error) {
-	if err := command(ctx, "modprobe", "nfsd"); err != nil {
+	if err := command.Exec(ctx, "", nil, nil, "modprobe", "nfsd"); err != nil {
 		return nil, fmt.Errorf("bench: this kernel has no nfsd: %w", err)
 	}
 	// The agent runs in a mount namespace of its own (ip netns exec
@@ -70,7 +70,7 @@ func startNfsd(ctx context.Context, out io.Writer) (*nfsd, error) {
 		return nil, fmt.Errorf("bench: rpcbind did not come up: %w", err)
 	}
 	for try := 1; ; try++ {
-		err = command(ctx, "rpc.nfsd", "8")
+		err = command.Exec(ctx, "", nil, nil, "rpc.nfsd", "8")
 		if err == nil {
 			break
 		}
@@ -135,17 +135,17 @@ func (n *nfsd) export(ctx context.Context, dir string, sync bool) error {
 		mode = "sync"
 	}
 	opts := "rw," + mode + ",no_subtree_check,no_root_squash,insecure,fsid=0"
-	if err := command(ctx, "exportfs", "-i", "-o", opts, "*:"+dir); err != nil {
+	if err := command.Exec(ctx, "", nil, nil, "exportfs", "-i", "-o", opts, "*:"+dir); err != nil {
 		return err
 	}
-	return command(ctx, "exportfs", "-f")
+	return command.Exec(ctx, "", nil, nil, "exportfs", "-f")
 }
 
 func (n *nfsd) unexport(ctx context.Context, dir string) error {
-	if err := command(ctx, "exportfs", "-u", "*:"+dir); err != nil {
+	if err := command.Exec(ctx, "", nil, nil, "exportfs", "-u", "*:"+dir); err != nil {
 		return err
 	}
-	return command(ctx, "exportfs", "-f")
+	return command.Exec(ctx, "", nil, nil, "exportfs", "-f")
 }
 
 func (n *nfsd) stop() {
@@ -175,15 +175,6 @@ func dropCaches() error {
 	syscall.Sync()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
 		return fmt.Errorf("bench: drop caches: %w", err)
-	}
-	return nil
-}
-
-// command runs name with args and returns an error holding its output.
-func command(ctx context.Context, name string, args ...string) error {
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nbdlab/nbdlab/internal/command"
 )
 
 // Workload is one measurement of the NFS comparison on a mounted
@@ -72,7 +74,7 @@ func Workloads() []Workload {
 		}},
 		{Name: "untar", What: "tar -x of a source tree, then syncfs", Unit: "s", run: func(w *wenv) (float64, error) {
 			return w.timed(func() error {
-				if err := w.sh("tar", "-xf", w.tarball, "-C", w.dir); err != nil {
+				if err := command.Exec(w.ctx, "", nil, nil, "tar", "-xf", w.tarball, "-C", w.dir); err != nil {
 					return err
 				}
 				return w.syncfs()
@@ -91,14 +93,14 @@ func Workloads() []Workload {
 			})
 		}},
 		{Name: "ls-lR-cold", What: "ls -lR of the tree, remounted and caches dropped on both sides", Unit: "s", Cold: true, run: func(w *wenv) (float64, error) {
-			return w.timed(func() error { return w.sh("ls", "-lR", filepath.Join(w.dir, "tree")) })
+			return w.timed(func() error { return command.Exec(w.ctx, "", nil, nil, "ls", "-lR", filepath.Join(w.dir, "tree")) })
 		}},
 		{Name: "small-files-fsync", What: "create 4 KiB files, each written and fsynced", Unit: "s", run: func(w *wenv) (float64, error) {
 			return w.timed(w.smallFiles)
 		}},
 		{Name: "rm-rf", What: "rm -rf of the tree, then syncfs", Unit: "s", run: func(w *wenv) (float64, error) {
 			return w.timed(func() error {
-				if err := w.sh("rm", "-rf", filepath.Join(w.dir, "tree"), filepath.Join(w.dir, "small")); err != nil {
+				if err := command.Exec(w.ctx, "", nil, nil, "rm", "-rf", filepath.Join(w.dir, "tree"), filepath.Join(w.dir, "small")); err != nil {
 					return err
 				}
 				return w.syncfs()
@@ -202,17 +204,6 @@ func (w *wenv) syncfs() error {
 	defer f.Close()
 	if err := unix.Syncfs(int(f.Fd())); err != nil {
 		return fmt.Errorf("syncfs %s: %w", w.dir, err)
-	}
-	return nil
-}
-
-// sh runs a command whose output does not matter.
-func (w *wenv) sh(name string, args ...string) error {
-	cmd := exec.CommandContext(w.ctx, name, args...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
 }

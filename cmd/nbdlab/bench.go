@@ -48,7 +48,7 @@ func runBenchKernel(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.StringVar(&o.Kernel, "kernel", "", "kernel `K` the VM boots, installed or fetched (default the newest installed)")
 	fs.BoolVar(&o.Quick, "quick", false, "nbdlab-file and nbdkit-file, one connection, 1s jobs: a smoke test")
 	fs.StringVar(&o.Dir, "out", "bench-report/kernel", "`DIR` for results.json, report.md and the plot")
-	hostFlags(fs, &o.Host, &o.Guest, &o.JSON, "run on this machine's kernel, servers in a network namespace (needs root and nbd)")
+	hostFlags(fs, &o.Host, &o.JSON, "run on this machine's kernel, servers in a network namespace (needs root and nbd)")
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
@@ -65,9 +65,8 @@ func runBenchKernel(ctx context.Context, args []string, stdout, stderr io.Writer
 }
 
 // hostFlags are the flags a benchmark's VM mode runs it with inside.
-func hostFlags(fs *flag.FlagSet, host, guest *bool, json *string, what string) {
+func hostFlags(fs *flag.FlagSet, host *bool, json *string, what string) {
 	fs.BoolVar(host, "host", false, what)
-	fs.BoolVar(guest, "guest", false, "with --host: this machine is a lab VM; set by the VM mode")
 	fs.StringVar(json, "json", "", "with --host: write the figures to `FILE` only")
 }
 
@@ -121,7 +120,7 @@ func runBenchNFS(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&o.Dir, "out", "bench-report/nfs", "`DIR` for results.json, report.md and the plots")
 	fs.StringVar(&o.Backing, "backing", "", "with --host: keep the exports (image, NFS export) in `DIR` on disk instead of a tmpfs")
 	fs.StringVar(&o.Source, "source", "", "`DIR` whose first files make the untarred tree (default the Go distribution's src)")
-	hostFlags(fs, &o.Host, &o.Guest, &o.JSON, "run the netns setups on this machine's kernel (needs root, nbd and nfsd)")
+	hostFlags(fs, &o.Host, &o.JSON, "run the netns setups on this machine's kernel (needs root, nbd and nfsd)")
 	fs.StringVar(&o.Agent, "agent", "", "with --host in the client VM of a vms setup: the server VM's `IP`")
 	fs.StringVar(&o.NIC, "nic", "", "with --host in the client VM of a vms setup: this VM's `IP`")
 	if err := parseNoArgs(fs, args); err != nil {
