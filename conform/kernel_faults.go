@@ -78,48 +78,13 @@ func casePersist(e *kenv) error {
 	pctx, stop := context.WithCancel(e.ctx)
 	defer stop()
 	go a.Persist(pctx)
-	const blocks = 48
-	written := make(chan int, blocks)
-	werr := make(chan error, 1)
-	go func() {
-		f, err := os.OpenFile(a.Path, os.O_WRONLY|syscall.O_DIRECT|syscall.O_DSYNC, 0)
-		if err != nil {
-			werr <- err
-			return
-		}
-		defer f.Close()
-		for i := 0; i < blocks; i++ {
-			if _, err := f.WriteAt(aligned(64<<10, byte(i+1)), int64(i)*(64<<10)); err != nil {
-				werr <- fmt.Errorf("write %d: %w", i, err)
-				return
-			}
-			written <- i
-			time.Sleep(50 * time.Millisecond)
-		}
-		werr <- nil
-	}()
-	for i := 0; i < blocks/3; i++ {
-		<-written
+	f, err := os.OpenFile(a.Path, os.O_RDWR|syscall.O_DIRECT|syscall.O_DSYNC, 0)
+	if err != nil {
+		return err
 	}
-	if err := e.srv.restart(); err != nil {
-		return fmt.Errorf("restart the server: %w", err)
-	}
-	select {
-	case err := <-werr:
-		if err != nil {
-			return fmt.Errorf("writes across the restart: %w", err)
-		}
-	case <-e.ctx.Done():
-		return errors.New("writes across the restart never finished: a hang")
-	}
-	for i := 0; i < blocks; i++ {
-		got := aligned(64<<10, 0)
-		if err := directIO(e.ctx, a.Path, false, got, int64(i)*(64<<10)); err != nil {
-			return err
-		}
-		if !bytes.Equal(got, aligned(64<<10, byte(i+1))) {
-			return fmt.Errorf("block %d, acknowledged with O_DSYNC, is not there after the restart", i)
-		}
+	defer f.Close()
+	if err := durableAcrossRestart(e.ctx, f, "O_DSYNC", e.srv.restart); err != nil {
+		return err
 	}
 	stop()
 	return e.detach(a)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -127,5 +128,134 @@ func TestCarelessServerFails(t *testing.T) {
 		if !strings.Contains(b.String(), "handshake/unknown-option") || !strings.Contains(strings.ToLower(b.String()), "fail") {
 			t.Errorf("%s report does not show the failure:\n%s", name, b.String())
 		}
+	}
+}
+
+// sloppy is a server that negotiates properly (NBD_OPT_GO, simple
+// replies), keeps 1 MiB in memory, and answers every request wherever it
+// points: reads past the end get zeroes, writes there are acknowledged
+// and dropped.
+func sloppy(t *testing.T) string {
+	const size = 1 << 20
+	sock := filepath.Join(t.TempDir(), "sloppy")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	be := binary.BigEndian
+	optReply := func(w io.Writer, opt uint32, typ nbd.ReplyType, data []byte) {
+		r := be.AppendUint64(nil, nbd.MagicOptReply)
+		r = be.AppendUint32(r, opt)
+		r = be.AppendUint32(r, uint32(typ))
+		r = be.AppendUint32(r, uint32(len(data)))
+		w.Write(append(r, data...))
+	}
+	serveConn := func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		var mu sync.Mutex
+		disk := make([]byte, size)
+		b := be.AppendUint64(nil, nbd.MagicInit)
+		b = be.AppendUint64(b, nbd.MagicOpt)
+		c.Write(be.AppendUint16(b, uint16(nbd.FlagFixedNewstyle)))
+		br := bufio.NewReader(c)
+		io.ReadFull(br, make([]byte, 4))
+		for { // options until NBD_OPT_GO
+			var h [16]byte
+			if _, err := io.ReadFull(br, h[:]); err != nil {
+				return
+			}
+			opt := be.Uint32(h[8:])
+			io.CopyN(io.Discard, br, int64(be.Uint32(h[12:])))
+			if nbd.Option(opt) == nbd.OptAbort {
+				optReply(c, opt, nbd.RepAck, nil)
+				return
+			}
+			if nbd.Option(opt) != nbd.OptGo && nbd.Option(opt) != nbd.OptInfo {
+				optReply(c, opt, nbd.RepErrUnsup, nil)
+				continue
+			}
+			info := be.AppendUint16(nil, uint16(nbd.InfoExport))
+			info = be.AppendUint64(info, size)
+			info = be.AppendUint16(info, uint16(nbd.FlagHasFlags|nbd.FlagSendFlush))
+			optReply(c, opt, nbd.RepInfo, info)
+			optReply(c, opt, nbd.RepAck, nil)
+			if nbd.Option(opt) == nbd.OptGo {
+				break
+			}
+		}
+		for {
+			var h [28]byte
+			if _, err := io.ReadFull(br, h[:]); err != nil {
+				return
+			}
+			cmd, cookie := nbd.Cmd(be.Uint16(h[6:])), h[8:16]
+			off, n := be.Uint64(h[16:]), be.Uint32(h[24:])
+			reply := be.AppendUint32(nil, nbd.MagicSimpleReply)
+			reply = append(be.AppendUint32(reply, 0), cookie...)
+			mu.Lock()
+			switch cmd {
+			case nbd.CmdDisc:
+				mu.Unlock()
+				return
+			case nbd.CmdRead:
+				data := make([]byte, n)
+				if off < size {
+					copy(data, disk[off:])
+				}
+				reply = append(reply, data...)
+			case nbd.CmdWrite:
+				data := make([]byte, n)
+				io.ReadFull(br, data)
+				if off < size {
+					copy(disk[off:], data)
+				}
+			}
+			mu.Unlock()
+			c.Write(reply)
+		}
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go serveConn(c)
+		}
+	}()
+	return "nbd+unix:///d?socket=" + sock
+}
+
+// The checker finds a server that answers past the end: what the
+// specification has it refuse, it serves, and only the checks about the
+// end say so.
+func TestSloppyServerFails(t *testing.T) {
+	ids := map[string]conform.Status{
+		"transmission/read":            conform.Pass,
+		"transmission/read-past-end":   conform.Warn, // a SHOULD
+		"transmission/write-past-end":  conform.Warn, // a SHOULD
+		"transmission/offset-overflow": conform.Fail, // a MUST
+	}
+	r, err := conform.CheckServers(context.Background(), []conform.Server{{Name: "sloppy", URI: sloppy(t)}},
+		conform.Options{Patience: 2 * time.Second, Run: func(id string) bool { _, ok := ids[id]; return ok }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, res := range r.Targets[0].Results {
+		want, ok := ids[res.ID]
+		if !ok {
+			continue
+		}
+		seen++
+		if res.Status != want {
+			t.Errorf("%s: %s (%s), want %s", res.ID, res.Status, res.Detail, want)
+		}
+		t.Logf("%s: %s %s", res.ID, res.Status, res.Detail)
+	}
+	if seen != len(ids) {
+		t.Errorf("%d of the %d checks ran", seen, len(ids))
 	}
 }
