@@ -26,9 +26,12 @@ type KernelOptions struct {
 	Guest   bool     // with Host: this is a lab VM the suite may break (rmmod nbd)
 	Run     string   // regular expression: only the cases whose ID matches
 	Strict  bool     // a peer server's failure fails the run too
-	Nbdlab  string   // the nbdlab binary the servers run; default this executable
-	Out     io.Writer
-	Timeout time.Duration // per kernel in a VM; default 20m
+	// EveryServer runs the cases of the kernel's own behaviour with every
+	// server, not only with the reference (nbdlab-file where selected).
+	EveryServer bool
+	Nbdlab      string // the nbdlab binary the servers run; default this executable
+	Out         io.Writer
+	Timeout     time.Duration // per kernel in a VM; default 20m
 }
 
 // KernelResult is a run of the kernel suite: the report, and whether it
@@ -161,6 +164,9 @@ func runVMs(ctx context.Context, o KernelOptions) (*Report, error) {
 		if o.Run != "" {
 			argv = append(argv, "--run", o.Run)
 		}
+		if o.EveryServer {
+			argv = append(argv, "--every-server")
+		}
 		fmt.Fprintf(o.Out, "== %s (%s): booting a VM for the suite\n", k.Release, k.Origin)
 		start := time.Now()
 		res, err := vm.Run(ctx, vm.Config{Kernel: k.Release, Init: o.Nbdlab, Memory: "1536M", Timeout: o.Timeout,
@@ -237,9 +243,12 @@ func runHost(ctx context.Context, o KernelOptions) (*Report, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(work)
-	for _, spec := range o.servers() {
+	servers := o.servers()
+	ref := reference(servers)
+	for _, spec := range servers {
 		t := Target{Name: release + "/" + spec.Name, URI: spec.What}
 		fmt.Fprintf(o.Out, "-- %s\n", t.Name)
+		start := time.Now()
 		srv, err := startKernelServer(ctx, spec, o.Nbdlab, work)
 		for _, c := range cases {
 			if !run.MatchString(c.id) {
@@ -247,6 +256,8 @@ func runHost(ctx context.Context, o KernelOptions) (*Report, error) {
 			}
 			res := Result{ID: c.id, Level: Must}
 			switch {
+			case c.kernelOnly && !o.EveryServer && spec.Name != ref:
+				res.Status, res.Detail = NA, fmt.Sprintf("a case of the kernel's own behaviour, run once per kernel with %s (--every-server runs it with each)", ref)
 			case err != nil:
 				res.Status, res.Detail = Fail, "the server did not start: "+err.Error()
 			default:
@@ -258,9 +269,29 @@ func runHost(ctx context.Context, o KernelOptions) (*Report, error) {
 		if srv != nil {
 			srv.close()
 		}
+		fmt.Fprintf(o.Out, "-- %s: %s\n", t.Name, time.Since(start).Round(time.Second))
 		rep.Targets = append(rep.Targets, t)
 	}
 	return rep, nil
+}
+
+// reference is the server the cases of the kernel's own behaviour run
+// with: nbdlab-file where selected, else the first nbdlab server, else the
+// first.
+func reference(servers []KernelServer) string {
+	ref := ""
+	for _, s := range servers {
+		switch {
+		case s.Name == "nbdlab-file":
+			return s.Name
+		case ref == "" && strings.HasPrefix(s.Name, "nbdlab"):
+			ref = s.Name
+		}
+	}
+	if ref == "" && len(servers) > 0 {
+		ref = servers[0].Name
+	}
+	return ref
 }
 
 func firstLine(s string) string {

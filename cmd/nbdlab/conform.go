@@ -102,6 +102,7 @@ func runConformKernel(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs.BoolVar(&o.Guest, "guest", false, "with --host: this machine is a lab VM the suite may break (unloads nbd); set by the VM mode")
 	fs.StringVar(&o.Run, "run", "", "only the cases whose ID matches `REGEX` (see --list)")
 	fs.BoolVar(&o.Strict, "strict", false, "fail on a peer server's failure too, not only nbdlab's")
+	fs.BoolVar(&o.EveryServer, "every-server", false, "run the cases of the kernel's own behaviour (partitions, module races, link faults) with every server, not once per kernel")
 	list := fs.Bool("list", false, "list the cases and servers and exit")
 	jsonOut := fs.String("json", "", "write the report as JSON to `FILE`")
 	mdOut := fs.String("markdown", "", "write the matrix as Markdown to `FILE`")
