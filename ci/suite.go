@@ -24,6 +24,7 @@ func Fuzzers() []Fuzzer {
 		{"./nbd", "FuzzHandshake"},
 		{"./nbd", "FuzzTransmission"},
 		{"./cpio", "FuzzRead"},
+		{"./qcow2", "FuzzOpen"},
 	}
 }
 

@@ -275,3 +275,43 @@ func TestServeLogsAndSurvivesBadClients(t *testing.T) {
 		}
 	}
 }
+
+// TestQcow2 serves qcow2 images qemu-img made (compressed, and with a
+// backing file under them) and wants qemu-img compare to find the export
+// identical to the image, block status to show the image's holes, and a
+// ,cow export to take writes without changing the image.
+func TestQcow2(t *testing.T) {
+	testenv.Need(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	src, _ := randomFile(t, 4<<20)
+	base := filepath.Join(dir, "base.qcow2")
+	harness.Run(t, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "cluster_size=4096", "-f", "raw", src, base)
+	top := filepath.Join(dir, "top.qcow2")
+	harness.Run(t, "qemu-img", "create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top, "8M")
+	harness.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 300K", "-c", "write -z 2M 64K", top)
+	before := mustRead(t, top)
+	s := serveBoth(t, "img=qcow2:"+top+",ro", "scratch=qcow2:"+top+",cow")
+	transports(t, func(t *testing.T, unix bool) {
+		harness.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "qcow2", s.URI("img", unix), top)
+	})
+	m := harness.Run(t, "qemu-img", "map", "--output=json", "-f", "raw", s.URI("img", false))
+	for _, hole := range []string{`"start": 2097152, "length": 65536,`, `"start": 4194304, "length": 4194304,`} {
+		found := false
+		for _, line := range strings.Split(m, "\n") {
+			found = found || strings.Contains(line, hole) && strings.Contains(line, `"zero": true, "data": false`)
+		}
+		if !found {
+			t.Errorf("block status does not show %s (zero-flagged, and past the backing file) as a hole:\n%s", hole, m)
+		}
+	}
+	out := harness.Run(t, "qemu-io", "-f", "raw", "-c", "write -P 0xab 0 1M", "-c", "read -P 0xab 0 1M", "-c", "flush", s.URI("scratch", false))
+	if strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "error") {
+		t.Fatalf("qemu-io on the ,cow export:\n%s", out)
+	}
+	if _, err := harness.RunErr("qemu-io", "-f", "raw", "-c", "write 0 4096", s.URI("img", false)); err == nil {
+		t.Error("a write to the ,ro export succeeded")
+	}
+	if !bytes.Equal(mustRead(t, top), before) {
+		t.Fatal("serving changed the image")
+	}
+}

@@ -22,7 +22,8 @@
 //     what keeps that path fast and bounded (stall hand-off, buffer reuse,
 //     blocking sockets off the poller that park when idle, spliced reads);
 //   - client.go: the client's transmission phase;
-//   - backend.go, export.go and the backends mem.go, file.go, cow.go.
+//   - backend.go, export.go and the backends mem.go, file.go, cow.go,
+//     qcow2.go (package qcow2 read-only), faulty.go.
 //
 // # Server
 //

@@ -36,8 +36,8 @@ func (e *Export) flags(structured bool) TransmissionFlags {
 // ExportSpec is a parsed NAME=SPEC export argument.
 type ExportSpec struct {
 	Name     string
-	Kind     string // "file" or "mem"
-	Path     string // for file
+	Kind     string // "file", "qcow2" or "mem"
+	Path     string // for file and qcow2
 	Size     int64  // for mem
 	ReadOnly bool
 	COW      bool
@@ -45,13 +45,14 @@ type ExportSpec struct {
 	EIOOff, EIOLen int64
 }
 
-// ParseExportSpec parses NAME=file:PATH[,ro][,cow][,eio=OFF+LEN] or
+// ParseExportSpec parses NAME=file:PATH[,ro][,cow][,eio=OFF+LEN],
+// NAME=qcow2:PATH with the same options, or
 // NAME=mem:SIZE with the same options.
 func ParseExportSpec(s string) (ExportSpec, error) {
 	var spec ExportSpec
 	name, rest, ok := strings.Cut(s, "=")
 	if !ok {
-		return spec, fmt.Errorf("export %q: want NAME=file:PATH or NAME=mem:SIZE, with ,ro or ,cow after it", s)
+		return spec, fmt.Errorf("export %q: want NAME=file:PATH, NAME=qcow2:PATH or NAME=mem:SIZE, with ,ro or ,cow after it", s)
 	}
 	if len(name) > maxString {
 		return spec, fmt.Errorf("export %q: name is longer than %d bytes", s, maxString)
@@ -62,7 +63,7 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 	spec.Name = name
 	kind, arg, ok := strings.Cut(rest, ":")
 	if !ok {
-		return spec, fmt.Errorf("export %q: %q has no type: write file:PATH or mem:SIZE", s, rest)
+		return spec, fmt.Errorf("export %q: %q has no type: write file:PATH, qcow2:PATH or mem:SIZE", s, rest)
 	}
 	spec.Kind = kind
 	// Options come last. A file path may itself contain commas, so for
@@ -83,7 +84,7 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 				return spec, fmt.Errorf("export %q: %w", s, err)
 			}
 			spec.EIOOff, spec.EIOLen = off, n
-		case kind == "file":
+		case kind == "file" || kind == "qcow2":
 			i = len(arg)
 		default:
 			return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow, eio=OFF+LEN)", s, opt)
@@ -94,9 +95,9 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 		arg = arg[:i]
 	}
 	switch kind {
-	case "file":
+	case "file", "qcow2":
 		if arg == "" {
-			return spec, fmt.Errorf("export %q: file: needs a path", s)
+			return spec, fmt.Errorf("export %q: %s: needs a path", s, kind)
 		}
 		spec.Path = arg
 	case "mem":
@@ -109,7 +110,7 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 		}
 		spec.Size = size
 	default:
-		return spec, fmt.Errorf("export %q: unknown type %q (known: file, mem)", s, kind)
+		return spec, fmt.Errorf("export %q: unknown type %q (known: file, qcow2, mem)", s, kind)
 	}
 	return spec, nil
 }
@@ -121,7 +122,19 @@ func (spec ExportSpec) Open() (*Export, io.Closer, error) {
 	switch spec.Kind {
 	case "mem":
 		b = NewMem(spec.Size)
+	case "qcow2":
+		if !spec.ReadOnly && !spec.COW {
+			return nil, nil, fmt.Errorf("export %s: %w", spec.Name, errQcow2ReadOnly)
+		}
+		q, err := OpenQcow2(spec.Path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("export %s: %w", spec.Name, err)
+		}
+		b, closer = q, q
 	case "file":
+		if IsQcow2(spec.Path) {
+			return nil, nil, fmt.Errorf("export %s: %s is a qcow2 image, which file: would serve as its raw bytes: serve it as %s=qcow2:%s,ro (or ,cow)", spec.Name, spec.Path, spec.Name, spec.Path)
+		}
 		f, err := OpenFile(spec.Path, spec.ReadOnly || spec.COW)
 		if err != nil {
 			return nil, nil, fmt.Errorf("export %s: %w", spec.Name, err)

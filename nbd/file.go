@@ -3,7 +3,6 @@ package nbd
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sync/atomic"
 	"unsafe"
@@ -224,20 +223,4 @@ func (b *File) Extents(off, n int64) ([]Extent, error) {
 		pos += run
 	}
 	return out, nil
-}
-
-// CheckRawImage refuses an image in a format that the file backend would
-// serve as its raw bytes (qcow2), with the command that converts it.
-func CheckRawImage(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("nbd: open image: %w", err)
-	}
-	defer f.Close()
-	var magic [4]byte
-	io.ReadFull(f, magic[:])
-	if string(magic[:]) == "QFI\xfb" {
-		return fmt.Errorf("%s is a qcow2 image; nbdlab serves raw images and block devices: convert it with qemu-img convert -O raw %s IMAGE.raw", path, path)
-	}
-	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"text/tabwriter"
 
@@ -96,12 +97,24 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if err := nbd.CheckRawImage(image); err != nil {
-		return err
+	img, err := os.Open(image)
+	if err != nil {
+		return fmt.Errorf("open image: %w", err)
+	}
+	img.Close()
+	qcow := nbd.IsQcow2(image)
+	if qcow && !f.ReadOnly {
+		return fmt.Errorf("%s is a qcow2 image, which nbdlab serves read-only: attach it with --read-only", image)
 	}
 	f.Backend = image
 	open := func() (kernel.Dialer, error) {
-		b, err := nbd.OpenFile(image, f.ReadOnly)
+		var b nbd.Backend
+		var err error
+		if qcow {
+			b, err = nbd.OpenQcow2(image)
+		} else {
+			b, err = nbd.OpenFile(image, f.ReadOnly)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -1,0 +1,237 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// maxChain bounds a backing chain, which a malformed image could make
+// circular or endless.
+const maxChain = 32
+
+// File is what an image reads from: a file, or anything like one.
+type File interface {
+	io.ReaderAt
+	io.Closer
+}
+
+// Options configure Open.
+type Options struct {
+	// CacheBytes bounds the L2 tables held in memory (default 32 MiB, at
+	// least one table).
+	CacheBytes int64
+}
+
+// Image is an open qcow2 image: an io.ReaderAt over its virtual disk.
+// It is safe for concurrent use.
+type Image struct {
+	hdr      *Header
+	path     string
+	f        File
+	fileSize int64
+	l1       []uint64
+	cache    *tableCache
+	backing  backing // nil without a backing file
+	closeMu  sync.Mutex
+}
+
+// backing is the image under an image: raw or qcow2.
+type backing interface {
+	io.ReaderAt
+	io.Closer
+	Size() int64
+}
+
+// Open opens the qcow2 image at path read-only, with its backing chain.
+func Open(path string, o Options) (*Image, error) {
+	return open(path, o, 0)
+}
+
+func open(path string, o Options, depth int) (*Image, error) {
+	f, err := openFile(path)
+	if err != nil {
+		return nil, err
+	}
+	img, err := newImage(f, path, o, depth)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return img, nil
+}
+
+// newImage reads the header, the L1 table and the backing chain of f.
+func newImage(f *os.File, path string, o Options, depth int) (*Image, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	first := make([]byte, min(st.Size(), 1<<maxClusterBits))
+	if _, err := f.ReadAt(first, 0); err != nil && err != io.EOF {
+		return nil, err
+	}
+	h, err := ParseHeader(first)
+	if err != nil {
+		return nil, err
+	}
+	img := &Image{hdr: h, path: path, f: f, fileSize: st.Size()}
+	if img.l1, err = img.readTable(h.L1Offset, int64(h.L1Size), "L1 table"); err != nil {
+		return nil, err
+	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = 32 << 20
+	}
+	img.cache = newTableCache(max(1, int(o.CacheBytes/h.ClusterSize())))
+	if h.BackingOffset != 0 {
+		if err := img.openBacking(o, depth); err != nil {
+			return nil, err
+		}
+	}
+	return img, nil
+}
+
+// readTable reads n big-endian 64-bit entries at off, all inside the file.
+func (img *Image) readTable(off uint64, n int64, what string) ([]uint64, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	if off == 0 || off > uint64(img.fileSize) || uint64(n)*8 > uint64(img.fileSize)-off {
+		return nil, fmt.Errorf("%s of %d entries at byte %d lies outside the %d-byte file", what, n, off, img.fileSize)
+	}
+	b := make([]byte, n*8)
+	if _, err := img.f.ReadAt(b, int64(off)); err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	t := make([]uint64, n)
+	for i := range t {
+		t[i] = binary.BigEndian.Uint64(b[i*8:])
+	}
+	return t, nil
+}
+
+// openBacking opens the backing file the header names, resolved as QEMU
+// does: a relative name is relative to this image's directory.
+func (img *Image) openBacking(o Options, depth int) error {
+	h := img.hdr
+	if depth+1 >= maxChain {
+		return fmt.Errorf("backing chain deeper than %d images (a loop?)", maxChain)
+	}
+	if h.BackingOffset > uint64(img.fileSize) || uint64(h.BackingSize) > uint64(img.fileSize)-h.BackingOffset {
+		return fmt.Errorf("backing file name at byte %d lies outside the file", h.BackingOffset)
+	}
+	name := make([]byte, h.BackingSize)
+	if _, err := img.f.ReadAt(name, int64(h.BackingOffset)); err != nil {
+		return fmt.Errorf("read backing file name: %w", err)
+	}
+	p := string(name)
+	if p == "" {
+		return errors.New("empty backing file name")
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(filepath.Dir(img.path), p)
+	}
+	format := h.BackingFormat
+	if format == "" {
+		format = probe(p)
+	}
+	var err error
+	switch format {
+	case "qcow2":
+		img.backing, err = open(p, o, depth+1)
+	case "raw":
+		img.backing, err = openRaw(p)
+	default:
+		return fmt.Errorf("backing file %s: format %q is not supported (raw and qcow2 are)", p, format)
+	}
+	if err != nil {
+		return fmt.Errorf("backing file: %w", err)
+	}
+	return nil
+}
+
+// probe guesses a backing file's format from its magic, as QEMU does when
+// the image does not name it.
+func probe(path string) string {
+	f, err := openFile(path)
+	if err != nil {
+		return "raw" // the open that follows reports the error
+	}
+	defer f.Close()
+	var m [4]byte
+	if _, err := f.ReadAt(m[:], 0); err == nil && string(m[:]) == Magic {
+		return "qcow2"
+	}
+	return "raw"
+}
+
+type rawFile struct {
+	*os.File
+	size int64
+}
+
+func (r *rawFile) Size() int64 { return r.size }
+
+// openFile opens a regular file or a block device read-only: an image
+// that names a FIFO or a character device as its backing file gets an
+// error, not a read that never returns.
+func openFile(path string) (*os.File, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() && st.Mode().Type() != os.ModeDevice {
+		return nil, fmt.Errorf("%s is not a regular file or a block device (%s)", path, st.Mode().Type())
+	}
+	return os.Open(path)
+}
+
+func openRaw(path string) (*rawFile, error) {
+	f, err := openFile(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &rawFile{f, st.Size()}, nil
+}
+
+// Header returns the image's header.
+func (img *Image) Header() *Header { return img.hdr }
+
+// Size is the virtual disk size in bytes.
+func (img *Image) Size() int64 { return int64(img.hdr.Size) }
+
+// Backing describes the backing chain below the image, nearest first.
+func (img *Image) Backing() []string {
+	var out []string
+	for b := img.backing; b != nil; {
+		switch v := b.(type) {
+		case *Image:
+			out = append(out, v.path+" (qcow2)")
+			b = v.backing
+		case *rawFile:
+			out = append(out, v.Name()+" (raw)")
+			b = nil
+		}
+	}
+	return out
+}
+
+// Close closes the image and its backing chain.
+func (img *Image) Close() error {
+	img.closeMu.Lock()
+	defer img.closeMu.Unlock()
+	err := img.f.Close()
+	if img.backing != nil {
+		err = errors.Join(err, img.backing.Close())
+	}
+	return err
+}
