@@ -16,7 +16,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/kernel"
 )
@@ -33,9 +32,10 @@ type kernelCase struct {
 	timeout  time.Duration // default 2m
 	run      func(e *kenv) error
 	// kernelOnly marks a case of the kernel's own behaviour (module
-	// races, partition scans, device allocation, TCP under link faults):
-	// the server only serves a few reads and writes. It runs once per
-	// kernel, with the reference server, unless every server is asked for.
+	// races, partition scans, device allocation, TCP under link faults, md
+	// arrays): the server only serves a few reads and writes. It runs once
+	// per kernel, with the reference server, unless every server is asked
+	// for.
 	kernelOnly bool
 }
 
@@ -201,7 +201,7 @@ func kernelCases() []kernelCase {
 		kernelCase{id: "data/verify-4conn-direct", what: "fio crc32c verify through /dev/nbdN, 4 connections (where the server advertises multi-conn), O_DIRECT", run: func(e *kenv) error { return caseFio(e, 4, true) }, timeout: 5 * time.Minute},
 		kernelCase{id: "data/verify-1conn-buffered", what: "fio crc32c verify through /dev/nbdN, 1 connection, buffered with fsync", run: func(e *kenv) error { return caseFio(e, 1, false) }, timeout: 5 * time.Minute},
 		kernelCase{id: "readonly", what: "a device connected read-only refuses writes (EPERM) and says ro in sysfs; reads work", run: caseReadOnly},
-		kernelCase{id: "devices/16-at-once", what: "16 devices connected at once to one server, each writing its own block, all read back through one", run: caseSixteen},
+		kernelCase{id: "devices/16-at-once", what: "16 devices connected at once to one server, each writing its own block, all read back through one", run: caseSixteen, kernelOnly: true},
 		kernelCase{id: "devices/any-8-concurrent", what: "8 concurrent connects to any free device get 8 distinct devices", run: caseAnyConcurrent, kernelOnly: true},
 		kernelCase{id: "timeout/server-stops", what: "a server that stops answering gives EIO after the request timeout (3 s), never a hang", run: caseServerStops},
 		kernelCase{id: "faults/link-down-short", what: "the link down for 2 s under a 30 s timeout: I/O resumes and the data verifies", run: caseLinkShort, kernelOnly: true},
@@ -323,7 +323,7 @@ func caseFio(e *kenv, conns int, direct bool) error {
 	if err != nil {
 		return err
 	}
-	if err := fioVerify(e.ctx, a.Path, conns, direct, "32M"); err != nil {
+	if err := fioVerify(e.ctx, a.Path, conns, direct, "16M"); err != nil {
 		return err
 	}
 	return e.detach(a)
@@ -477,9 +477,8 @@ func caseServerStops(e *kenv) error {
 	e.undo = append(e.undo, func() { e.srv.signal(syscall.SIGCONT) })
 	// A stop reaches every thread only as each next runs; under TCG that
 	// takes a while, and a thread not yet stopped could still answer.
-	pid := e.srv.proc.Cmd.Process.Pid
-	if !waitFor(e.ctx, 10*time.Second, func() bool { return procfs.Stopped(pid) }) {
-		return fmt.Errorf("the server (pid %d) was not stopped 10 s after SIGSTOP", pid)
+	if !waitFor(e.ctx, 10*time.Second, e.srv.stopped) {
+		return fmt.Errorf("the server (pid %d) was not stopped 10 s after SIGSTOP", e.srv.proc.Cmd.Process.Pid)
 	}
 	return expectEIO(e.ctx, a.Path, 60*time.Second)
 }

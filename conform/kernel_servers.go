@@ -9,9 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/nbd"
 )
@@ -81,12 +84,52 @@ func (s *runningServer) stop() {
 }
 
 // signal sends sig to the server process (ip netns exec has exec'd it,
-// or the sh holding nbd-server's place, whose daemon is its child).
-func (s *runningServer) signal(sig os.Signal) error {
+// or the sh holding nbd-server's place, whose daemon is its child) and to
+// every process under it: a forking server (nbd-server) serves each
+// connection from a child.
+func (s *runningServer) signal(sig syscall.Signal) error {
 	if s.proc == nil {
 		return fmt.Errorf("conform: %s is not running", s.spec.Name)
 	}
-	return s.proc.Cmd.Process.Signal(sig)
+	for _, pid := range s.pids() {
+		syscall.Kill(pid, sig)
+	}
+	return nil
+}
+
+// pids lists the server's processes: the one started and every process
+// under it, and a daemon that left it (nbd-server), found by the pid file
+// it wrote into the server's directory, with the processes under that.
+func (s *runningServer) pids() []int {
+	pids := procfs.Tree(s.proc.Cmd.Process.Pid)
+	files, _ := filepath.Glob(filepath.Join(s.dir, "*.pid"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if pid, err2 := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && err2 == nil && procfs.Alive(pid) {
+			pids = append(pids, procfs.Tree(pid)...)
+		}
+	}
+	return pids
+}
+
+// stopped reports whether the server and every process under it are
+// stopped.
+func (s *runningServer) stopped() bool {
+	for _, pid := range s.pids() {
+		if !procfs.Stopped(pid) {
+			return false
+		}
+	}
+	return true
+}
+
+// kill kills the server and every process under it, as a crash would.
+func (s *runningServer) kill() {
+	if s.proc != nil {
+		s.signal(syscall.SIGKILL)
+		s.proc.Kill()
+		s.proc = nil
+	}
 }
 
 // recordMark returns where the request record ends now, or -1 when the

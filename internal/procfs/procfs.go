@@ -18,6 +18,7 @@ const clockTick = 100
 // Stat is what /proc/PID/stat says of a process.
 type Stat struct {
 	State byte          // R, S, D, Z, ...
+	PPID  int           // the parent's pid
 	CPU   time.Duration // user and system time so far
 }
 
@@ -47,7 +48,11 @@ func parseStat(path, s string) (Stat, error) {
 	if err1 != nil || err2 != nil {
 		return Stat{}, fmt.Errorf("procfs: %s: utime %q, stime %q", path, f[11], f[12])
 	}
-	return Stat{State: f[0][0], CPU: time.Duration(utime+stime) * time.Second / clockTick}, nil
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return Stat{}, fmt.Errorf("procfs: %s: ppid %q", path, f[1])
+	}
+	return Stat{State: f[0][0], PPID: ppid, CPU: time.Duration(utime+stime) * time.Second / clockTick}, nil
 }
 
 // Stopped reports whether every thread of pid is stopped (state T), as a
@@ -138,6 +143,27 @@ func parseSystemCPU(s string) (time.Duration, error) {
 		busy += n
 	}
 	return time.Duration(busy) * time.Second / clockTick, nil
+}
+
+// Tree returns pid and every live descendant of it, parents before their
+// children: a forking server's connection handlers with it.
+func Tree(pid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	children := map[int][]int{}
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if st, err := ReadStat(p); err == nil {
+			children[st.PPID] = append(children[st.PPID], p)
+		}
+	}
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		out = append(out, children[out[i]]...)
+	}
+	return out
 }
 
 // CommandCPU sums the CPU time of every process or kernel thread whose

@@ -15,9 +15,9 @@ func TestParseStat(t *testing.T) {
 		wantErr  bool
 	}{
 		{name: "plain", in: "42 (nbdlab) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0",
-			want: Stat{State: 'S', CPU: 3 * time.Second}},
+			want: Stat{State: 'S', PPID: 1, CPU: 3 * time.Second}},
 		{name: "name with spaces and parens", in: "7 (a (b) c) Z 1 7 7 0 -1 0 0 0 0 0 1 1 0 0",
-			want: Stat{State: 'Z', CPU: 20 * time.Millisecond}},
+			want: Stat{State: 'Z', PPID: 1, CPU: 20 * time.Millisecond}},
 		{name: "cut short", in: "7 (x) R 1 2", wantErr: true},
 		{name: "no name", in: "7 x R", wantErr: true},
 	} {
@@ -80,6 +80,34 @@ func TestStopped(t *testing.T) {
 	}
 	if Stopped(1 << 30) {
 		t.Error("a process that does not exist reads as stopped")
+	}
+}
+
+// TestTree finds a child and a grandchild of a shell, and nothing of a
+// process with no children.
+func TestTree(t *testing.T) {
+	cmd := exec.Command("sh", "-c", "sh -c 'sleep 30; true' & wait")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, p := range Tree(cmd.Process.Pid) {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+		cmd.Wait()
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(Tree(cmd.Process.Pid)) < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("tree of the shell: %v, want it, its child and its grandchild", Tree(cmd.Process.Pid))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := Tree(cmd.Process.Pid); got[0] != cmd.Process.Pid {
+		t.Errorf("tree %v does not start with the root %d", got, cmd.Process.Pid)
+	}
+	if got := Tree(1 << 30); len(got) != 1 {
+		t.Errorf("tree of a pid that does not exist: %v", got)
 	}
 }
 
