@@ -256,8 +256,8 @@ func runHost(ctx context.Context, o KernelOptions) (*Report, error) {
 			}
 			res := Result{ID: c.id, Level: Must}
 			switch {
-			case c.kernelOnly && !o.EveryServer && spec.Name != ref:
-				res.Status, res.Detail = NA, fmt.Sprintf("a case of the kernel's own behaviour, run once per kernel with %s (--every-server runs it with each)", ref)
+			case c.once != "" && !o.EveryServer && spec.Name != ref:
+				res.Status, res.Detail = NA, fmt.Sprintf("%s, run once per kernel with %s (--every-server runs it with each)", c.once, ref)
 			case err != nil:
 				res.Status, res.Detail = Fail, "the server did not start: "+err.Error()
 			default:

@@ -20,6 +20,9 @@ import (
 	"github.com/nbdlab/nbdlab/nbd/kernel"
 )
 
+// ofKernel is why most cases run once per kernel.
+const ofKernel = "a case of the kernel's own behaviour"
+
 // notApplicable is returned by a case the server or kernel cannot do; it
 // says why.
 type notApplicable string
@@ -31,12 +34,13 @@ type kernelCase struct {
 	id, what string
 	timeout  time.Duration // default 2m
 	run      func(e *kenv) error
-	// kernelOnly marks a case of the kernel's own behaviour (module
-	// races, partition scans, device allocation, TCP under link faults, md
-	// arrays): the server only serves a few reads and writes. It runs once
-	// per kernel, with the reference server, unless every server is asked
-	// for.
-	kernelOnly bool
+	// once, when set, says why the case does not depend on the server
+	// under test: a case of the kernel's own behaviour (module races,
+	// partition scans, device allocation, TCP under link faults, md
+	// arrays), where the server only serves a few reads and writes, or
+	// one that starts servers of its own. It runs once per kernel, with
+	// the reference server, unless every server is asked for.
+	once string
 }
 
 func (c kernelCase) limit() time.Duration {
@@ -190,23 +194,23 @@ func kernelCases() []kernelCase {
 				what: "blktests nbd/001: the size is set the moment connect returns, I/O works at once, and disconnect leaves the device free and sized 0",
 				run:  func(e *kenv) error { return caseSize(e, iface) }},
 			kernelCase{id: "nbd002-partitions/" + string(iface),
-				what:       "blktests nbd/002 and nbd/005: partitions appear within 3 s of connect and vanish within 3 s of disconnect",
-				run:        func(e *kenv) error { return casePartitions(e, iface) },
-				kernelOnly: true},
+				what: "blktests nbd/002 and nbd/005: partitions appear within 3 s of connect and vanish within 3 s of disconnect",
+				run:  func(e *kenv) error { return casePartitions(e, iface) },
+				once: ofKernel},
 		)
 	}
 	cs = append(cs,
-		kernelCase{id: "nbd003-mount-clear-sock", what: "blktests nbd/003: umount racing NBD_CLEAR_SOCK on a mounted ext4, 5 rounds: no hang, no oops", run: caseClearSock, timeout: 4 * time.Minute, kernelOnly: true},
+		kernelCase{id: "nbd003-mount-clear-sock", what: "blktests nbd/003: umount racing NBD_CLEAR_SOCK on a mounted ext4, 5 rounds: no hang, no oops", run: caseClearSock, timeout: 4 * time.Minute, once: ofKernel},
 		kernelCase{id: "data/verify-1conn-direct", what: "fio crc32c verify through /dev/nbdN, 1 connection, O_DIRECT", run: func(e *kenv) error { return caseFio(e, 1, true) }, timeout: 5 * time.Minute},
 		kernelCase{id: "data/verify-4conn-direct", what: "fio crc32c verify through /dev/nbdN, 4 connections (where the server advertises multi-conn), O_DIRECT", run: func(e *kenv) error { return caseFio(e, 4, true) }, timeout: 5 * time.Minute},
 		kernelCase{id: "data/verify-1conn-buffered", what: "fio crc32c verify through /dev/nbdN, 1 connection, buffered with fsync", run: func(e *kenv) error { return caseFio(e, 1, false) }, timeout: 5 * time.Minute},
 		kernelCase{id: "readonly", what: "a device connected read-only refuses writes (EPERM) and says ro in sysfs; reads work", run: caseReadOnly},
-		kernelCase{id: "devices/16-at-once", what: "16 devices connected at once to one server, each writing its own block, all read back through one", run: caseSixteen, kernelOnly: true},
-		kernelCase{id: "devices/any-8-concurrent", what: "8 concurrent connects to any free device get 8 distinct devices", run: caseAnyConcurrent, kernelOnly: true},
+		kernelCase{id: "devices/16-at-once", what: "16 devices connected at once to one server, each writing its own block, all read back through one", run: caseSixteen, once: ofKernel},
+		kernelCase{id: "devices/any-8-concurrent", what: "8 concurrent connects to any free device get 8 distinct devices", run: caseAnyConcurrent, once: ofKernel},
 		kernelCase{id: "timeout/server-stops", what: "a server that stops answering gives EIO after the request timeout (3 s), never a hang", run: caseServerStops},
-		kernelCase{id: "faults/link-down-short", what: "the link down for 2 s under a 30 s timeout: I/O resumes and the data verifies", run: caseLinkShort, kernelOnly: true},
-		kernelCase{id: "faults/link-down-long", what: "the link down for longer than the 3 s timeout: EIO, no hang", run: caseLinkLong, kernelOnly: true},
-		kernelCase{id: "faults/netem-loss", what: "netem 5% loss and 5 ms delay on the link: fio verify passes", run: caseNetem, timeout: 5 * time.Minute, kernelOnly: true},
+		kernelCase{id: "faults/link-down-short", what: "the link down for 2 s under a 30 s timeout: I/O resumes and the data verifies", run: caseLinkShort, once: ofKernel},
+		kernelCase{id: "faults/link-down-long", what: "the link down for longer than the 3 s timeout: EIO, no hang", run: caseLinkLong, once: ofKernel},
+		kernelCase{id: "faults/netem-loss", what: "netem 5% loss and 5 ms delay on the link: fio verify passes", run: caseNetem, timeout: 5 * time.Minute, once: ofKernel},
 	)
 	cs = append(cs, requestCases()...)
 	return append(cs, faultCases()...)
@@ -551,8 +555,8 @@ func KernelCases() []CheckInfo {
 	var out []CheckInfo
 	for _, c := range kernelCases() {
 		what := c.what
-		if c.kernelOnly {
-			what += " [the kernel's own behaviour: once per kernel]"
+		if c.once != "" {
+			what += " [" + c.once + ": once per kernel]"
 		}
 		out = append(out, CheckInfo{ID: c.id, Level: Must, What: what})
 	}

@@ -29,11 +29,11 @@ func faultCases() []kernelCase {
 	return []kernelCase{
 		{id: "faults/dead-timeout", what: "the server killed: I/O fails with EIO after the 5 s dead-connection timeout, no hang", run: caseDeadTimeout},
 		{id: "faults/persist-restart", what: "the server killed and restarted under O_DSYNC writes of a persistent device (--persist): every acknowledged write is there", run: casePersist, timeout: 4 * time.Minute},
-		{id: "faults/netns-deleted", what: "the server's namespace deleted under a device: EIO after the 3 s timeout, no hang", run: caseNetnsDeleted, kernelOnly: true},
-		{id: "errors/eio-range", what: "a server answering EIO for one range: reads there fail with EIO, the rest works, ext4 on it reports the error", run: caseEIORange, timeout: 3 * time.Minute},
-		{id: "tls/relayed", what: "a TLS export, relayed for the kernel by nbdlab's client: data verifies", run: caseTLS},
-		{id: "raid1/degrade-and-resync", what: "md RAID1 over two devices from two servers in two namespaces: one killed, the array degrades and keeps serving; restarted, re-added, resynced, the data verifies", run: caseRAID1, timeout: 6 * time.Minute, kernelOnly: true},
-		{id: "nbd004-modprobe-race", what: "blktests nbd/004: rmmod and modprobe nbd racing netlink connect and disconnect, 10 rounds: no oops, nbd usable after (in lab VMs only)", run: caseModprobeRace, timeout: 3 * time.Minute, kernelOnly: true},
+		{id: "faults/netns-deleted", what: "the server's namespace deleted under a device: EIO after the 3 s timeout, no hang", run: caseNetnsDeleted, once: ofKernel},
+		{id: "errors/eio-range", what: "a server answering EIO for one range: reads there fail with EIO, the rest works, ext4 on it reports the error", run: caseEIORange, timeout: 3 * time.Minute, once: "a case of nbdlab serve's error injection, on an export of its own"},
+		{id: "tls/relayed", what: "a TLS export, relayed for the kernel by nbdlab's client: data verifies", run: caseTLS, once: "a case of the TLS relay, to an nbdlab serve of its own"},
+		{id: "raid1/degrade-and-resync", what: "md RAID1 over two devices from two servers in two namespaces: one killed, the array degrades and keeps serving; restarted, re-added, resynced, the data verifies", run: caseRAID1, timeout: 6 * time.Minute, once: ofKernel},
+		{id: "nbd004-modprobe-race", what: "blktests nbd/004: rmmod and modprobe nbd racing netlink connect and disconnect, 10 rounds: no oops, nbd usable after (in lab VMs only)", run: caseModprobeRace, timeout: 3 * time.Minute, once: ofKernel},
 	}
 }
 
