@@ -103,15 +103,12 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	img.Close()
 	qcow := nbd.IsQcow2(image)
-	if qcow && !f.ReadOnly {
-		return fmt.Errorf("%s is a qcow2 image, which nbdlab serves read-only: attach it with --read-only", image)
-	}
 	f.Backend = image
 	open := func() (kernel.Dialer, error) {
 		var b nbd.Backend
 		var err error
 		if qcow {
-			b, err = nbd.OpenQcow2(image)
+			b, err = nbd.OpenQcow2(image, f.ReadOnly)
 		} else {
 			b, err = nbd.OpenFile(image, f.ReadOnly)
 		}
