@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/internal/selfbuild"
 	"github.com/nbdlab/nbdlab/internal/testenv"
@@ -64,7 +65,7 @@ func (o *Options) defaults(ctx context.Context) error {
 	if o.Dir == "" {
 		o.Dir = "/dev/shm"
 	}
-	if err := testenv.Require("fio", "nbdkit", "qemu-nbd"); err != nil {
+	if err := testenv.Require("fio", "nbdkit", "qemu-nbd", "qemu-img"); err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
 	if o.Nbdlab == "" {
@@ -80,11 +81,15 @@ func (o *Options) defaults(ctx context.Context) error {
 type Target struct {
 	Name  string
 	Peer  bool
-	Group string // "mem" or "file": which peers it is compared with
+	Group string // "mem", "file" or "qcow2": which peers it is compared with
 	args  func(sock, img string, size int64) []string
 }
 
-// ServerTargets returns nbdlab's two exports and the peers'.
+// qcow2Image is the qcow2 copy of the benchmark's raw image, which the
+// qcow2 targets serve.
+func qcow2Image(img string) string { return img + ".qcow2" }
+
+// ServerTargets returns nbdlab's exports and the peers'.
 func ServerTargets() []Target {
 	return []Target{
 		{"nbdlab mem", false, "mem", func(sock, _ string, size int64) []string {
@@ -101,6 +106,12 @@ func ServerTargets() []Target {
 		}},
 		{"qemu-nbd raw", true, "file", func(sock, img string, _ int64) []string {
 			return []string{"qemu-nbd", "-t", "-f", "raw", "-k", sock, img}
+		}},
+		{"nbdlab qcow2", false, "qcow2", func(sock, img string, _ int64) []string {
+			return []string{"nbdlab", "serve", "--listen", "unix:" + sock, "bench=qcow2:" + qcow2Image(img)}
+		}},
+		{"qemu-nbd qcow2", true, "qcow2", func(sock, img string, _ int64) []string {
+			return []string{"qemu-nbd", "-t", "-f", "qcow2", "-k", sock, qcow2Image(img)}
 		}},
 	}
 }
@@ -153,6 +164,10 @@ func RunServer(ctx context.Context, o Options) error {
 	img := filepath.Join(work, "disk.img")
 	if err := fillFile(img, o.Size); err != nil {
 		return err
+	}
+	// Every cluster allocated: writes overwrite, reads read data.
+	if err := command.Exec(ctx, "", nil, nil, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", img, qcow2Image(img)); err != nil {
+		return fmt.Errorf("bench: %w", err)
 	}
 	jobs, targets := ServerJobs(), ServerTargets()
 	fmt.Fprintf(o.Out, "bench:server: %d jobs x %d servers x %d rounds, %s each, %d MiB exports, file exports on %s\n",
@@ -249,12 +264,12 @@ func report(w io.Writer, runs map[string]map[string][]Result) {
 	tw.Flush()
 	fmt.Fprintln(w, "\nratio nbdlab / best peer (goal >= 1.00; IOPS for 4k jobs, MiB/s for 1M jobs):")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "job\tnbdlab best\tbest peer\tratio\tmem vs memory peers\tfile vs file peers")
+	fmt.Fprintln(tw, "job\tnbdlab best\tbest peer\tratio\tmem vs memory peers\tfile vs file peers\tqcow2 vs qemu-nbd qcow2")
 	for _, j := range jobs {
 		best := func(peer bool, group string) (string, float64) {
 			name, v := "", 0.0
 			for _, t := range targets {
-				if t.Peer != peer || (group != "" && t.Group != group) {
+				if t.Peer != peer || (group != "" && t.Group != group) || (group == "" && t.Group == "qcow2") {
 					continue
 				}
 				if x := results[j.Name][t.Name].IOPS; x > v {
@@ -269,7 +284,9 @@ func report(w io.Writer, runs map[string]map[string][]Result) {
 		_, pm := best(true, "mem")
 		_, lf := best(false, "file")
 		_, pf := best(true, "file")
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%.2f\t%.2f\n", j.Name, ln, pn, lv/pv, lm/pm, lf/pf)
+		_, lq := best(false, "qcow2")
+		_, pq := best(true, "qcow2")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\n", j.Name, ln, pn, lv/pv, lm/pm, lf/pf, lq/pq)
 	}
 	tw.Flush()
 }

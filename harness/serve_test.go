@@ -2,6 +2,7 @@ package harness_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -313,5 +314,53 @@ func TestQcow2(t *testing.T) {
 	}
 	if !bytes.Equal(mustRead(t, top), before) {
 		t.Fatal("serving changed the image")
+	}
+}
+
+// TestQcow2ReadWrite writes to a qcow2 image over a backing file through
+// nbdlab serve with nbdcopy and qemu-io (data, zeroes, discards), and the
+// same to a raw copy; after the server stops, qemu-img check finds the
+// image clean and qemu-img compare finds it identical to the copy, and
+// the backing file is unchanged.
+func TestQcow2ReadWrite(t *testing.T) {
+	testenv.Need(t, "qemu-img", "qemu-io", "nbdcopy")
+	dir := t.TempDir()
+	src, _ := randomFile(t, 6<<20)
+	harness.Run(t, "qemu-img", "convert", "-c", "-O", "qcow2", "-f", "raw", src, filepath.Join(dir, "base.qcow2"))
+	top := filepath.Join(dir, "top.qcow2")
+	harness.Run(t, "qemu-img", "create", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "base.qcow2", "-F", "qcow2", top, "8M")
+	baseBefore := mustRead(t, filepath.Join(dir, "base.qcow2"))
+	mirror := filepath.Join(dir, "mirror.raw")
+	harness.Run(t, "qemu-img", "convert", "-O", "raw", top, mirror)
+	patch, patchData := randomFile(t, 3<<20)
+
+	s, err := harness.StartServe(context.Background(), testenv.Nbdlab(t), "--listen", "127.0.0.1:0", "rw=qcow2:"+top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := s.URI("rw", false)
+	harness.Run(t, "nbdcopy", "--flush", patch, uri) // the first 3 MiB
+	ops := []string{"-c", "write -P 0x33 3000000 70000", "-c", "write -z 4M 256K", "-c", "write -z 5000000 10000",
+		"-c", "discard 6M 1M", "-c", "write -P 0x44 7M 4096", "-c", "flush"}
+	harness.Run(t, "qemu-io", append(append([]string{"-f", "raw"}, ops...), uri)...)
+	harness.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", uri, uri) // reads back over NBD
+	if err := s.Stop(30 * time.Second); err != nil {
+		t.Fatalf("nbdlab serve: %v\n%s", err, s.Output())
+	}
+	m, err := os.OpenFile(mirror, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.WriteAt(patchData, 0)
+	m.Close()
+	harness.Run(t, "qemu-io", append(append([]string{"-f", "raw"}, ops...), mirror)...)
+
+	out := harness.Run(t, "qemu-img", "check", top)
+	if !strings.Contains(out, "No errors were found") || strings.Contains(out, "leaked") {
+		t.Fatalf("qemu-img check after nbdlab wrote:\n%s", out)
+	}
+	harness.Run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", top, mirror)
+	if !bytes.Equal(mustRead(t, filepath.Join(dir, "base.qcow2")), baseBefore) {
+		t.Fatal("writing changed the backing file")
 	}
 }

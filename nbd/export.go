@@ -123,17 +123,14 @@ func (spec ExportSpec) Open() (*Export, io.Closer, error) {
 	case "mem":
 		b = NewMem(spec.Size)
 	case "qcow2":
-		if !spec.ReadOnly && !spec.COW {
-			return nil, nil, fmt.Errorf("export %s: %w", spec.Name, errQcow2ReadOnly)
-		}
-		q, err := OpenQcow2(spec.Path)
+		q, err := OpenQcow2(spec.Path, spec.ReadOnly || spec.COW)
 		if err != nil {
 			return nil, nil, fmt.Errorf("export %s: %w", spec.Name, err)
 		}
 		b, closer = q, q
 	case "file":
 		if IsQcow2(spec.Path) {
-			return nil, nil, fmt.Errorf("export %s: %s is a qcow2 image, which file: would serve as its raw bytes: serve it as %s=qcow2:%s,ro (or ,cow)", spec.Name, spec.Path, spec.Name, spec.Path)
+			return nil, nil, fmt.Errorf("export %s: %s is a qcow2 image, which file: would serve as its raw bytes: serve it as %s=qcow2:%s", spec.Name, spec.Path, spec.Name, spec.Path)
 		}
 		f, err := OpenFile(spec.Path, spec.ReadOnly || spec.COW)
 		if err != nil {

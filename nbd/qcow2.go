@@ -1,37 +1,37 @@
 package nbd
 
 import (
-	"errors"
 	"fmt"
 	"os"
 
 	"github.com/nbdlab/nbdlab/qcow2"
 )
 
-// Qcow2 is a read-only Backend over a qcow2 image and its backing chain
-// (package qcow2), with block status from its L2 tables. Writes need the
-// cow option, which keeps them in memory.
+// Qcow2 is a Backend over a qcow2 image and its backing chain (package
+// qcow2): reads, writes, trims and zero writes (by the zero flag where
+// whole clusters allow), block status from its L2 tables.
 type Qcow2 struct {
 	*qcow2.Image
 }
 
-// errQcow2ReadOnly is what a write that reaches the image gets.
-var errQcow2ReadOnly = errors.New("qcow2 images are served read-only: add ,ro, or ,cow to keep writes in memory")
-
-// OpenQcow2 opens the qcow2 image at path.
-func OpenQcow2(path string) (*Qcow2, error) {
-	img, err := qcow2.Open(path, qcow2.Options{})
+// OpenQcow2 opens the qcow2 image at path, for writing unless readOnly.
+func OpenQcow2(path string, readOnly bool) (*Qcow2, error) {
+	img, err := qcow2.Open(path, qcow2.Options{Writable: !readOnly})
 	if err != nil {
 		return nil, fmt.Errorf("open qcow2 image: %w", err)
 	}
 	return &Qcow2{img}, nil
 }
 
-// WriteAt refuses: the image is read-only.
-func (q *Qcow2) WriteAt(p []byte, off int64) (int, error) { return 0, errQcow2ReadOnly }
-
-// Sync has nothing to do: nothing is written.
-func (q *Qcow2) Sync() error { return nil }
+// Zero zeroes a range; a fast zero is refused where it would write data
+// (parts of clusters, version 2 images).
+func (q *Qcow2) Zero(off, n int64, flags ZeroFlags) error {
+	cs := q.Header().ClusterSize()
+	if flags.Fast && (q.Header().Version < 3 || off%cs != 0 || (n%cs != 0 && off+n != q.Size())) {
+		return ENOTSUP
+	}
+	return q.Image.Zero(off, n, flags.NoHole)
+}
 
 // Extents reports data, zero-flagged clusters and holes.
 func (q *Qcow2) Extents(off, n int64) ([]Extent, error) {

@@ -19,6 +19,12 @@ func (img *Image) Extents(off, n int64) ([]Extent, error) {
 	if off < 0 || n <= 0 || off >= img.Size() {
 		return nil, fmt.Errorf("qcow2: extents of %d+%d on a %d-byte disk", off, n, img.Size())
 	}
+	img.mu.RLock()
+	defer img.mu.RUnlock()
+	return img.extents(off, n)
+}
+
+func (img *Image) extents(off, n int64) ([]Extent, error) {
 	end := min(off+n, img.Size())
 	cs := img.hdr.ClusterSize()
 	var out []Extent
@@ -69,7 +75,7 @@ func (img *Image) backingExtents(pos, end int64, add func(Extent)) error {
 			pos += n
 			continue
 		}
-		ext, err := b.Extents(pos, min(end, bs)-pos)
+		ext, err := b.Extents(pos, min(end, bs)-pos) // its own lock: it is another image
 		if err != nil {
 			return err
 		}

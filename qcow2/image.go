@@ -14,17 +14,13 @@ import (
 // circular or endless.
 const maxChain = 32
 
-// File is what an image reads from: a file, or anything like one.
-type File interface {
-	io.ReaderAt
-	io.Closer
-}
-
 // Options configure Open.
 type Options struct {
 	// CacheBytes bounds the L2 tables held in memory (default 32 MiB, at
 	// least one table).
 	CacheBytes int64
+	// Writable opens the image (not its backing files) for writing.
+	Writable bool
 }
 
 // Image is an open qcow2 image: an io.ReaderAt over its virtual disk.
@@ -32,12 +28,15 @@ type Options struct {
 type Image struct {
 	hdr      *Header
 	path     string
-	f        File
+	f        *os.File
 	fileSize int64
 	l1       []uint64
 	cache    *tableCache
 	backing  backing // nil without a backing file
-	closeMu  sync.Mutex
+	// mu orders reads (shared) against writes (exclusive), which change
+	// the tables.
+	mu sync.RWMutex
+	w  *writer // nil when read-only
 }
 
 // backing is the image under an image: raw or qcow2.
@@ -53,7 +52,7 @@ func Open(path string, o Options) (*Image, error) {
 }
 
 func open(path string, o Options, depth int) (*Image, error) {
-	f, err := openFile(path)
+	f, err := openFile(path, o.Writable)
 	if err != nil {
 		return nil, err
 	}
@@ -89,6 +88,14 @@ func newImage(f *os.File, path string, o Options, depth int) (*Image, error) {
 	img.cache = newTableCache(max(1, int(o.CacheBytes/h.ClusterSize())))
 	if h.BackingOffset != 0 {
 		if err := img.openBacking(o, depth); err != nil {
+			return nil, err
+		}
+	}
+	if o.Writable {
+		if img.w, err = newWriter(img); err != nil {
+			if img.backing != nil {
+				img.backing.Close()
+			}
 			return nil, err
 		}
 	}
@@ -142,7 +149,7 @@ func (img *Image) openBacking(o Options, depth int) error {
 	var err error
 	switch format {
 	case "qcow2":
-		img.backing, err = open(p, o, depth+1)
+		img.backing, err = open(p, Options{CacheBytes: o.CacheBytes}, depth+1)
 	case "raw":
 		img.backing, err = openRaw(p)
 	default:
@@ -157,7 +164,7 @@ func (img *Image) openBacking(o Options, depth int) error {
 // probe guesses a backing file's format from its magic, as QEMU does when
 // the image does not name it.
 func probe(path string) string {
-	f, err := openFile(path)
+	f, err := openFile(path, false)
 	if err != nil {
 		return "raw" // the open that follows reports the error
 	}
@@ -179,7 +186,7 @@ func (r *rawFile) Size() int64 { return r.size }
 // openFile opens a regular file or a block device read-only: an image
 // that names a FIFO or a character device as its backing file gets an
 // error, not a read that never returns.
-func openFile(path string) (*os.File, error) {
+func openFile(path string, writable bool) (*os.File, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, err
@@ -187,11 +194,14 @@ func openFile(path string) (*os.File, error) {
 	if !st.Mode().IsRegular() && st.Mode().Type() != os.ModeDevice {
 		return nil, fmt.Errorf("%s is not a regular file or a block device (%s)", path, st.Mode().Type())
 	}
+	if writable {
+		return os.OpenFile(path, os.O_RDWR, 0)
+	}
 	return os.Open(path)
 }
 
 func openRaw(path string) (*rawFile, error) {
-	f, err := openFile(path)
+	f, err := openFile(path, false)
 	if err != nil {
 		return nil, err
 	}
@@ -225,11 +235,16 @@ func (img *Image) Backing() []string {
 	return out
 }
 
-// Close closes the image and its backing chain.
+// Close writes back what the image holds in memory (when writable) and
+// closes it and its backing chain.
 func (img *Image) Close() error {
-	img.closeMu.Lock()
-	defer img.closeMu.Unlock()
-	err := img.f.Close()
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	var err error
+	if img.w != nil {
+		err = img.syncLocked()
+	}
+	err = errors.Join(err, img.f.Close())
 	if img.backing != nil {
 		err = errors.Join(err, img.backing.Close())
 	}

@@ -28,7 +28,8 @@ const (
 type mapping struct {
 	kind kind
 	host int64 // normal: the cluster's offset in the file; compressed: the data's
-	clen int64 // compressed: the most bytes the data can take
+	clen int64 // compressed: the most bytes the data can take, within the file
+	span int64 // compressed: the bytes its refcounts cover
 }
 
 // lookup maps the guest cluster that holds off.
@@ -77,7 +78,7 @@ func (img *Image) decode(e uint64) (mapping, error) {
 		if host >= img.fileSize {
 			return mapping{}, fmt.Errorf("compressed cluster at byte %d lies outside the %d-byte file", host, img.fileSize)
 		}
-		return mapping{kind: compressed, host: host, clen: min(clen, img.fileSize-host)}, nil
+		return mapping{kind: compressed, host: host, clen: min(clen, img.fileSize-host), span: clen}, nil
 	}
 	if h.Version >= 3 && e&flagZero != 0 {
 		return mapping{kind: zeroed, host: int64(e & offsetMask)}, nil
@@ -112,6 +113,8 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	if int64(len(p)) > size-off {
 		p, eof = p[:size-off], io.EOF
 	}
+	img.mu.RLock()
+	defer img.mu.RUnlock()
 	cs := img.hdr.ClusterSize()
 	done := 0
 	for done < len(p) {

@@ -103,15 +103,12 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	img.Close()
 	qcow := nbd.IsQcow2(image)
-	if qcow && !f.ReadOnly {
-		return fmt.Errorf("%s is a qcow2 image, which nbdlab serves read-only: attach it with --read-only", image)
-	}
 	f.Backend = image
 	open := func() (kernel.Dialer, error) {
 		var b nbd.Backend
 		var err error
 		if qcow {
-			b, err = nbd.OpenQcow2(image)
+			b, err = nbd.OpenQcow2(image, f.ReadOnly)
 		} else {
 			b, err = nbd.OpenFile(image, f.ReadOnly)
 		}
@@ -126,7 +123,7 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func runDisconnect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("disconnect", "DEVICE", stderr)
+	fs := newFlagSet("detach", "DEVICE|PARTITION", stderr)
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -134,9 +131,9 @@ func runDisconnect(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if len(pos) != 1 {
 		return usagef("want one DEVICE")
 	}
-	n, ok := kernel.ParseDevice(pos[0])
+	n, ok := kernel.ParseDeviceOrPartition(pos[0])
 	if !ok {
-		return usagef("device %q: want /dev/nbdN", pos[0])
+		return usagef("device %q: want /dev/nbdN, or a partition of it such as /dev/nbdNp1", pos[0])
 	}
 	return hold.Detach(ctx, n)
 }

@@ -31,7 +31,7 @@ func commands() []command {
 		{"disconnect", "DEVICE", "disconnect /dev/nbdN", runDisconnect},
 		{"list", "", "list /dev/nbd* devices and what is attached", runList},
 		{"attach", attachUsage, "serve an image from this process and attach it (like qemu-nbd -c)", runAttach},
-		{"detach", "DEVICE", "disconnect an attached image and stop serving it", runDisconnect},
+		{"detach", "DEVICE", "disconnect an attached image (by /dev/nbdN or a partition of it) and stop serving it", runDisconnect},
 		{"lab", "[--kernel KVER]", "build nbd.ko, boot it in a VM, attach, partition, mount, check (the main job)", runLab},
 		{"kernel", kernelUsage, "fetch Debian kernels into the cache, list and prune them", runKernel},
 		{"kmod", kmodBuildUsage, "build nbd.ko for an installed or fetched kernel and install it", runKmod},

@@ -175,13 +175,30 @@ $N detach $dev
 echo OK attach`,
 		wantMarkers: []string{"OK partitions", "OK reattached", "OK attach"},
 	},
+	{
+		name: "attach a qcow2 image, partition, mount, detach by the partition's name",
+		script: `qemu-img create -q -f qcow2 /tmp/c.qcow2 64M
+dev=$($N attach /tmp/c.qcow2)
+printf 'label: dos\n,16M,L\n,,L\n' | sfdisk -q $dev
+for i in $(seq 100); do test -b ${dev}p2 && break; sleep 0.05; done
+fdisk -l $dev | grep -q "^${dev}p2 " && echo "OK fdisk lists ${dev}p1 ${dev}p2"
+mkfs.ext4 -q ${dev}p1 && mount ${dev}p1 /mnt && cp /tmp/data /mnt/f && umount /mnt
+$N detach ${dev}p1
+qemu-img check /tmp/c.qcow2 && echo OK check after detach
+dev=$($N attach /tmp/c.qcow2)
+for i in $(seq 100); do test -b ${dev}p1 && break; sleep 0.05; done
+mount ${dev}p1 /mnt && cmp /tmp/data /mnt/f && umount /mnt && echo OK reattached
+$N detach ${dev}p1
+qemu-img check /tmp/c.qcow2 && echo OK qcow2`,
+		wantMarkers: []string{"OK fdisk lists", "OK check after detach", "OK reattached", "OK qcow2"},
+	},
 }
 
 // TestIntegrationKernelAttach runs each scenario in a lab VM, with the
 // nbd.ko that "go run mage.go buildNbd" installs (or the distribution's).
 func TestIntegrationKernelAttach(t *testing.T) {
 	ks := vmtest.Kernels(t)
-	testenv.Need(t, "sfdisk", "mkfs.ext4")
+	testenv.Need(t, "sfdisk", "fdisk", "mkfs.ext4", "qemu-img")
 	bin := testenv.Nbdlab(t)
 	for _, sc := range scenarios {
 		kernels := ks[:1]

@@ -123,9 +123,19 @@ func TestParseDevice(t *testing.T) {
 			t.Errorf("ParseDevice(%q) = %d, %v", in, n, ok)
 		}
 	}
-	for _, bad := range []string{"/dev/sda", "nbd", "nbd-1", "any"} {
+	for _, bad := range []string{"/dev/sda", "nbd", "nbd-1", "any", "/dev/nbd0p1"} {
 		if _, ok := ParseDevice(bad); ok {
 			t.Errorf("ParseDevice(%q) accepted", bad)
+		}
+	}
+	for in, want := range map[string]int{"/dev/nbd0p1": 0, "nbd12p15": 12, "/dev/nbd3": 3} {
+		if n, ok := ParseDeviceOrPartition(in); !ok || n != want {
+			t.Errorf("ParseDeviceOrPartition(%q) = %d, %v", in, n, ok)
+		}
+	}
+	for _, bad := range []string{"/dev/nbd0p", "/dev/nbd0p0", "nbdp1", "/dev/sda1", "/dev/nbd0px"} {
+		if _, ok := ParseDeviceOrPartition(bad); ok {
+			t.Errorf("ParseDeviceOrPartition(%q) accepted", bad)
 		}
 	}
 }

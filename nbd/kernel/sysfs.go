@@ -59,3 +59,16 @@ func ParseDevice(s string) (int, bool) {
 	n, err := strconv.Atoi(s)
 	return n, err == nil && n >= 0
 }
+
+// ParseDeviceOrPartition is ParseDevice that also accepts a partition of
+// the device, /dev/nbdNpM or nbdNpM, and returns N: the classic recipe
+// detaches by the partition it mounted.
+func ParseDeviceOrPartition(s string) (int, bool) {
+	if dev, part, ok := strings.Cut(strings.TrimPrefix(s, "/dev/"), "p"); ok && strings.HasPrefix(dev, "nbd") {
+		if m, err := strconv.Atoi(part); err != nil || m < 1 {
+			return 0, false
+		}
+		return ParseDevice(dev)
+	}
+	return ParseDevice(s)
+}
