@@ -9,9 +9,9 @@ import (
 	"github.com/nbdlab/nbdlab/qcow2"
 )
 
-// FuzzOpen feeds malformed images to Open and to reads of what opens:
-// errors are fine, panics and reads outside the file are not (the file is
-// all there is to read, so a wrong offset can only fail).
+// FuzzOpen feeds malformed images to Open, to reads of what opens, and to
+// writes, zeroes and a sync of it opened writable (which parse the
+// refcount table and blocks): errors are fine, panics and hangs are not.
 func FuzzOpen(f *testing.F) {
 	dir := f.TempDir()
 	for i, opts := range [][]string{
@@ -47,7 +47,6 @@ func FuzzOpen(f *testing.F) {
 		if err != nil {
 			return
 		}
-		defer img.Close()
 		buf := make([]byte, 64<<10)
 		for _, off := range []int64{0, 4096, 65536 - 100, img.Size() - 1000, img.Size() / 2} {
 			if off >= 0 {
@@ -55,5 +54,19 @@ func FuzzOpen(f *testing.F) {
 			}
 		}
 		img.Extents(0, min(img.Size(), 4<<20))
+		img.Close()
+		// Writing reads the refcount table and blocks too.
+		w, err := qcow2.Open(p, qcow2.Options{CacheBytes: 4096, Writable: true})
+		if err != nil {
+			return
+		}
+		defer w.Close()
+		for _, off := range []int64{0, w.Size() / 3, w.Size() - 5000} {
+			if off >= 0 && off+4096 <= w.Size() {
+				w.WriteAt(buf[:4096], off)
+			}
+		}
+		w.Zero(0, min(w.Size(), 1<<20), false)
+		w.Sync()
 	})
 }
