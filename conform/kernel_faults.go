@@ -66,9 +66,10 @@ func casePersist(e *kenv) error {
 		return notApplicable("a memory export loses its data with its process")
 	}
 	// A request in flight when the server dies waits out the request
-	// timeout before the kernel requeues it on the new connection: 10 s
-	// keeps the case short and is still far above any request's time.
-	a, err := e.attach(kernel.AttachOptions{Timeout: 10 * time.Second, DeadTimeout: 120 * time.Second})
+	// timeout (60 s) before the kernel requeues it on the new connection.
+	// A shorter one made nbd-server's restart miss its first handshake
+	// under TCG.
+	a, err := e.attach(kernel.AttachOptions{Timeout: 60 * time.Second, DeadTimeout: 120 * time.Second})
 	if err != nil {
 		return err
 	}
