@@ -66,11 +66,11 @@ func open(path string, o Options, depth int) (*Image, error) {
 
 // newImage reads the header, the L1 table and the backing chain of f.
 func newImage(f *os.File, path string, o Options, depth int) (*Image, error) {
-	st, err := f.Stat()
+	size, err := sizeOf(f)
 	if err != nil {
 		return nil, err
 	}
-	first := make([]byte, min(st.Size(), 1<<maxClusterBits))
+	first := make([]byte, min(size, 1<<maxClusterBits))
 	if _, err := f.ReadAt(first, 0); err != nil && err != io.EOF {
 		return nil, err
 	}
@@ -78,7 +78,7 @@ func newImage(f *os.File, path string, o Options, depth int) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{hdr: h, path: path, f: f, fileSize: st.Size()}
+	img := &Image{hdr: h, path: path, f: f, fileSize: size}
 	if img.l1, err = img.readTable(h.L1Offset, int64(h.L1Size), "L1 table"); err != nil {
 		return nil, err
 	}
@@ -183,6 +183,16 @@ type rawFile struct {
 
 func (r *rawFile) Size() int64 { return r.size }
 
+// sizeOf returns the size of a regular file or a block device, whose
+// Stat size is 0.
+func sizeOf(f *os.File) (int64, error) {
+	n, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", f.Name(), err)
+	}
+	return n, nil
+}
+
 // openFile opens a regular file or a block device read-only: an image
 // that names a FIFO or a character device as its backing file gets an
 // error, not a read that never returns.
@@ -205,12 +215,12 @@ func openRaw(path string) (*rawFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := f.Stat()
+	size, err := sizeOf(f)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	return &rawFile{f, st.Size()}, nil
+	return &rawFile{f, size}, nil
 }
 
 // Header returns the image's header.

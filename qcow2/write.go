@@ -381,8 +381,8 @@ func (img *Image) syncLocked() error {
 		}
 		w.l1Dirty = false
 	}
-	if st, err := f.Stat(); err == nil {
-		img.fileSize = st.Size()
+	if n, err := sizeOf(f); err == nil {
+		img.fileSize = n
 	}
 	for _, c := range w.pendingFree {
 		rc, err := w.refcount(c)
