@@ -50,9 +50,10 @@ func (c *tableCache) put(off uint64, t []uint64) {
 	c.evict()
 }
 
-// evict drops the least recently used clean tables beyond the bound.
+// evict drops the least recently used clean tables beyond the bound,
+// never the most recent, which its caller is about to use.
 func (c *tableCache) evict() {
-	for e := c.order.Back(); e != nil && c.order.Len() > c.max; {
+	for e := c.order.Back(); e != nil && e != c.order.Front() && c.order.Len() > c.max; {
 		prev := e.Prev()
 		if v := e.Value.(*cached); !v.dirty {
 			c.order.Remove(e)

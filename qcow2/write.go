@@ -65,7 +65,7 @@ func newWriter(img *Image) (*writer, error) {
 		w.maxRef = 1<<64 - 1
 	}
 	w.perBlock = cs * 8 / int64(w.bits)
-	w.maxDirty = max(8, img.cache.max/2)
+	w.maxDirty = max(1, img.cache.max/2)
 	var err error
 	if w.rtable, err = img.readTable(h.RefcountOffset, int64(h.RefcountCluster)*cs/8, "refcount table"); err != nil {
 		return nil, err
