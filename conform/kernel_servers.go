@@ -116,9 +116,6 @@ func (s *runningServer) pids() []int {
 // stopped.
 func (s *runningServer) stopped() bool {
 	for _, pid := range s.pids() {
-		if st, err := procfs.ReadStat(pid); err != nil || st.State == 'Z' || st.State == 'X' {
-			continue // gone, or a zombie its stopped parent cannot reap
-		}
 		if !procfs.Stopped(pid) {
 			return false
 		}

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/nbdlab/nbdlab/qcow2"
 )
 
 // Export is one named export of a Server.
@@ -129,7 +131,7 @@ func (spec ExportSpec) Open() (*Export, io.Closer, error) {
 		}
 		b, closer = q, q
 	case "file":
-		if IsQcow2(spec.Path) {
+		if ok, _ := qcow2.IsImage(spec.Path); ok { // an error: OpenFile reports it
 			return nil, nil, fmt.Errorf("export %s: %s is a qcow2 image, which file: would serve as its raw bytes: serve it as %s=qcow2:%s", spec.Name, spec.Path, spec.Name, spec.Path)
 		}
 		f, err := OpenFile(spec.Path, spec.ReadOnly || spec.COW)

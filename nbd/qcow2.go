@@ -2,7 +2,6 @@ package nbd
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/nbdlab/nbdlab/qcow2"
 )
@@ -50,16 +49,4 @@ func (q *Qcow2) Extents(off, n int64) ([]Extent, error) {
 		}
 	}
 	return out, nil
-}
-
-// IsQcow2 reports whether the file at path starts with the qcow2 magic.
-func IsQcow2(path string) bool {
-	f, err := os.Open(path)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	var m [4]byte
-	_, err = f.ReadAt(m[:], 0)
-	return err == nil && string(m[:]) == qcow2.Magic
 }

@@ -164,16 +164,23 @@ func (img *Image) openBacking(o Options, depth int) error {
 // probe guesses a backing file's format from its magic, as QEMU does when
 // the image does not name it.
 func probe(path string) string {
-	f, err := openFile(path, false)
-	if err != nil {
-		return "raw" // the open that follows reports the error
-	}
-	defer f.Close()
-	var m [4]byte
-	if _, err := f.ReadAt(m[:], 0); err == nil && string(m[:]) == Magic {
+	if ok, _ := IsImage(path); ok { // an error: the open that follows reports it
 		return "qcow2"
 	}
 	return "raw"
+}
+
+// IsImage reports whether the file at path starts with the qcow2 magic;
+// the error is the open's.
+func IsImage(path string) (bool, error) {
+	f, err := openFile(path, false)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	var m [4]byte
+	_, err = f.ReadAt(m[:], 0)
+	return err == nil && string(m[:]) == Magic, nil
 }
 
 type rawFile struct {

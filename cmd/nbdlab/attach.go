@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"text/tabwriter"
 
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/kernel"
 	"github.com/nbdlab/nbdlab/nbd/kernel/hold"
+	"github.com/nbdlab/nbdlab/qcow2"
 )
 
 const (
@@ -97,12 +97,10 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	img, err := os.Open(image)
+	qcow, err := qcow2.IsImage(image)
 	if err != nil {
 		return fmt.Errorf("open image: %w", err)
 	}
-	img.Close()
-	qcow := nbd.IsQcow2(image)
 	f.Backend = image
 	open := func() (kernel.Dialer, error) {
 		var b nbd.Backend

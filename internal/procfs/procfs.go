@@ -55,8 +55,10 @@ func parseStat(path, s string) (Stat, error) {
 	return Stat{State: f[0][0], PPID: ppid, CPU: time.Duration(utime+stime) * time.Second / clockTick}, nil
 }
 
-// Stopped reports whether every thread of pid is stopped (state T), as a
-// SIGSTOP leaves it once it has reached each thread.
+// Stopped reports whether pid cannot run until it is continued: every
+// thread stopped (state T), as a SIGSTOP leaves it once it has reached
+// each thread, or the process a zombie (state Z), which will never run
+// again, such as a child its stopped parent cannot reap.
 func Stopped(pid int) bool {
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
 	for _, t := range tasks {
@@ -65,7 +67,7 @@ func Stopped(pid int) bool {
 			return false
 		}
 		st, err := parseStat(t, string(b))
-		if err != nil || st.State != 'T' {
+		if err != nil || st.State != 'T' && st.State != 'Z' {
 			return false
 		}
 	}

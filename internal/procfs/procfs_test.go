@@ -81,6 +81,20 @@ func TestStopped(t *testing.T) {
 	if Stopped(1 << 30) {
 		t.Error("a process that does not exist reads as stopped")
 	}
+	// A child that has exited and is not yet reaped is a zombie: it will
+	// never run again.
+	z := exec.Command("true")
+	if err := z.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer z.Wait()
+	deadline = time.Now().Add(5 * time.Second)
+	for !Stopped(z.Process.Pid) {
+		if time.Now().After(deadline) {
+			t.Fatal("an exited, unreaped child does not read as stopped")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // TestTree finds a child and a grandchild of a shell, and nothing of a
