@@ -97,7 +97,6 @@ func TestServeUnderTaskCap(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	time.Sleep(1500 * time.Millisecond) // the idle connections park
 	threads, tasks := procStatus(t, pid, "Threads"), int64(0)
 	if b, err := os.ReadFile(filepath.Join(cg, "pids.current")); err == nil {
 		tasks, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
@@ -140,7 +139,8 @@ func TestServeUnderTaskCap(t *testing.T) {
 	threads1, rss1 := procStatus(t, pid, "Threads"), procStatus(t, pid, "VmRSS")
 	t.Logf("after every client left: threads %d (peak under load %d, at start %d), RSS %d MiB (at start %d)",
 		threads1, threads, threads0, rss1>>10, rss0>>10)
-	if threads > threads0+nbd.DefaultMaxBlocked+32 {
-		t.Errorf("%d threads under %d idle clients, %d at start; want at most %d more", threads, clients, threads0, nbd.DefaultMaxBlocked+32)
+	// Idle clients wait in the runtime's poller: none holds a thread.
+	if threads > threads0+32 {
+		t.Errorf("%d threads under %d idle clients, %d at start; want at most 32 more", threads, clients, threads0)
 	}
 }

@@ -32,10 +32,16 @@ type Client struct {
 type call struct {
 	cmd  Cmd
 	off  uint64
-	buf  []byte   // read destination
-	ext  []Extent // block status result
+	n    int // bytes a read asked for
+	ext  []Extent
 	err  error
 	done chan struct{}
+
+	// bufMu guards buf: the reader holds it while it copies a reply in,
+	// and a caller that gives up (its context ended) takes it to set buf
+	// to nil, after which a late reply is read and dropped.
+	bufMu sync.Mutex
+	buf   []byte // read destination
 }
 
 // Dial connects to addr ("HOST:PORT" or "unix:PATH", as Listen takes) and
@@ -83,7 +89,7 @@ type Request struct {
 
 // Do sends r and waits for its reply. Read data goes to buf.
 func (c *Client) Do(ctx context.Context, r Request, buf []byte) ([]Extent, error) {
-	cl := &call{cmd: r.Cmd, off: r.Offset, buf: buf, done: make(chan struct{})}
+	cl := &call{cmd: r.Cmd, off: r.Offset, n: len(buf), buf: buf, done: make(chan struct{})}
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
@@ -112,8 +118,26 @@ func (c *Client) Do(ctx context.Context, r Request, buf []byte) ([]Extent, error
 	case <-cl.done:
 		return cl.ext, cl.err
 	case <-ctx.Done():
+		// The reply may still come: it is read and dropped, never
+		// copied into a buffer the caller has taken back.
+		cl.bufMu.Lock()
+		cl.buf = nil
+		cl.bufMu.Unlock()
 		return nil, ctx.Err()
 	}
+}
+
+// fillBuf reads n bytes of a reply to cl into its buffer at off, or drops
+// them if its caller has given up.
+func (c *Client) fillBuf(cl *call, off uint64, n int) error {
+	cl.bufMu.Lock()
+	defer cl.bufMu.Unlock()
+	if cl.buf == nil {
+		_, err := io.CopyN(io.Discard, c.br, int64(n))
+		return err
+	}
+	_, err := io.ReadFull(c.br, cl.buf[off:off+uint64(n)])
+	return err
 }
 
 // fail ends every pending request with err.
@@ -185,7 +209,7 @@ func (c *Client) readReplies() error {
 		if sr.errno != 0 {
 			cl.err = &RequestError{Cmd: cl.cmd, Errno: sr.errno}
 		} else if cl.cmd == CmdRead {
-			if _, err := io.ReadFull(c.br, cl.buf); err != nil {
+			if err := c.fillBuf(cl, 0, cl.n); err != nil {
 				return err
 			}
 		}
@@ -213,10 +237,10 @@ func (c *Client) chunk(h chunkHeader) error {
 			return err
 		}
 		off := binary.BigEndian.Uint64(ob[:])
-		if off < cl.off || off-cl.off+uint64(n-8) > uint64(len(cl.buf)) {
-			return fmt.Errorf("nbd: read chunk at %d+%d outside request %d+%d", off, n-8, cl.off, len(cl.buf))
+		if off < cl.off || off-cl.off+uint64(n-8) > uint64(cl.n) {
+			return fmt.Errorf("nbd: read chunk at %d+%d outside request %d+%d", off, n-8, cl.off, cl.n)
 		}
-		if _, err := io.ReadFull(c.br, cl.buf[off-cl.off:off-cl.off+uint64(n-8)]); err != nil {
+		if err := c.fillBuf(cl, off-cl.off, int(n-8)); err != nil {
 			return err
 		}
 	default:
@@ -228,10 +252,14 @@ func (c *Client) chunk(h chunkHeader) error {
 		case typ == ReplyTypeOffsetHole && n == 12 && cl.cmd == CmdRead:
 			off := binary.BigEndian.Uint64(payload)
 			l := uint64(binary.BigEndian.Uint32(payload[8:]))
-			if off < cl.off || off-cl.off+l > uint64(len(cl.buf)) {
+			if off < cl.off || off-cl.off+l > uint64(cl.n) {
 				return fmt.Errorf("nbd: hole chunk outside request")
 			}
-			clear(cl.buf[off-cl.off : off-cl.off+l])
+			cl.bufMu.Lock()
+			if cl.buf != nil {
+				clear(cl.buf[off-cl.off : off-cl.off+l])
+			}
+			cl.bufMu.Unlock()
 		case typ == ReplyTypeBlockStatus && n >= 4:
 			for p := payload[4:]; len(p) >= 8; p = p[8:] {
 				cl.ext = append(cl.ext, Extent{Length: int64(binary.BigEndian.Uint32(p)), Flags: binary.BigEndian.Uint32(p[4:])})

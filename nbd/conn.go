@@ -80,19 +80,6 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
 		return ErrServerClosed
 	}
 	sess.conn.SetDeadline(time.Time{})
-	if !sess.tls {
-		fc, err := detach(sess.conn, &s.waiter, connLimits{
-			maxBlocked:   int32(limit(s.MaxBlocked, DefaultMaxBlocked)),
-			writeTimeout: limit(s.WriteTimeout, DefaultWriteTimeout),
-			recheck:      s.IdleTimeout > 0,
-		})
-		if err != nil {
-			sc.mu.Unlock()
-			log.Error("cannot serve the connection", "err", err)
-			return err
-		}
-		sess.switchConn(fc)
-	}
 	sc.conn, sc.transmitting = sess.conn, true
 	sc.mu.Unlock()
 	return newTransmission(sess, log).run()

@@ -1,10 +1,9 @@
 package nbd
 
 import (
-	"errors"
+	"fmt"
 	"runtime/debug"
 	"sync"
-	"time"
 
 	"golang.org/x/sync/semaphore"
 )
@@ -88,32 +87,19 @@ func (b *budget) get(max int64) (*semaphore.Weighted, int64) {
 	return b.sem, b.per
 }
 
-type work struct {
-	r        request
-	payload  []byte
-	reserved bool // its weight is taken already
-}
-
 func (t *transmission) weight(r request) int64 { return min(max(int64(r.length), minWeight), t.share) }
 
 // reserve takes r's weight from the connection's budget and the
-// server's, waiting for it if it must. The reader sends the replies it
-// holds first: they may be what the client waits for. It reports false,
-// having taken nothing, when the session broke meanwhile.
+// server's, waiting for it if it must. It reports false, having taken
+// nothing, when the session broke meanwhile.
 func (t *transmission) reserve(r request) bool {
 	w := t.weight(r)
-	if !t.budget.TryAcquire(w) {
-		t.readerIdle()
-		if t.budget.Acquire(t.ctx, w) != nil {
-			return false
-		}
+	if !t.budget.TryAcquire(w) && t.budget.Acquire(t.ctx, w) != nil {
+		return false
 	}
-	if t.shared != nil && !t.shared.TryAcquire(w) {
-		t.readerIdle()
-		if t.shared.Acquire(t.ctx, w) != nil {
-			t.budget.Release(w)
-			return false
-		}
+	if t.shared != nil && !t.shared.TryAcquire(w) && t.shared.Acquire(t.ctx, w) != nil {
+		t.budget.Release(w)
+		return false
 	}
 	return true
 }
@@ -126,129 +112,116 @@ func (t *transmission) unreserve(r request) {
 	}
 }
 
-// dispatch hands w to an idle worker, or starts a new one, so a slow
-// request never waits for another. Workers outlive their request, which
-// keeps their grown stacks and spares a goroutine start per request.
-func (t *transmission) dispatch(w work) error {
-	if !w.reserved && !t.reserve(w.r) {
-		t.srv.bufs.put(w.payload)
-		return errBroken
-	}
-	t.inflight.Add(1)
-	t.active.Add(1)
-	select {
-	case t.work <- w:
-	default:
-		go t.worker(w)
-	}
-	return nil
-}
+// panicError is a backend's panic, caught by safely: the request fails
+// with EIO and the session goes on.
+type panicError struct{ p any }
 
-// errBroken ends the reading of a session no reply can reach.
-var errBroken = errors.New("nbd: replies cannot reach the client")
+func (e panicError) Error() string { return fmt.Sprintf("backend panicked: %v", e.p) }
 
-func (t *transmission) worker(w work) {
-	for ok := true; ok; w, ok = <-t.work {
-		t.handle(w.r, w.payload)
-		t.unreserve(w.r)
-		if t.active.Add(-1) == 0 && t.idle > 0 && t.conn != nil {
-			t.conn.SetReadDeadline(time.Now().Add(t.idle))
-		}
-		t.inflight.Done()
-	}
-}
-
-// handle executes one valid request and sends its reply.
-func (t *transmission) handle(r request, payload []byte) {
-	if t.ctx.Err() != nil {
-		t.srv.bufs.put(payload) // no reply can reach the client: skip the work
-		return
-	}
-	start := t.clock()
-	var errno Errno
+// safely calls fn, turning a panic into an error.
+func (t *transmission) safely(r request, fn func() error) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			t.log.Error("request crashed", "cmd", r.cmd.String(), "panic", p, "stack", string(debug.Stack()))
-			t.send(func(w *replyWriter) { t.writeError(w, r, EIO, "internal error") })
+			err = panicError{p}
 		}
 	}()
+	return fn()
+}
+
+// handle runs one valid request against the backend and returns how to
+// send its reply; the worker sends it once it is ready to read again.
+func (t *transmission) handle(r request, payload []byte) (reply func()) {
+	start := t.clock()
 	b := t.export.Backend
 	off, n := int64(r.off), int64(r.length)
 	var err error
 	switch r.cmd {
 	case CmdRead:
-		if err = t.answerRead(r); err == nil {
+		if reply, err = t.answerRead(r); err == nil {
 			t.bytesOut.Add(n)
 			t.traceReq(r, 0, t.since(start))
-			return
+			return reply
 		}
 	case CmdWrite:
-		if r.flags&CmdFlagFUA != 0 {
-			if fw, ok := b.(FUAWriter); ok {
-				_, err = fw.WriteAtFUA(payload, off)
-			} else if _, err = b.WriteAt(payload, off); err == nil {
-				err = b.Sync()
+		err = t.safely(r, func() error {
+			if r.flags&CmdFlagFUA == 0 {
+				t.dirty.Store(true)
+				_, err := b.WriteAt(payload, off)
+				return err
 			}
-		} else {
-			_, err = b.WriteAt(payload, off)
-			t.dirty.Store(true)
-		}
+			if fw, ok := b.(FUAWriter); ok {
+				_, err := fw.WriteAtFUA(payload, off)
+				return err
+			}
+			if _, err := b.WriteAt(payload, off); err != nil {
+				return err
+			}
+			return b.Sync()
+		})
 		t.srv.bufs.put(payload)
 	case CmdFlush:
-		err = b.Sync()
+		err = t.safely(r, b.Sync)
 	case CmdTrim:
-		if tr, ok := b.(Trimmer); ok {
-			err = tr.Trim(off, n)
-		}
-		err = t.fua(r, err)
+		err = t.safely(r, func() error {
+			if tr, ok := b.(Trimmer); ok {
+				return t.fua(r, tr.Trim(off, n))
+			}
+			return nil
+		})
 	case CmdWriteZeroes:
 		flags := ZeroFlags{NoHole: r.flags&CmdFlagNoHole != 0, Fast: r.flags&CmdFlagFastZero != 0}
-		if z, ok := b.(Zeroer); ok {
-			err = z.Zero(off, n, flags)
-		} else if flags.Fast {
-			err = ENOTSUP
-		} else {
-			err = writeZeroes(b, off, n)
-		}
-		err = t.fua(r, err)
+		err = t.safely(r, func() error {
+			if z, ok := b.(Zeroer); ok {
+				return t.fua(r, z.Zero(off, n, flags))
+			} else if flags.Fast {
+				return ENOTSUP
+			}
+			return t.fua(r, writeZeroes(b, off, n))
+		})
 	case CmdCache:
-		if c, ok := b.(Cacher); ok {
-			err = c.Cache(off, n)
-		}
+		err = t.safely(r, func() error {
+			if c, ok := b.(Cacher); ok {
+				return c.Cache(off, n)
+			}
+			return nil
+		})
 	case CmdBlockStatus:
 		var ext []Extent
-		if ext, err = extentsOf(b, off, n); err == nil {
+		err = t.safely(r, func() (err error) { ext, err = extentsOf(b, off, n); return err })
+		if err == nil {
 			ext = clipExtents(ext, n, r.flags&CmdFlagReqOne != 0)
-			t.send(func(w *replyWriter) { t.writeBlockStatus(w, r, ext) })
 			t.traceReq(r, 0, t.since(start))
-			return
+			return func() { t.send(func(w *replyWriter) { t.writeBlockStatus(w, r, ext) }) }
 		}
 	}
-	if err != nil {
-		errno = errnoOf(err)
-		if errno == EIO {
-			t.log.Error("backend error", "cmd", r.cmd.String(), "offset", r.off, "length", r.length, "err", err)
-		}
-		t.send(func(w *replyWriter) { t.writeError(w, r, errno, "") })
-	} else {
-		t.send(func(w *replyWriter) { t.writeDone(w, r) })
+	if err == nil {
+		t.traceReq(r, 0, t.since(start))
+		return func() { t.send(func(w *replyWriter) { t.writeDone(w, r) }) }
+	}
+	errno := errnoOf(err)
+	if errno == EIO {
+		t.log.Error("backend error", "cmd", r.cmd.String(), "offset", r.off, "length", r.length, "err", err)
 	}
 	t.traceReq(r, errno, t.since(start))
+	return func() { t.send(func(w *replyWriter) { t.writeError(w, r, errno, "") }) }
 }
 
-// answerRead sends the data of a read, spliced from the backend where it
-// can be, copied through a buffer otherwise. On error nothing was sent.
-func (t *transmission) answerRead(r request) error {
-	if spliced, err := t.spliceRead(r); spliced {
-		return err
+// answerRead reads the data of a read and returns how to send it: spliced
+// from the backend where it can be, copied through a buffer otherwise.
+func (t *transmission) answerRead(r request) (reply func(), err error) {
+	if reply, spliced, err := t.spliceRead(r); spliced {
+		return reply, err
 	}
 	buf := t.srv.bufs.get(int(r.length))
-	defer t.srv.bufs.put(buf)
-	if _, err := t.export.Backend.ReadAt(buf, int64(r.off)); err != nil {
-		return err
+	if err := t.safely(r, func() error { _, err := t.export.Backend.ReadAt(buf, int64(r.off)); return err }); err != nil {
+		t.srv.bufs.put(buf)
+		return nil, err
 	}
-	t.send(func(w *replyWriter) { t.writeRead(w, r, buf) })
-	return nil
+	return func() {
+		t.send(func(w *replyWriter) { t.writeRead(w, r, buf) })
+		t.srv.bufs.put(buf)
+	}, nil
 }
 
 // fua completes a write-like command that carries NBD_CMD_FLAG_FUA.

@@ -15,12 +15,11 @@
 //   - conn.go: one connection, from accept to the end of its session;
 //   - handshake_server.go, handshake_client.go: the fixed-newstyle option
 //     haggling, each side of it;
-//   - transmission.go: one session's transmission phase; a request is read
-//     in reader.go, validated and run against the backend in dispatch.go,
-//     and answered in reply.go (replywriter.go buffers it);
-//   - stall.go, bufpool.go, fdconn_linux.go, park_linux.go, splice_linux.go:
-//     what keeps that path fast and bounded (stall hand-off, buffer reuse,
-//     blocking sockets off the poller that park when idle, spliced reads);
+//   - transmission.go: one session's transmission phase and its workers;
+//     a request is read in reader.go, checked and run against the backend
+//     in dispatch.go, and answered in reply.go (replywriter.go buffers
+//     it); splice_linux.go sends large file reads without copying them;
+//   - bufpool.go: request and reply buffers reused by size;
 //   - client.go: the client's transmission phase;
 //   - backend.go, export.go and the backends mem.go, file.go, cow.go,
 //     qcow2.go (package qcow2 read-only), faulty.go.
@@ -35,19 +34,15 @@
 // NBD_REP_ERR_SHUTDOWN or closed. Close drops everything at once. A panic while serving one
 // connection is logged and ends only that connection.
 //
-// Requests on one connection are answered as they complete. Small reads
-// and writes run on the goroutine that reads the connection, as long as the
-// backend answers them at once (a memory export, a file in the page
-// cache): handing each to another goroutine would cost more than the work.
-// Three small requests in a row slower than 50µs send the next thousand to
-// worker goroutines, where slow requests overlap (one alone is a thread
-// preempted for a moment); so do large requests, flushes, trims and the
-// rest. An inline request that stalls for good is noticed
-// within 10 ms, and a new goroutine takes over reading, so a slow request
-// never holds up the ones behind it for long. Replies are written under
-// one lock per connection and flushed in groups: the reader flushes before
-// it waits for the client, and a worker's reply goes at once unless others
-// are about to join it.
+// Requests on one connection are answered as they complete. A session is
+// served by up to Workers identical goroutines (16 by default), each of
+// which takes the read side, reads one request and its payload, hands the
+// read side on, runs the request and sends the reply under the write
+// lock: as nbdkit's threads do, with no timing in any decision. A worker
+// that reads a request while no other waits to read starts one, so a slow
+// request never holds up the ones behind it; one that finishes while
+// another already waits ends. A reply is held back only while another
+// waits for the write lock, and goes out with it.
 //
 // # Limits
 //
@@ -55,33 +50,19 @@
 // (MaxConnections), handshake time (HandshakeTimeout) and options (1,024),
 // idle time when asked (IdleTimeout), time a reply may go untaken
 // (WriteTimeout), bytes in flight per connection and server-wide
-// (MaxInflight), buffered replies (256 KiB per connection), and threads:
-// a connection blocks on a thread only while fewer than MaxBlocked do, and
-// for a second at most; then it parks in the server's own epoll set
-// (park_linux.go). A session whose replies cannot be delivered stops at
+// (MaxInflight: a request holds its weight before its payload is read,
+// so a client past its share is simply not read from), requests running
+// per connection (Workers) and buffered replies (256 KiB per connection).
+// An idle connection holds one goroutine waiting in the runtime's poller,
+// and no thread. A session whose replies cannot be delivered stops at
 // once and drops its queued requests.
 //
-// Plain TCP and unix-socket connections are taken out of the Go runtime's
-// network poller once the handshake is done: each connection's reader
-// blocks in read(2) on its own thread, as a C server's would. The poller
-// would wake a thread every time the client drained a batch of replies;
-// on small requests those wake-ups cost more than the requests. TLS
-// connections stay in the poller. Unix-socket connections ask for a 4 MiB
-// send buffer, so that a large reply does not stop its writer again and
-// again.
-//
-// A large write payload is read from the socket into place, not through
-// the read buffer: into the request's buffer, or for a memory export into
-// fresh 64 KiB chunks that replace the ones the write covers whole. While
-// it streams in from a client on the same machine and nothing else of the
-// session runs, the reader polls the socket for up to 100µs before it
-// sleeps: a unix socket passes a megabyte on in five or more pieces, and
-// each would be a sleep and a wake-up on both sides.
-//
-// Reads of 128 KiB and more from a file export are spliced: the file's
-// page-cache pages go through a pipe into the socket and the server copies
-// nothing. The pipe is filled before the reply header is sent, so a read
-// that fails is still answered with an error.
+// A large write to a memory export is read from the socket straight into
+// the export's memory, one copy fewer. Reads of 128 KiB and more from a
+// file export are spliced: the file's page-cache pages go through a pipe
+// into the socket and the server copies nothing. The pipe is filled before
+// the reply header is sent, so a read that fails is still answered with
+// an error.
 //
 // # Backends
 //

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -189,14 +190,13 @@ func threads(t *testing.T) int {
 	return int(n)
 }
 
-// Idle clients hold no thread each: past MaxBlocked they wait parked, and
-// every one of them is still served.
+// Idle clients hold no thread each, and one goroutine each: each waits in
+// the runtime's poller, and every one of them is still served.
 func TestIdleClientsHoldNoThreads(t *testing.T) {
-	const clients, maxBlocked = 300, 4
+	const clients = 300
 	srv := newServer(&nbd.Export{Backend: nbd.NewMem(1 << 20)})
-	srv.MaxBlocked = maxBlocked
 	addr := listen(t, srv)
-	before := threads(t)
+	before, goroutines := threads(t), runtime.NumGoroutine()
 	var cs []*nbd.Client
 	for range clients {
 		c, err := nbd.Dial(ctx(t), addr, nil)
@@ -206,9 +206,19 @@ func TestIdleClientsHoldNoThreads(t *testing.T) {
 		defer c.Close()
 		cs = append(cs, c)
 	}
-	time.Sleep(1500 * time.Millisecond) // past parkAfter: all are parked
-	if n := threads(t); n > before+maxBlocked+24 {
-		t.Fatalf("%d idle clients: %d threads, %d before; want at most %d more", clients, n, before, maxBlocked+24)
+	// Let every session reach its transmission phase.
+	for i, c := range cs {
+		if _, err := c.ReadAt(make([]byte, 4096), int64(i)*512); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+	}
+	if n := threads(t); n > before+24 {
+		t.Fatalf("%d idle clients: %d threads, %d before; want at most 24 more", clients, n, before)
+	}
+	// A client holds its own reader goroutine, the server one worker
+	// and the goroutine of its accept loop's connection.
+	if n := runtime.NumGoroutine() - goroutines; n > clients*4 {
+		t.Fatalf("%d idle clients: %d more goroutines; want at most %d", clients, n, clients*4)
 	}
 	for i, c := range cs {
 		if _, err := c.ReadAt(make([]byte, 4096), int64(i)*512); err != nil {

@@ -2,91 +2,93 @@ package nbd
 
 import (
 	"encoding/binary"
-	"runtime"
+	"errors"
+	"time"
 )
 
 // replyBufferMax bounds the replies a connection keeps buffered.
 const replyBufferMax = 256 << 10
 
-// send writes one reply under the connection's write lock and decides who
-// sends it on: replies that complete together should leave in one system
-// call, but none may wait long.
-//
-//   - another reply is waiting for the lock: its writer decides;
-//   - the reader is busy: it flushes before it next blocks;
-//   - other requests are still running: the flusher goroutine flushes
-//     after one yield, so that the replies completing meanwhile join;
-//   - otherwise this is the last reply in flight and goes at once.
+// send writes one reply under the connection's write lock. Replies are
+// batched only when more are queued: a reply goes out at once unless
+// another is waiting for the lock, whose writer then sends both.
 func (t *transmission) send(fn func(w *replyWriter)) {
-	t.lockWriter()
-	if t.werr == nil {
-		fn(t.bw)
-		switch {
-		case t.bw.err != nil:
-			t.writeFailed(t.bw.err) // a large reply went straight out, and failed
-		case t.bw.Buffered() >= replyBufferMax:
-			// A client that sends and never reads holds the server to
-			// this: the next reply waits until these are taken.
-			t.flushLocked()
-		case t.waiting.Load() > 0:
-		case t.readerBusy.Load():
-		case t.active.Load() > 1:
-			select {
-			case t.kick <- struct{}{}:
-			default:
-			}
-		default:
-			t.flushLocked()
+	t.sendNow(func(w *replyWriter) error {
+		fn(w)
+		if w.err != nil {
+			return w.err // a large reply went straight out, and failed
 		}
-	}
-	t.wmu.Unlock()
+		if t.waiting.Load() > 0 && w.Buffered() < replyBufferMax {
+			return nil // the next writer sends this one too
+		}
+		return t.flushLocked()
+	})
 }
 
-// sendNow writes one reply under the write lock with fn, which sends it
-// and everything buffered before it; an error ends the session.
+// sendNow writes one reply under the write lock with fn, which sends what
+// it must; an error ends the session. A reply cut short by a panic ends it
+// too: what follows could not be framed.
 func (t *transmission) sendNow(fn func(w *replyWriter) error) {
-	t.lockWriter()
-	if t.werr == nil {
-		t.writeFailed(fn(t.bw))
-	}
-	t.wmu.Unlock()
-}
-
-// lockWriter takes the write lock, counted in waiting while it waits.
-func (t *transmission) lockWriter() {
 	t.waiting.Add(1)
 	t.wmu.Lock()
 	t.waiting.Add(-1)
+	defer t.wmu.Unlock()
+	if t.werr != nil {
+		return
+	}
+	done := false
+	defer func() {
+		if !done {
+			t.writeFailed(errors.New("nbd: a reply was cut short by a panic"))
+		}
+	}()
+	t.armWrite()
+	err := fn(t.bw)
+	done = true
+	t.writeFailed(err)
+}
+
+// armWrite gives the write about to start a deadline WriteTimeout ahead,
+// moved only once a quarter of it has gone by: a client that takes none
+// of its replies is dropped within WriteTimeout, and most writes set no
+// timer. wmu is held.
+func (t *transmission) armWrite() {
+	if t.wtime <= 0 || t.conn == nil {
+		return
+	}
+	now := time.Now()
+	if t.wdl.Sub(now) < t.wtime-t.wtime/4 {
+		t.wdl = now.Add(t.wtime)
+		t.conn.SetWriteDeadline(t.wdl)
+	}
 }
 
 // writeFailed records the result of a write under wmu. An error ends the
 // session: closing the connection stops the reader.
 func (t *transmission) writeFailed(err error) {
-	if t.werr = err; err != nil {
-		t.broken() // no reply can reach the client: stop working for it
-		if t.conn != nil {
-			t.conn.Close()
-		}
+	if err == nil || t.werr != nil {
+		return
+	}
+	t.werr = err
+	t.broken() // no reply can reach the client: stop working for it
+	if t.conn != nil {
+		t.conn.Close()
 	}
 }
 
 // flushLocked sends the buffered replies, if any and if the connection
 // still works; wmu is held.
-func (t *transmission) flushLocked() {
-	if t.werr != nil || (t.bw.Buffered() == 0 && t.bw.err == nil) {
-		return
+func (t *transmission) flushLocked() error {
+	if t.werr != nil {
+		return nil
 	}
-	t.writeFailed(t.bw.Flush())
-}
-
-// flusher flushes replies that send left buffered.
-func (t *transmission) flusher() {
-	for range t.kick {
-		runtime.Gosched()
-		t.wmu.Lock()
-		t.flushLocked()
-		t.wmu.Unlock()
+	if t.bw.Buffered() == 0 && t.bw.err == nil {
+		return nil
 	}
+	t.armWrite()
+	err := t.bw.Flush()
+	t.writeFailed(err)
+	return err
 }
 
 // writeSimple appends a simple reply header.

@@ -15,13 +15,7 @@ const largeWrite = 32 << 10
 type replyWriter struct {
 	w   io.Writer
 	buf []byte
-	iov [2][]byte
 	err error // the first failed write; every later Flush returns it
-}
-
-// vectorWriter is a writer with its own gathered write (fdConn).
-type vectorWriter interface {
-	Writev(bufs [][]byte) (int64, error)
 }
 
 func newReplyWriter(w io.Writer) *replyWriter {
@@ -37,15 +31,8 @@ func (rw *replyWriter) Write(p []byte) (int, error) {
 		rw.buf = append(rw.buf, p...)
 		return len(p), nil
 	}
-	var err error
-	if vw, ok := rw.w.(vectorWriter); ok {
-		rw.iov = [2][]byte{rw.buf, p}
-		_, err = vw.Writev(rw.iov[:])
-		rw.iov = [2][]byte{}
-	} else {
-		bufs := net.Buffers{rw.buf, p}
-		_, err = bufs.WriteTo(rw.w)
-	}
+	bufs := net.Buffers{rw.buf, p}
+	_, err := bufs.WriteTo(rw.w) // writev(2) on sockets
 	rw.buf = rw.buf[:0]
 	if err != nil && rw.err == nil {
 		rw.err = err

@@ -53,10 +53,10 @@ type Server struct {
 	// together have in flight (DefaultMaxInflight); one connection may
 	// have a quarter of it.
 	MaxInflight int64
-	// MaxBlocked bounds the threads connections may hold blocked in
-	// socket reads and writes (DefaultMaxBlocked); past it, and after a
-	// second of waiting, they wait without one.
-	MaxBlocked int
+	// Workers bounds the requests of one connection that run at once
+	// (DefaultWorkers). An idle connection holds one goroutine and no
+	// thread.
+	Workers int
 
 	// Record, when set, is called with every request the server reads,
 	// DISC included, as it reads it (in order on each connection, before
@@ -71,8 +71,6 @@ type Server struct {
 	wg        sync.WaitGroup
 	bufs      bufPool
 	pipes     pipePool
-	stalls    stallWatch
-	waiter    waiter
 	budget    budget
 	refused   refusals
 	connIDs   atomic.Uint64
@@ -94,6 +92,7 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultWriteTimeout     = time.Minute
 	DefaultMaxInflight      = 256 << 20
+	DefaultWorkers          = 16
 	// maxOptions bounds the options of one handshake: a client lists
 	// and asks about exports, and then picks one.
 	maxOptions = 1024
@@ -196,7 +195,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	s.pipes.closeAll()
-	s.waiter.close()
 	for _, e := range s.Exports {
 		if serr := e.Backend.Sync(); serr != nil && err == nil {
 			err = fmt.Errorf("nbd: flush export %q: %w", e.Name, serr)
@@ -209,7 +207,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.stop((*serverConn).close)
 	s.pipes.closeAll()
-	s.waiter.close()
 	return nil
 }
 

@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -331,45 +330,6 @@ func TestStuckWriteKeepsItsPayload(t *testing.T) {
 		if blk := got[i*4096 : (i+1)*4096]; !bytes.Equal(blk, block(i)) {
 			t.Fatalf("block %d holds %d..., want %d", i, blk[0], i+1)
 		}
-	}
-}
-
-// hiccup is a fast backend whose read at one offset takes a moment, as
-// when the thread serving it is preempted. It records which goroutine ran
-// each read.
-type hiccup struct {
-	*nbd.Mem
-	at         int64
-	mu         sync.Mutex
-	goroutines map[string]int
-}
-
-func (h *hiccup) ReadAt(p []byte, off int64) (int, error) {
-	if off == h.at {
-		time.Sleep(time.Millisecond)
-	}
-	var b [64]byte
-	id, _, _ := bytes.Cut(b[:runtime.Stack(b[:], false)], []byte(" ["))
-	h.mu.Lock()
-	h.goroutines[string(id)]++
-	h.mu.Unlock()
-	return h.Mem.ReadAt(p, off)
-}
-
-// One slow request alone is no sign of a slow backend: the requests after
-// it still run on the reader.
-func TestLoneSlowRequestKeepsRequestsInline(t *testing.T) {
-	h := &hiccup{Mem: nbd.NewMem(1 << 20), at: 8 * 4096, goroutines: map[string]int{}}
-	c := nbdtest.Pair(t, newServer(&nbd.Export{Backend: h}), nil)
-	for i := range 16 {
-		if _, err := c.ReadAt(make([]byte, 4096), int64(i)*4096); err != nil {
-			t.Fatal(err)
-		}
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if len(h.goroutines) != 1 {
-		t.Fatalf("16 reads ran on %d goroutines %v; want all on the connection's reader", len(h.goroutines), h.goroutines)
 	}
 }
 

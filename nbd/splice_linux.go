@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -138,102 +139,75 @@ func (pp *pipePool) closeAll() {
 	pp.free = nil
 }
 
-// spliceFrom moves n bytes from the pipe's read end into the socket.
-func (c *fdConn) spliceFrom(pipeR, n int) error {
-	fd, err := c.acquire()
+// spliceTo moves n bytes from the pipe's read end into the socket,
+// waiting in the runtime's poller while the socket is full (and so
+// bounded by its write deadline).
+func spliceTo(rc syscall.RawConn, pipeR, n int) error {
+	var serr error
+	err := rc.Write(func(fd uintptr) bool {
+		for n > 0 {
+			m, err := unix.Splice(pipeR, nil, int(fd), nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_MORE|unix.SPLICE_F_NONBLOCK)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return false // wait until the socket takes more
+			case err != nil:
+				serr = os.NewSyscallError("splice", err)
+				return true
+			case m == 0:
+				serr = fmt.Errorf("splice: %w", io.ErrUnexpectedEOF)
+				return true
+			}
+			n -= int(m)
+		}
+		return true
+	})
 	if err != nil {
 		return err
 	}
-	defer c.release()
-	deadline := c.writeDeadline()
-	for n > 0 {
-		if !c.w.enter(c.limits.maxBlocked) {
-			// No thread to spare for a splice, which can only block:
-			// the rest goes through memory, with writes that park.
-			return c.copyFrom(pipeR, n)
-		}
-		m, err := unix.Splice(pipeR, nil, fd, nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_MORE)
-		c.w.leave()
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			if err := c.w.park(fd, unix.EPOLLOUT, deadline); err != nil {
-				return c.opErr("splice", err)
-			}
-			continue
-		case err != nil:
-			return c.opErr("splice", err)
-		case m == 0:
-			return c.opErr("splice", io.ErrUnexpectedEOF)
-		}
-		n -= int(m)
-		deadline = c.writeDeadline()
-	}
-	return nil
+	return serr
 }
 
-// copyFrom sends the n bytes the pipe holds through a buffer.
-func (c *fdConn) copyFrom(pipeR, n int) error {
-	buf := make([]byte, n)
-	for got := 0; got < n; {
-		m, err := unix.Read(pipeR, buf[got:])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			return fmt.Errorf("nbd: read spliced data back from its pipe: %w", err)
-		case m == 0:
-			return fmt.Errorf("nbd: read spliced data back from its pipe: %w", io.ErrUnexpectedEOF)
-		}
-		got += m
-	}
-	_, err := c.Write(buf)
-	return err
-}
-
-// spliceRead answers a read with the data spliced from the backend, if
-// the backend, the connection and the size allow it. It reports false,
-// having sent nothing, when the read must take the copying path; true
-// with an error when the backend failed and nothing was sent.
-func (t *transmission) spliceRead(r request) (bool, error) {
+// spliceRead fills a pipe with the data of a read from the backend, if
+// the backend, the connection and the size allow it, and returns how to
+// send it. It reports spliced false when the read must take the copying
+// path; an error means the backend failed and nothing is to be sent.
+func (t *transmission) spliceRead(r request) (reply func(), spliced bool, err error) {
 	f, ok := t.export.Backend.(pipeFiller)
-	if !ok || r.length < spliceMin || !f.canSplice() {
-		return false, nil
-	}
-	fc, ok := t.conn.(*fdConn)
-	if !ok {
-		return false, nil
+	if !ok || t.raw == nil || r.length < spliceMin || !f.canSplice() {
+		return nil, false, nil
 	}
 	p, err := t.srv.pipes.get()
 	if err != nil {
-		return false, nil
+		return nil, false, nil
 	}
 	// Each pipe buffer holds at most one page of the file.
 	pg := os.Getpagesize()
 	if pages := (int(r.off%uint64(pg)) + int(r.length) + pg - 1) / pg; pages*pg > p.size {
 		t.srv.pipes.put(p, true)
-		return false, nil
+		return nil, false, nil
 	}
 	if err := f.fillPipe(p.w, int64(r.off), int(r.length)); err != nil {
 		t.srv.pipes.put(p, false)
 		if errors.Is(err, errCopyInstead) {
-			return false, nil
+			return nil, false, nil
 		}
-		return true, err
+		return nil, true, err
 	}
-	drained := false
-	t.sendNow(func(w *replyWriter) error {
-		t.writeReadHeader(w, r, int(r.length))
-		if err := w.Flush(); err != nil {
-			return err
-		}
-		if err := fc.spliceFrom(p.r, int(r.length)); err != nil {
-			return err
-		}
-		drained = true
-		return nil
-	})
-	t.srv.pipes.put(p, drained)
-	return true, nil
+	return func() {
+		drained := false
+		t.sendNow(func(w *replyWriter) error {
+			t.writeReadHeader(w, r, int(r.length))
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			if err := spliceTo(t.raw, p.r, int(r.length)); err != nil {
+				return err
+			}
+			drained = true
+			return nil
+		})
+		t.srv.pipes.put(p, drained)
+	}, true, nil
 }

@@ -7,72 +7,72 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/semaphore"
 )
 
-// transmission runs the transmission phase of one session. A request's
-// path through it: the reader role reads it (reader.go), validation and
-// the backend answer it (dispatch.go), and the reply goes out under the
-// connection's write lock (reply.go).
+// transmission is one session's transmission phase. It is served by a
+// few identical workers, each of which loops through the same steps:
+// take the read side, read one request and its payload (reader.go), hand
+// the read side to the next worker, run the request against the backend
+// (dispatch.go) and send its reply under the write lock (reply.go).
 //
-// One goroutine at a time holds the reader role: it reads requests and
-// runs the small reads and writes itself, since handing each to another
-// goroutine costs more than the work on a fast backend. Anything else, and
-// everything after inline requests proved slow, goes to workers that
-// outlive their request. An inline request that stalls is caught by the
-// server's stall watch, which gives the reader role to a new goroutine, so
-// a slow request never holds up the ones behind it for long.
+// A worker that reads a request while no other worker waits for the read
+// side starts one, up to the session's limit, so that a slow request
+// never holds up the ones behind it; a worker that finishes while another
+// already waits to read ends. An idle session has one worker, blocked in
+// the runtime's poller, which holds no thread.
 type transmission struct {
 	// What the handshake settled; fixed for the session.
 	srv        *Server
 	export     *Export
 	mem        *Mem     // the backend, when it is plain memory: large writes go into it directly
 	conn       net.Conn // nil when serving a plain stream (fuzzing)
-	in         *connReader
-	br         *bufio.Reader
+	raw        syscall.RawConn
 	structured bool
 	metaAlloc  bool
 	tls        bool
 	log        *slog.Logger
 	trace      bool
 	idle       time.Duration // Server.IdleTimeout; 0 for none
-	start      time.Time     // session start; inline timing reads the monotonic clock from it
+	start      time.Time
 
-	// The reply side (reply.go).
+	// The read side: one worker at a time holds rmu and reads.
+	rmu      sync.Mutex
+	br       *bufio.Reader // under rmu
+	readDone bool          // under rmu: no more requests will be read
+	readErr  error         // under rmu: why reading ended
+	idleMu   sync.Mutex    // orders the idle deadline's settings
+
+	// The workers.
+	workers    sync.WaitGroup
+	alive      atomic.Int32 // workers running
+	readers    atomic.Int32 // workers waiting for the read side
+	maxWorkers int32
+
+	// The write side (reply.go).
 	wmu     sync.Mutex
 	bw      *replyWriter // under wmu
 	werr    error        // first write error, under wmu
+	wdl     time.Time    // the write deadline set last, under wmu
+	wtime   time.Duration
 	waiting atomic.Int32 // replies waiting for wmu
-	kick    chan struct{}
 
-	// ctx ends when no reply can reach the client any more: requests
-	// waiting for their turn or their budget are dropped.
+	// ctx ends when the session breaks (no reply can reach the client,
+	// or a worker crashed): requests not yet run are dropped.
 	ctx    context.Context
 	broken context.CancelFunc
 
-	// Requests in flight (dispatch.go).
-	inflight sync.WaitGroup
-	work     chan work           // to idle workers
-	active   atomic.Int32        // requests dispatched and not yet answered
-	budget   *semaphore.Weighted // bounds the connection's bytes in flight
-	shared   *semaphore.Weighted // the server's budget; nil for none
-	share    int64               // the connection's budget, and the heaviest weight
-	dirty    atomic.Bool         // written since the last Sync
-
-	// The reader role (reader.go).
-	readerBusy atomic.Bool // the reader flushes before it next blocks
-	readerDone chan error  // why reading ended
-	inline     inlineGate
-	noInline   int // requests still to hand to workers (reader's)
-	slowRun    int // inline requests in a row that were slow (reader's)
-	// behind: the read buffer held more requests when the inline request
-	// began (for the stall watch, which must not touch the buffer).
-	behind     atomic.Bool
-	afterSteal func() // tests: runs right after the stall watch steals the role
+	active atomic.Int32        // requests read and not yet answered
+	budget *semaphore.Weighted // bounds the connection's bytes in flight
+	shared *semaphore.Weighted // the server's budget; nil for none
+	share  int64               // the connection's budget, and the heaviest weight
+	dirty  atomic.Bool         // written since the last Sync
 
 	requests, bytesIn, bytesOut atomic.Int64
 	id                          uint64 // for Server.Record
@@ -82,17 +82,21 @@ func newTransmission(s *session, log *slog.Logger) *transmission {
 	mem, _ := s.export.Backend.(*Mem)
 	shared, share := s.srv.budget.get(limit(s.srv.MaxInflight, DefaultMaxInflight))
 	ctx, broken := context.WithCancel(context.Background())
-	return &transmission{
+	t := &transmission{
 		ctx: ctx, broken: broken,
 		shared: shared, share: share, idle: max(s.srv.IdleTimeout, 0),
-		srv: s.srv, export: s.export, mem: mem, conn: s.conn, in: s.in, br: s.br,
+		srv: s.srv, export: s.export, mem: mem, conn: s.conn, br: s.br,
 		structured: s.structured, metaAlloc: s.metaAlloc, tls: s.tls,
 		log: log, trace: log.Enabled(context.Background(), slog.LevelDebug), start: time.Now(),
-		bw: s.bw, kick: make(chan struct{}, 1),
-		work: make(chan work), budget: semaphore.NewWeighted(share),
-		readerDone: make(chan error, 1),
+		bw: s.bw, wtime: limit(s.srv.WriteTimeout, DefaultWriteTimeout),
+		budget:     semaphore.NewWeighted(share),
+		maxWorkers: int32(max(limit(s.srv.Workers, DefaultWorkers), 1)),
 		id:         s.srv.connIDs.Add(1),
 	}
+	if sc, ok := s.conn.(syscall.Conn); ok && !s.tls {
+		t.raw, _ = sc.SyscallConn()
+	}
+	return t
 }
 
 // run serves requests until the client disconnects, then waits for the
@@ -103,20 +107,14 @@ func (t *transmission) run() error {
 	t.log.Info("client connected", "export", e.Name, "size", e.Backend.Size(),
 		"flags", e.flags(t.structured).String(), "structured_replies", t.structured,
 		"base_allocation", t.metaAlloc, "tls", t.tls)
-	go t.flusher()
-	t.srv.stalls.add(t)
-	t.read()
-	err := <-t.readerDone
-	t.srv.stalls.remove(t)
-	t.inflight.Wait()
+	t.spawn()
+	t.workers.Wait()
+	// Every worker has ended: reading has, and every request read has
+	// been answered.
 	t.broken()
-	close(t.work)
-	close(t.kick)
 	t.wmu.Lock()
 	t.flushLocked()
-	if err == errBroken {
-		err = nil
-	}
+	err := t.readErr
 	if err == nil && t.werr != nil && !errors.Is(t.werr, net.ErrClosed) {
 		err = fmt.Errorf("send replies: %w", t.werr) // why reading stopped
 	}
@@ -134,6 +132,69 @@ func (t *transmission) run() error {
 	}
 	t.log.Info("client disconnected", attrs...)
 	return nil
+}
+
+// spawn starts a worker.
+func (t *transmission) spawn() {
+	t.alive.Add(1)
+	t.workers.Add(1)
+	go t.worker()
+}
+
+// worker reads requests and runs them until reading ends. A panic that
+// escapes a request (the backend's are caught per request) ends the
+// session, never the process.
+func (t *transmission) worker() {
+	defer t.workers.Done()
+	defer func() {
+		if p := recover(); p != nil {
+			t.log.Error("session crashed; other sessions are unaffected", "panic", p, "stack", string(debug.Stack()))
+			t.abort(fmt.Errorf("nbd: panic serving the session: %v", p))
+		}
+	}()
+	for counted := false; ; {
+		w, ok := t.next(counted)
+		if !ok {
+			t.alive.Add(-1)
+			return
+		}
+		var reply func()
+		if t.ctx.Err() == nil {
+			reply = t.handle(w.r, w.payload)
+		} else {
+			t.srv.bufs.put(w.payload) // no reply can reach the client: skip the work
+		}
+		// Stay unless another worker already waits to read; one that
+		// stays counts itself a reader before it replies, so that the
+		// client's next request, sent the moment the reply arrives,
+		// starts no new worker.
+		counted = t.readers.Load() == 0 || t.alive.Load() == 1
+		if counted {
+			t.readers.Add(1)
+		}
+		if reply != nil {
+			reply()
+		}
+		t.finish(w.r)
+		if !counted {
+			t.alive.Add(-1)
+			return
+		}
+	}
+}
+
+// abort ends the session at once: nothing more is read or run.
+func (t *transmission) abort(err error) {
+	t.broken()
+	t.wmu.Lock()
+	if t.werr == nil {
+		t.werr = err
+	}
+	t.wmu.Unlock()
+	if t.conn != nil {
+		t.conn.Close()
+	}
+	t.alive.Add(-1)
 }
 
 // record hands a request just read to Server.Record.
