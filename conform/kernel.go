@@ -71,11 +71,43 @@ func (o *KernelOptions) defaults() error {
 			return fmt.Errorf("conform: unknown server %q; the kernel suite has %s", s, strings.Join(names, ", "))
 		}
 	}
-	if _, err := regexp.Compile(o.Run); err != nil {
-		return fmt.Errorf("conform: --run %q: %w", o.Run, err)
+	run, err := matchCases(o.Run)
+	if err != nil {
+		return err
 	}
+	o.Run = run
 	return nil
 }
+
+// matchCases checks that the --run expression selects some kernel case and
+// returns it; blktests' names (nbd/001) stand for the cases they became
+// (nbd001-size/netlink and /ioctl).
+func matchCases(run string) (string, error) {
+	any := func(expr string) (bool, error) {
+		re, err := regexp.Compile(expr)
+		if err != nil {
+			return false, fmt.Errorf("conform: --run %q: %w", expr, err)
+		}
+		for _, c := range kernelCases() {
+			if re.MatchString(c.id) {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+	ok, err := any(run)
+	if err != nil || ok {
+		return run, err
+	}
+	if alt := blktestsName.ReplaceAllString(run, "nbd$1"); alt != run {
+		if ok, _ := any(alt); ok {
+			return alt, nil
+		}
+	}
+	return "", fmt.Errorf("conform: --run %q matches no case (IDs look like nbd001-size/netlink; nbdlab conform --list shows them all)", run)
+}
+
+var blktestsName = regexp.MustCompile(`nbd/(\d{3})`)
 
 // RunKernel runs the kernel suite: on this machine's kernel with Host, or
 // else in one VM per kernel, each running this same code with --host.

@@ -68,6 +68,9 @@ func CheckServers(ctx context.Context, servers []Server, o Options) (*Report, er
 			cs = append(cs, c)
 		}
 	}
+	if len(cs) == 0 {
+		return nil, fmt.Errorf("conform: --run matches no check (nbdlab conform server --list shows them all)")
+	}
 	r := &Report{}
 	for _, c := range cs {
 		r.Checks = append(r.Checks, CheckInfo{c.id, c.level, c.what})

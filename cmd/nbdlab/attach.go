@@ -121,7 +121,7 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func runDisconnect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("detach", "DEVICE|PARTITION", stderr)
+	fs := newFlagSet(commandName(ctx, "detach"), "DEVICE|PARTITION", stderr)
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err

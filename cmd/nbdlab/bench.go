@@ -31,6 +31,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runBenchNFS(ctx, args[1:], stdout, stderr)
 	case "agent":
 		return runBenchAgent(ctx, args[1:], stdout, stderr)
+	case "-h", "-help", "--help":
+		fmt.Fprintf(stdout, "usage: nbdlab bench %s\n\nRun 'nbdlab bench kernel --help' or 'nbdlab bench nfs --help' for their flags.\n", benchUsage)
+		return flag.ErrHelp
 	}
 	return usagef("unknown benchmark %q: want kernel or nfs", args[0])
 }

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmdtest"
@@ -33,4 +34,13 @@ func TestCLI(t *testing.T) {
 		return os.Mkdir(filepath.Join(root, "adir"), 0o755)
 	}
 	ts.Run(t, *update)
+}
+
+// The version names the module and the Go that built it; a binary built
+// from a checkout also names the revision.
+func TestVersion(t *testing.T) {
+	v := version()
+	if !strings.HasPrefix(v, "nbdlab ") || !strings.Contains(v, "go1.") {
+		t.Fatalf("version() = %q, want nbdlab VERSION [revision REV] goX.Y", v)
+	}
 }

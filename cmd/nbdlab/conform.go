@@ -99,7 +99,7 @@ func runConformKernel(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs.Var(&ks, "kernel", "kernel `K` to run on, installed or fetched (release or debian:SUITE); repeatable (default: all)")
 	fs.Var(&servers, "server", "server `S` to run against; repeatable (default: all; see --list)")
 	fs.BoolVar(&o.Host, "host", false, "run on this machine's kernel, servers in network namespaces (needs root and nbd)")
-	fs.BoolVar(&o.Guest, "guest", false, "with --host: this machine is a lab VM the suite may break (unloads nbd); set by the VM mode")
+	fs.BoolVar(&o.Guest, "guest", false, internalFlag+"with --host: this machine is a lab VM the suite may break (unloads nbd); set by the VM mode")
 	fs.StringVar(&o.Run, "run", "", "only the cases whose ID matches `REGEX` (see --list)")
 	fs.BoolVar(&o.Strict, "strict", false, "fail on a peer server's failure too, not only nbdlab's")
 	fs.BoolVar(&o.EveryServer, "every-server", false, "run the cases of the kernel's own behaviour (partitions, module races, link faults) with every server, not once per kernel")

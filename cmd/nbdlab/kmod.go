@@ -10,7 +10,8 @@ import (
 const kmodBuildUsage = "build [--kernel KVER] [--source DIR] [--force] [--dry-run] [--prefix DIR] [--sign-key KEY --sign-cert CERT] [--jobs N]"
 
 func runKmod(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if err := verb(args, "kmod", "build", kmodBuildUsage, stdout); err != nil {
+	args, err := verb(args, "kmod", "build")
+	if err != nil {
 		return err
 	}
 	fs := newFlagSet("kmod build", kmodBuildUsage, stderr)
@@ -23,7 +24,7 @@ func runKmod(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&o.SignKey, "sign-key", "", "private key `FILE` to sign with, where the kernel enforces signatures")
 	fs.StringVar(&o.SignCert, "sign-cert", "", "certificate `FILE` of the signing key")
 	fs.IntVar(&o.Jobs, "jobs", 0, "make -j (default: number of CPUs)")
-	rest, err := parseFlags(fs, args[1:])
+	rest, err := parseFlags(fs, args)
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,7 @@ import (
 func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("lab", "[--kernel KVER]", stderr)
 	kernel := fs.String("kernel", "", "kernel: an installed or fetched release, or debian:SUITE (default: the newest installed)")
-	guest := fs.Bool("guest", false, "run the in-guest half (used inside the lab VM)")
+	guest := fs.Bool("guest", false, internalFlag+"run the in-guest half (used inside the lab VM)")
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
 	}

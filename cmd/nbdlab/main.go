@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -41,6 +42,21 @@ func commands() []command {
 	}
 }
 
+type commandKey struct{}
+
+// withCommand records the name a command was called by, for commands
+// that answer to two (disconnect and detach).
+func withCommand(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, commandKey{}, name)
+}
+
+func commandName(ctx context.Context, def string) string {
+	if n, ok := ctx.Value(commandKey{}).(string); ok {
+		return n
+	}
+	return def
+}
+
 // usageError is a mistake in the command line; it exits 2.
 type usageError struct{ msg string }
 
@@ -68,6 +84,10 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "version") {
+		fmt.Fprintln(stdout, version())
+		return 0
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		if len(args) > 1 {
 			return run(ctx, []string{args[1], "-h"}, stdout, stderr)
@@ -80,7 +100,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		for _, c := range commands() {
 			fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 		}
-		fmt.Fprintln(w, "\nRun 'nbdlab help COMMAND' for a command's flags.")
+		fmt.Fprintln(w, "\nRun 'nbdlab help COMMAND' for a command's flags, 'nbdlab --version' for the version.")
 		if len(args) == 0 {
 			return 2
 		}
@@ -90,7 +110,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if c.name != args[0] {
 			continue
 		}
-		err := c.run(ctx, args[1:], stdout, stderr)
+		err := c.run(withCommand(ctx, c.name), args[1:], stdout, stderr)
 		var ue usageError
 		var ee exitError
 		switch {
@@ -117,16 +137,61 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+// version is the module's version and the VCS revision it was built
+// from, as the Go toolchain recorded them.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "nbdlab (no build information)"
+	}
+	v, rev, dirty := bi.Main.Version, "", false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	out := "nbdlab " + v
+	if rev != "" {
+		out += " revision " + rev
+		if dirty {
+			out += " (modified)"
+		}
+	}
+	return out + " " + bi.GoVersion
+}
+
 // newFlagSet returns a flag set that reports errors through usageError.
 func newFlagSet(name, usage string, out io.Writer) *flag.FlagSet {
+	// A two-word command's usage may start with its verb: say it once.
+	if i := strings.LastIndex(name, " "); i >= 0 {
+		usage = strings.TrimPrefix(usage, name[i+1:]+" ")
+	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
-		fmt.Fprintf(out, "usage: nbdlab %s %s\n\nflags:\n", name, usage)
-		fs.PrintDefaults()
+		fmt.Fprintf(out, "usage: nbdlab %s %s\n", name, usage)
+		shown, n := flag.NewFlagSet(name, flag.ContinueOnError), 0
+		shown.SetOutput(out)
+		fs.VisitAll(func(f *flag.Flag) {
+			if !strings.HasPrefix(f.Usage, internalFlag) {
+				shown.Var(f.Value, f.Name, f.Usage)
+				n++
+			}
+		})
+		if n > 0 {
+			fmt.Fprint(out, "\nflags:\n")
+			shown.PrintDefaults()
+		}
 	}
 	return fs
 }
+
+// internalFlag starts the usage of a flag nbdlab passes to itself (in a
+// lab VM), which help does not show.
+const internalFlag = "internal: "
 
 // parseFlags parses args with flags and positional arguments in any order,
 // up to a "--", after which everything is positional.
@@ -158,17 +223,16 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 }
 
 // verb checks that a command group's arguments start with its one verb
-// (nbdlab kmod build, nbdlab vm run). For -h it prints the usage and
-// returns flag.ErrHelp.
-func verb(args []string, group, want, usage string, stdout io.Writer) error {
+// (nbdlab kmod build, nbdlab vm run) and returns the arguments after it.
+// -h alone stands for the verb's -h, which prints its flags.
+func verb(args []string, group, want string) ([]string, error) {
 	switch {
 	case len(args) > 0 && args[0] == want:
-		return nil
-	case len(args) > 0 && (args[0] == "-h" || args[0] == "--help"):
-		fmt.Fprintf(stdout, "usage: nbdlab %s %s\n", group, usage)
-		return flag.ErrHelp
+		return args[1:], nil
+	case len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help"):
+		return args[:1], nil
 	}
-	return usagef("want '%s %s'", group, want)
+	return nil, usagef("want '%s %s'", group, want)
 }
 
 // stringList is a repeatable string flag.

@@ -14,7 +14,8 @@ import (
 const vmRunUsage = "run [--kernel KVER|debian:SUITE|PATH [--modules DIR]] [--mem SIZE] [--cpus N] [--timeout D] [--share HOSTDIR[:GUESTDIR]]... [-v] -- COMMAND..."
 
 func runVM(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if err := verb(args, "vm", "run", vmRunUsage, stdout); err != nil {
+	args, err := verb(args, "vm", "run")
+	if err != nil {
 		return err
 	}
 	fs := newFlagSet("vm run", vmRunUsage, stderr)
@@ -28,7 +29,7 @@ func runVM(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	verbose := fs.Bool("v", false, "print the QEMU command line and boot time")
 	var shares stringList
 	fs.Var(&shares, "share", "`HOSTDIR[:GUESTDIR]` to make writable in the guest; repeatable")
-	argv, err := parseFlags(fs, args[1:])
+	argv, err := parseFlags(fs, args)
 	if err != nil {
 		return err
 	}
