@@ -19,7 +19,7 @@ import (
 
 const serveUsage = "[--listen ADDR]... [--tls-cert FILE --tls-key FILE [--tls-ca FILE]] [-v] NAME=SPEC..."
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rerr error) {
 	fs := newFlagSet("serve", serveUsage, stderr)
 	var listen stringList
 	fs.Var(&listen, "listen", "`ADDR` to listen on: HOST:PORT or unix:PATH; repeatable (default 127.0.0.1:10809)")
@@ -32,6 +32,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	hsTimeout := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "drop a client that has not chosen an export in this time, TLS included (-1s: never)")
 	idleTimeout := fs.Duration("idle-timeout", 0, "drop a client that sends no request for this long (0: never; the kernel's client may idle for days)")
 	writeTimeout := fs.Duration("write-timeout", nbd.DefaultWriteTimeout, "drop a client that takes none of its replies for this long (-1s: never)")
+	workers := fs.Int("workers", nbd.DefaultWorkers, "requests of one connection that run at once")
 	maxInflight := fs.String("max-inflight", "256M", "bytes of requests all clients together may have in flight; one client a quarter of it")
 	record := fs.String("record", "", "append every request as it is read (connection, command, flags, offset, length) to `FILE` as JSON lines")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to `FILE` until the server stops")
@@ -104,15 +105,22 @@ flags:
 	if err != nil || inflight < 1<<20 {
 		return usagef("--max-inflight %q: want a size of at least 1M, like 256M or 1G", *maxInflight)
 	}
+	if *workers < 1 {
+		return usagef("--workers %d: want at least 1", *workers)
+	}
 	srv := &nbd.Server{Exports: exports, TLSConfig: tlsConfig, Logger: log,
 		MaxConnections: *maxConns, HandshakeTimeout: *hsTimeout, IdleTimeout: *idleTimeout,
-		WriteTimeout: *writeTimeout, MaxInflight: inflight}
+		WriteTimeout: *writeTimeout, MaxInflight: inflight, Workers: *workers}
 	if *record != "" {
-		rec, closeRec, err := recorder(*record)
+		rec, finish, err := recorder(*record, log)
 		if err != nil {
 			return err
 		}
-		defer closeRec()
+		defer func() {
+			if err := finish(); err != nil && rerr == nil {
+				rerr = err
+			}
+		}()
 		srv.Record = rec
 	}
 	var sig *ready.Signal
@@ -158,16 +166,35 @@ flags:
 }
 
 // recorder appends each request to path as a JSON line.
-func recorder(path string) (func(nbd.Recorded), func() error, error) {
+func recorder(path string, log *slog.Logger) (func(nbd.Recorded), func() error, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--record: %w", err)
 	}
 	var mu sync.Mutex
+	var werr error // the first failed write: the record is incomplete from there
 	enc := json.NewEncoder(f)
-	return func(r nbd.Recorded) {
+	rec := func(r nbd.Recorded) {
 		mu.Lock()
 		defer mu.Unlock()
-		enc.Encode(r)
-	}, f.Close, nil
+		if werr != nil {
+			return
+		}
+		if werr = enc.Encode(r); werr != nil {
+			log.Error("--record: cannot write the record; it ends here, and serve will exit 1", "file", path, "err", werr)
+		}
+	}
+	finish := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		cerr := f.Close()
+		switch {
+		case werr != nil:
+			return fmt.Errorf("--record %s: the record is incomplete: %w", path, werr)
+		case cerr != nil:
+			return fmt.Errorf("--record %s: %w", path, cerr)
+		}
+		return nil
+	}
+	return rec, finish, nil
 }
