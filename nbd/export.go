@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 
@@ -76,9 +77,9 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 			break
 		}
 		switch opt := arg[i+1:]; {
-		case opt == "ro":
+		case opt == "ro" || opt == "readonly" || opt == "read-only":
 			spec.ReadOnly = true
-		case opt == "cow":
+		case opt == "cow" || opt == "snapshot":
 			spec.COW = true
 		case strings.HasPrefix(opt, "eio="):
 			off, n, err := parseRange(strings.TrimPrefix(opt, "eio="))
@@ -87,6 +88,13 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 			}
 			spec.EIOOff, spec.EIOLen = off, n
 		case kind == "file" || kind == "qcow2":
+			// Part of the path, unless the path without it is what
+			// exists: then it was meant as an option.
+			if _, err := os.Stat(arg); err != nil {
+				if _, err := os.Stat(arg[:i]); err == nil {
+					return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow, eio=OFF+LEN)", s, opt)
+				}
+			}
 			i = len(arg)
 		default:
 			return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow, eio=OFF+LEN)", s, opt)
@@ -135,6 +143,9 @@ func (spec ExportSpec) Open() (*Export, io.Closer, error) {
 			return nil, nil, fmt.Errorf("export %s: %s is a qcow2 image, which file: would serve as its raw bytes: serve it as %s=qcow2:%s", spec.Name, spec.Path, spec.Name, spec.Path)
 		}
 		f, err := OpenFile(spec.Path, spec.ReadOnly || spec.COW)
+		if errors.Is(err, os.ErrPermission) && !spec.ReadOnly && !spec.COW {
+			return nil, nil, fmt.Errorf("export %s: %w: serve it read-only (%s=file:%s,ro) or with writes kept in memory (,cow)", spec.Name, err, spec.Name, spec.Path)
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("export %s: %w", spec.Name, err)
 		}
