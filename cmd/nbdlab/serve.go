@@ -42,9 +42,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rer
 
 Serve one or more exports over NBD (fixed newstyle, structured replies,
 base:allocation block status, TLS). SPEC is file:PATH (a regular file or a
-block device) or mem:SIZE (sparse, in memory), followed by ,ro for read-only
-or ,cow to keep writes aside and never modify the base. The first export
-also answers the empty export name.
+block device), qcow2:PATH (a qcow2 image and its backing chain) or mem:SIZE
+(sparse, in memory), followed by ,ro for read-only, ,cow to keep writes
+aside and never modify the base, or, for tests, ,eio=OFF+LEN (that range
+fails with EIO). The first export also answers the empty export name.
 
 flags:
 `, serveUsage)
