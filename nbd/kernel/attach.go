@@ -178,6 +178,35 @@ func Attach(ctx context.Context, dial Dialer, o AttachOptions) (*Attachment, err
 		}
 	}
 	a := &Attachment{opts: o, dial: dial}
+	// A device let go a moment ago may end a new NBD_DO_IT at once, with
+	// the sockets it was given shut down: try again on new ones.
+	for attempt := 1; ; attempt++ {
+		err := a.connect(ctx, index)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errEndedAtOnce) || attempt == attachAttempts || ctx.Err() != nil {
+			return nil, err
+		}
+		o.Logf("%v; attaching again on new connections (attempt %d of %d)", err, attempt+1, attachAttempts)
+		time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
+	}
+	a.Path = "/dev/nbd" + strconv.Itoa(a.Index)
+	a.rescan()
+	return a, nil
+}
+
+// attachAttempts bounds the tries of an attach whose device ended at once.
+const attachAttempts = 3
+
+// errEndedAtOnce is an ioctl attach whose NBD_DO_IT returned before the
+// device started.
+var errEndedAtOnce = errors.New("NBD_DO_IT ended before the device started")
+
+// connect negotiates the connections and hands them to the kernel as
+// device index (-1 for any free one).
+func (a *Attachment) connect(ctx context.Context, index int) error {
+	o := a.opts
 	var conns []kernelConn
 	defer func() {
 		for _, c := range conns {
@@ -187,14 +216,14 @@ func Attach(ctx context.Context, dial Dialer, o AttachOptions) (*Attachment, err
 	for i := 0; i < o.Connections; i++ {
 		info, kc, err := a.negotiate(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("kernel: connection %d: %w", i+1, err)
+			return fmt.Errorf("kernel: connection %d: %w", i+1, err)
 		}
 		conns = append(conns, kc)
 		a.NeedsProcess = a.NeedsProcess || kc.proxied
 		if i == 0 {
 			a.Info = info
 			if o.Connections > 1 && info.Flags&nbd.FlagCanMultiConn == 0 {
-				return nil, fmt.Errorf("kernel: the server does not advertise NBD_FLAG_CAN_MULTI_CONN, so %d connections could see different data; use 1", o.Connections)
+				return fmt.Errorf("kernel: the server does not advertise NBD_FLAG_CAN_MULTI_CONN, so %d connections could see different data; use 1", o.Connections)
 			}
 		}
 	}
@@ -210,7 +239,7 @@ func Attach(ctx context.Context, dial Dialer, o AttachOptions) (*Attachment, err
 		bs = uint64(max(a.Info.MinBlock, 512))
 	}
 	if bs < uint64(a.Info.MinBlock) || bs < 512 || bs > 4096 || bs&(bs-1) != 0 {
-		return nil, fmt.Errorf("kernel: block size %d: want a power of two from 512 to 4096, at least the server's minimum %d", bs, a.Info.MinBlock)
+		return fmt.Errorf("kernel: block size %d: want a power of two from 512 to 4096, at least the server's minimum %d", bs, a.Info.MinBlock)
 	}
 	cfg := Config{Index: index, Size: uint64(a.Info.Size), BlockSize: bs, ServerFlags: uint16(flags),
 		Timeout: o.Timeout, DeadTimeout: o.DeadTimeout, Backend: o.Backend}
@@ -225,24 +254,20 @@ func Attach(ctx context.Context, dial Dialer, o AttachOptions) (*Attachment, err
 			defer nl.Close()
 			idx, err := nl.Connect(cfg)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			a.Index, a.Interface = idx, InterfaceNetlink
 		case errors.Is(err, ErrNoFamily) && iface != InterfaceNetlink:
 			o.Logf("no nbd netlink family; falling back to the ioctl interface")
 			iface = InterfaceIoctl
 		default:
-			return nil, err
+			return err
 		}
 	}
 	if iface == InterfaceIoctl {
-		if err := a.attachIoctl(cfg); err != nil {
-			return nil, err
-		}
+		return a.attachIoctl(cfg)
 	}
-	a.Path = "/dev/nbd" + strconv.Itoa(a.Index)
-	a.rescan()
-	return a, nil
+	return nil
 }
 
 func (a *Attachment) attachIoctl(cfg Config) error {
@@ -267,21 +292,37 @@ func (a *Attachment) attachIoctl(cfg Config) error {
 	// EBUSY for a moment, while the last configuration is let go.
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		ready := make(chan struct{})
 		a.ioctlc = make(chan error, 1)
-		go func() { a.ioctlc <- IoctlConnect(path, cfg, func() { close(ready) }) }()
-		select {
-		case <-ready:
+		go func() { a.ioctlc <- IoctlConnect(path, cfg) }()
+		err := waitStarted(cfg.Index, a.ioctlc)
+		if err == nil {
 			return nil
-		case err := <-a.ioctlc:
+		}
+		if errors.Is(err, syscall.EBUSY) && time.Now().Before(deadline) && !DeviceInfo(cfg.Index).Connected {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		return err
+	}
+}
+
+// waitStarted waits until device n has started under NBD_DO_IT (the
+// kernel then shows the pid of the task serving it in sysfs), or until
+// NBD_DO_IT returns, whose result done carries.
+func waitStarted(n int, done <-chan error) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
 			if err == nil {
-				err = fmt.Errorf("kernel: %s disconnected at once", path)
-			}
-			if errors.Is(err, syscall.EBUSY) && time.Now().Before(deadline) && !DeviceInfo(cfg.Index).Connected {
-				time.Sleep(50 * time.Millisecond)
-				continue
+				err = fmt.Errorf("kernel: /dev/nbd%d: %w", n, errEndedAtOnce)
 			}
 			return err
+		case <-tick.C:
+			if DeviceInfo(n).Connected {
+				return nil
+			}
 		}
 	}
 }

@@ -32,8 +32,7 @@ func ioctl(f *os.File, req, arg uintptr) error {
 
 // IoctlConnect configures device path with the ioctl interface and then
 // serves it: it blocks inside NBD_DO_IT until the device is disconnected.
-// ready, if set, is called once the device is configured.
-func IoctlConnect(path string, cfg Config, ready func()) error {
+func IoctlConnect(path string, cfg Config) error {
 	// The kernel binds the device to the task (thread) that set it up and
 	// refuses the others with EBUSY ("Device being setup by another
 	// task"), so every ioctl here must come from one OS thread.
@@ -73,13 +72,6 @@ func IoctlConnect(path string, cfg Config, ready func()) error {
 		if err := ioctl(f, s.req, s.arg); err != nil {
 			return fmt.Errorf("kernel: %s on %s: %w", s.name, path, err)
 		}
-	}
-	if ready != nil {
-		go func() {
-			// NBD_DO_IT starts the device; give it a moment to do so.
-			time.Sleep(100 * time.Millisecond)
-			ready()
-		}()
 	}
 	err = ioctl(f, ioctlDoIt, 0)
 	ioctl(f, ioctlClearQue, 0)
