@@ -83,7 +83,7 @@ func (o *KernelOptions) defaults() error {
 	if o.Time == 0 {
 		o.Time = 3 * time.Second
 	}
-	o.Rounds = orInt(o.Rounds, 2)
+	o.Rounds = orInt(o.Rounds, 5)
 	if o.Nbdlab == "" {
 		exe, err := selfExe()
 		if err != nil {
@@ -217,11 +217,17 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 				f.Unit = "MiB/s"
 			}
 			c0 := serverCPU(p, dir)
+			dev := strings.TrimPrefix(a.Path, "/dev/")
+			d0, _ := readDiskStat(dev)
 			start := time.Now()
 			r, err := fioJSON(ctx, filepath.Join(work, "fio.json"), []string{"--name=" + job.RW, "--filename=" + a.Path,
 				"--rw=" + job.RW, "--bs=" + job.BS, "--iodepth=" + strconv.Itoa(job.Depth), "--ioengine=libaio", "--direct=1",
 				"--time_based=1", "--runtime=" + strconv.Itoa(int(o.Time.Seconds())), "--ramp_time=1", "--size=" + strconv.Itoa(kernelExport)})
 			f.Wall, f.ServerCPU = time.Since(start).Seconds(), (serverCPU(p, dir) - c0).Seconds()
+			if d1, err := readDiskStat(dev); err == nil {
+				d := d1.sub(d0)
+				f.DevRequests = d.reads + d.writes + d.discards + d.flushes
+			}
 			if err != nil {
 				f.Error = err.Error()
 				fmt.Fprintf(o.Out, "round %d %s %s: ERROR %v\n", round, name, f.Workload, err)
@@ -230,7 +236,8 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 				if f.Unit == "MiB/s" {
 					f.Value = r.MiBps()
 				}
-				fmt.Fprintf(o.Out, "round %d %-13s %-26s %8.1f %s (server CPU %.2fs)\n", round, name, f.Workload, f.Value, f.Unit, f.ServerCPU)
+				fmt.Fprintf(o.Out, "round %d %-13s %-26s %8.1f %s (server CPU %.2fs, %.0f µs a request)\n", round, name, f.Workload, f.Value, f.Unit, f.ServerCPU,
+					f.ServerCPU*1e6/float64(max(f.DevRequests, 1)))
 			}
 			figs = append(figs, f)
 		}
@@ -298,25 +305,57 @@ func (r *Results) WriteKernelReport(w io.Writer) error {
 	if len(r.Figures) > 0 {
 		f := r.Figures[0]
 		fmt.Fprintf(&b, "Started %s. Kernel %s, %d CPUs, %s; each server in a network namespace over a veth pair; fio libaio, O_DIRECT, on the whole device. "+
-			"Median of the rounds (range in brackets). **nbdlab / best peer** is nbdlab's better server against the best of the others: at least 1.00x is the goal.\n\n",
+			"Median of the rounds (its 95%% confidence interval in brackets: from order statistics, the whole range for up to 8 rounds). "+
+			"**nbdlab / best peer** is nbdlab's better server against the best of the others, with the ratio's interval: "+
+			"*faster* or *slower* where the interval excludes 1.00, *within noise* where it does not, *too few rounds* under 5 rounds. "+
+			"**server CPU µs/request** is the CPU time of each server's process over the job's requests.\n\n",
 			r.Started.UTC().Format("2006-01-02 15:04 UTC"), f.Kernel, f.CPUs, orUnknown(f.Accel))
 	}
 	for _, s := range t.setups {
 		t.writeFigures(&b, s, "job", func(tg string) string { return tg }, []string{"nbdlab / best peer"}, func(wl string) []string {
 			if ours, peer, ok := nbdlabAgainstPeers(t, s, wl); ok {
-				return []string{fmt.Sprintf("%.2fx", ours/peer)}
+				return []string{compare(ours.vals, peer.vals, true).String()}
 			}
 			return []string{"-"}
 		})
+		writeCPUPerRequest(&b, t, s)
 		b.WriteString("\n")
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
 
-// nbdlabAgainstPeers returns the best median of nbdlab's servers and of
-// the others on workload wl (higher is better for every kernel job).
-func nbdlabAgainstPeers(t *table, s setup, wl string) (ours, peer float64, ok bool) {
+// writeCPUPerRequest writes each server's CPU time per request the
+// device completed, the median of the rounds: under emulation it is
+// steadier than throughput.
+func writeCPUPerRequest(b *strings.Builder, t *table, s setup) {
+	b.WriteString("\nServer CPU µs per request (median of the rounds):\n\n| job |")
+	for _, tg := range t.targets {
+		fmt.Fprintf(b, " %s |", tg)
+	}
+	b.WriteString("\n|---|")
+	for range t.targets {
+		b.WriteString("---:|")
+	}
+	b.WriteString("\n")
+	for _, wl := range t.workloads {
+		fmt.Fprintf(b, "| %s |", wl)
+		for _, tg := range t.targets {
+			if c := t.cell(s, wl, tg); c != nil && len(c.perRequest) > 0 {
+				fmt.Fprintf(b, " %.0f |", medianOf(c.perRequest)*1e6)
+			} else {
+				b.WriteString(" - |")
+			}
+		}
+		b.WriteString("\n")
+	}
+}
+
+// nbdlabAgainstPeers returns the cells of nbdlab's better server and of
+// the best peer on workload wl, by median (higher is better for every
+// kernel job).
+func nbdlabAgainstPeers(t *table, s setup, wl string) (ours, peer *cell, ok bool) {
+	var bestOurs, bestPeer float64
 	for _, tg := range t.targets {
 		c := t.cell(s, wl, tg)
 		if c == nil || len(c.vals) == 0 {
@@ -324,10 +363,12 @@ func nbdlabAgainstPeers(t *table, s setup, wl string) (ours, peer float64, ok bo
 		}
 		v := medianOf(c.vals)
 		if strings.HasPrefix(tg, "nbdlab") {
-			ours = max(ours, v)
-		} else {
-			peer = max(peer, v)
+			if v > bestOurs {
+				bestOurs, ours = v, c
+			}
+		} else if v > bestPeer {
+			bestPeer, peer = v, c
 		}
 	}
-	return ours, peer, ours > 0 && peer > 0
+	return ours, peer, ours != nil && peer != nil
 }

@@ -17,12 +17,13 @@ func TestKernelReport(t *testing.T) {
 	add := func(server, job, unit string, vals ...float64) {
 		for i, v := range vals {
 			r.Figures = append(r.Figures, Figure{Topology: "netns", Link: "none", Kernel: "6.12", CPUs: 2,
-				Target: server, Workload: job, Unit: unit, Value: v, Round: i + 1, Durable: true})
+				Target: server, Workload: job, Unit: unit, Value: v, Round: i + 1, Durable: true,
+				ServerCPU: 0.5, DevRequests: uint64(v) * 5})
 		}
 	}
 	add("nbdlab-mem", "4k randread QD1, 1 conn", "IOPS", 100, 300)  // median 200
-	add("nbdlab-file", "4k randread QD1, 1 conn", "IOPS", 250, 250) // nbdlab's best
-	add("nbdkit-file", "4k randread QD1, 1 conn", "IOPS", 500, 500) // best peer
+	add("nbdlab-file", "4k randread QD1, 1 conn", "IOPS", 250, 240, 260, 255, 245) // nbdlab's best
+	add("nbdkit-file", "4k randread QD1, 1 conn", "IOPS", 500, 490, 510, 505, 495) // best peer
 	add("qemu-nbd", "4k randread QD1, 1 conn", "IOPS", 400, 400)
 	add("nbdlab-file", "1M read QD4, 1 conn", "MiB/s", 90)
 	add("qemu-nbd", "1M read QD4, 1 conn", "MiB/s", 30)
@@ -33,8 +34,11 @@ func TestKernelReport(t *testing.T) {
 	}
 	for _, want := range []string{
 		"| job | unit | nbdlab-mem | nbdlab-file | nbdkit-file | qemu-nbd | nbdlab / best peer |",
-		"| 4k randread QD1, 1 conn | IOPS | 200 (100-300) | 250 (250-250) | 500 (500-500) | 400 (400-400) | 0.50x |",
-		"| 1M read QD4, 1 conn | MiB/s | - | 90.0 | - | 30.0 | 3.00x |",
+		// Five rounds apart: a verdict; one round: none.
+		"| 4k randread QD1, 1 conn | IOPS | 200 (100-300) | 250 (240-260) | 500 (490-510) | 400 (400-400) | 0.50x [0.47-0.53] slower |",
+		"| 1M read QD4, 1 conn | MiB/s | - | 90.0 | - | 30.0 | 3.00x [3.00-3.00] too few rounds |",
+		// 0.5 s of CPU over five seconds of requests.
+		"| 4k randread QD1, 1 conn | 667 | 400 | 200 | 250 |",
 		"| 1M write QD4, 4 conn | MiB/s | - | 90.0 | - | - | - |",
 	} {
 		if !strings.Contains(b.String(), want) {

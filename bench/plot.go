@@ -98,9 +98,9 @@ func relativeToNBD(t *table, s setup, wl, tg string) float64 {
 // best peer's (not nbdlab's); 0 where either is missing.
 func relativeToBestPeer(t *table, s setup, wl, tg string) float64 {
 	c := t.cell(s, wl, tg)
-	_, peer, _ := nbdlabAgainstPeers(t, s, wl)
-	if c == nil || len(c.vals) == 0 || peer == 0 {
+	_, peer, ok := nbdlabAgainstPeers(t, s, wl)
+	if c == nil || len(c.vals) == 0 || !ok {
 		return 0
 	}
-	return medianOf(c.vals) / peer
+	return medianOf(c.vals) / medianOf(peer.vals)
 }

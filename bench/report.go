@@ -25,7 +25,8 @@ func (r *Results) WriteNFSReport(w io.Writer) error {
 	}
 	fmt.Fprintf(&b, "Times are seconds (lower is better), rates MiB/s or IOPS (higher is better); the median of the rounds. "+
 		"**NBD vs NFS** compares NBD with the fastest NFS target that stores what it acknowledges (sync exports): "+
-		"above 1.00x NBD is faster. Targets marked * are `async` exports: nfsd acknowledges writes it has not "+
+		"above 1.00x NBD is faster; the bracket is the ratio's 95%% interval from the two medians' order-statistics intervals, "+
+		"and the verdict is *faster* or *slower* only where it excludes 1.00 (*within noise* otherwise, *too few rounds* under 5 rounds). Targets marked * are `async` exports: nfsd acknowledges writes it has not "+
 		"stored, and a server crash loses them; they are shown, never counted as the best NFS.\n\n")
 	for _, s := range t.setups {
 		desc := ""
@@ -44,15 +45,12 @@ func (r *Results) WriteNFSReport(w io.Writer) error {
 			}
 		}
 		label := func(tg string) string { return targetLabel(t, s, tg) }
-		t.writeFigures(&b, s, "workload", label, []string{"NBD vs NFS", "NBD faster"}, func(wl string) []string {
-			ratio, ok := nbdRatio(t, s, wl)
-			switch {
-			case !ok:
-				return []string{"-", "-"}
-			case ratio < 1:
-				return []string{fmt.Sprintf("%.2fx", ratio), "no"}
+		t.writeFigures(&b, s, "workload", label, []string{"NBD vs NFS"}, func(wl string) []string {
+			nbd, best, ok := nbdAgainstNFS(t, s, wl)
+			if !ok {
+				return []string{"-"}
 			}
-			return []string{fmt.Sprintf("%.2fx", ratio), "yes"}
+			return []string{compare(nbd.vals, best.vals, higherIsBetter(nbd.unit)).String()}
 		})
 		b.WriteString("\nCPU seconds while each workload ran (client + server):\n\n| workload |")
 		for _, tg := range t.targets {
@@ -136,33 +134,26 @@ func (t *table) writeFigures(b *strings.Builder, s setup, first string, label fu
 	}
 }
 
-// nbdRatio is how many times faster NBD is than the best durable NFS
-// target on workload wl in setup s.
-func nbdRatio(t *table, s setup, wl string) (float64, bool) {
-	nbd := t.cell(s, wl, nbdTarget)
+// nbdAgainstNFS returns the NBD cell of workload wl in setup s and the
+// cell of the best durable NFS target, by median.
+func nbdAgainstNFS(t *table, s setup, wl string) (nbd, best *cell, ok bool) {
+	nbd = t.cell(s, wl, nbdTarget)
 	if nbd == nil || len(nbd.vals) == 0 {
-		return 0, false
+		return nil, nil, false
 	}
-	best := math.NaN()
 	for _, tg := range t.targets {
 		c := t.cell(s, wl, tg)
 		if tg == nbdTarget || c == nil || !c.durable || len(c.vals) == 0 {
 			continue
 		}
 		v := medianOf(c.vals)
-		if math.IsNaN(best) || (higherIsBetter(c.unit) && v > best) || (!higherIsBetter(c.unit) && v < best) {
-			best = v
+		if best == nil || (higherIsBetter(c.unit) && v > medianOf(best.vals)) || (!higherIsBetter(c.unit) && v < medianOf(best.vals)) {
+			best = c
 		}
 	}
-	n := medianOf(nbd.vals)
-	if math.IsNaN(best) || best == 0 || n == 0 {
-		return 0, false
-	}
-	if higherIsBetter(nbd.unit) {
-		return n / best, true
-	}
-	return best / n, true
+	return nbd, best, best != nil && medianOf(best.vals) != 0 && medianOf(nbd.vals) != 0
 }
+
 
 func targetLabel(t *table, s setup, tg string) string {
 	for _, wl := range t.workloads {

@@ -51,6 +51,9 @@ type Figure struct {
 	// Requests is what the kernel sent the NBD device while the workload
 	// ran, from /sys/block/nbdN/stat (the nbd target only).
 	Requests string `json:"requests,omitempty"`
+	// DevRequests is how many requests the device completed while the
+	// workload ran (the kernel benchmark): what per-request costs divide by.
+	DevRequests uint64 `json:"dev_requests,omitempty"`
 	Error    string `json:"error,omitempty"`
 }
 
@@ -95,6 +98,7 @@ type cell struct {
 	vals       []float64
 	client     []float64
 	server     []float64
+	perRequest []float64 // server CPU seconds per device request, where counted
 	err        string
 	durable    bool
 	unit, desc string
@@ -152,6 +156,9 @@ func (r *Results) table() *table {
 		c.vals = append(c.vals, f.Value)
 		c.client = append(c.client, f.ClientCPU)
 		c.server = append(c.server, f.ServerCPU)
+		if f.DevRequests > 0 {
+			c.perRequest = append(c.perRequest, f.ServerCPU/float64(f.DevRequests))
+		}
 	}
 	return t
 }
