@@ -21,7 +21,7 @@ func TestKernelReport(t *testing.T) {
 				ServerCPU: 0.5, DevRequests: uint64(v) * 5})
 		}
 	}
-	add("nbdlab-mem", "4k randread QD1, 1 conn", "IOPS", 100, 300)  // median 200
+	add("nbdlab-mem", "4k randread QD1, 1 conn", "IOPS", 100, 300)                 // median 200
 	add("nbdlab-file", "4k randread QD1, 1 conn", "IOPS", 250, 240, 260, 255, 245) // nbdlab's best
 	add("nbdkit-file", "4k randread QD1, 1 conn", "IOPS", 500, 490, 510, 505, 495) // best peer
 	add("qemu-nbd", "4k randread QD1, 1 conn", "IOPS", 400, 400)

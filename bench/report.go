@@ -154,7 +154,6 @@ func nbdAgainstNFS(t *table, s setup, wl string) (nbd, best *cell, ok bool) {
 	return nbd, best, best != nil && medianOf(best.vals) != 0 && medianOf(nbd.vals) != 0
 }
 
-
 func targetLabel(t *table, s setup, tg string) string {
 	for _, wl := range t.workloads {
 		if c := t.cell(s, wl, tg); c != nil && !c.durable {

@@ -54,7 +54,7 @@ type Figure struct {
 	// DevRequests is how many requests the device completed while the
 	// workload ran (the kernel benchmark): what per-request costs divide by.
 	DevRequests uint64 `json:"dev_requests,omitempty"`
-	Error    string `json:"error,omitempty"`
+	Error       string `json:"error,omitempty"`
 }
 
 // higherIsBetter reports whether a larger value of unit is better.
