@@ -66,6 +66,7 @@ func (o *KernelOptions) defaults() error {
 		if o.Time == 0 {
 			o.Time = time.Second
 		}
+		o.Rounds = orInt(o.Rounds, 1)
 	}
 	if len(o.Servers) == 0 {
 		for _, s := range harness.TCPServers() {

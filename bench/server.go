@@ -16,7 +16,6 @@ import (
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/internal/selfbuild"
-	"github.com/nbdlab/nbdlab/internal/testenv"
 )
 
 // Options configure RunServer. Zero values mean defaults.
@@ -65,7 +64,7 @@ func (o *Options) defaults(ctx context.Context) error {
 	if o.Dir == "" {
 		o.Dir = "/dev/shm"
 	}
-	if err := testenv.Require("fio", "nbdkit", "qemu-nbd", "qemu-img"); err != nil {
+	if err := command.Require("fio", "nbdkit", "qemu-nbd", "qemu-img"); err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
 	if o.Nbdlab == "" {

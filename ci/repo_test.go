@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/nbdlab/nbdlab/internal/testenv"
@@ -46,5 +47,20 @@ func TestWorkflowGoFromGoMod(t *testing.T) {
 	setups := bytes.Count(wf, []byte("go-version-file: go.mod"))
 	if setups != jobs {
 		t.Errorf("ci.yml has %d jobs and %d setup-go steps with go-version-file: go.mod; want one in each", jobs, setups)
+	}
+}
+
+// TestBinaryHoldsNoTestCode: nothing the nbdlab binary is built from
+// imports package testing (test kits stay in _test files and *test
+// packages).
+func TestBinaryHoldsNoTestCode(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "../cmd/nbdlab").Output()
+	if err != nil {
+		t.Fatalf("go list -deps ./cmd/nbdlab: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if pkg == "testing" || strings.HasSuffix(pkg, "/testenv") || strings.HasSuffix(pkg, "test") && strings.HasPrefix(pkg, "github.com/nbdlab/") {
+			t.Errorf("the nbdlab binary is built with %s", pkg)
+		}
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nbdlab/nbdlab/internal/testenv"
+	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/kernels"
 	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/vm"
@@ -255,7 +255,7 @@ func runHost(ctx context.Context, o KernelOptions) (*Report, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("conform: the kernel suite needs root (network namespaces, /dev/nbd*)")
 	}
-	if err := testenv.Require("ip"); err != nil {
+	if err := command.Require("ip"); err != nil {
 		return nil, fmt.Errorf("conform: %w", err)
 	}
 	if err := loadNBD(ctx); err != nil {

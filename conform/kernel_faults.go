@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/tlscreds"
 	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/kernel"
-	"github.com/nbdlab/nbdlab/nbd/nbdtest"
 )
 
 // Cases that break things: servers killed and restarted, namespaces
@@ -183,7 +183,7 @@ func caseTLS(e *kenv) error {
 		return err
 	}
 	e.undo = append(e.undo, func() { os.RemoveAll(dir) })
-	creds, err := nbdtest.WriteTLS(dir)
+	creds, err := tlscreds.Write(dir)
 	if err != nil {
 		return err
 	}

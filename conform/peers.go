@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/selfbuild"
-	"github.com/nbdlab/nbdlab/internal/testenv"
 	"github.com/nbdlab/nbdlab/nbd"
 )
 
@@ -61,7 +61,7 @@ func RunPeers(ctx context.Context, o PeersOptions) error {
 	if o.Dir == "" {
 		o.Dir = "conform-report"
 	}
-	if err := testenv.Require("nbdkit", "qemu-nbd", "nbd-server"); err != nil {
+	if err := command.Require("nbdkit", "qemu-nbd", "nbd-server"); err != nil {
 		return fmt.Errorf("conform: %w", err)
 	}
 	if o.Nbdlab == "" {

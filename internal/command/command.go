@@ -5,6 +5,7 @@ package command
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os/exec"
@@ -66,4 +67,21 @@ func Combined(ctx context.Context, run Runner, name string, args ...string) (str
 		return strings.TrimSpace(out.String()), Error(name, args, err, out.String())
 	}
 	return strings.TrimSpace(out.String()), nil
+}
+
+// ErrMissingTool is wrapped by Require when a program is not installed.
+var ErrMissingTool = errors.New("not installed")
+
+// Require reports which of the named programs are not on PATH.
+func Require(tools ...string) error {
+	var missing []string
+	for _, t := range tools {
+		if _, err := exec.LookPath(t); err != nil {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%s %w (go run mage.go deps installs it)", strings.Join(missing, ", "), ErrMissingTool)
+	}
+	return nil
 }

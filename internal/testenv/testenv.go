@@ -7,11 +7,8 @@ package testenv
 
 import (
 	"context"
-	"errors"
-	"fmt"
+	"github.com/nbdlab/nbdlab/internal/command"
 	"os"
-	"os/exec"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,21 +17,10 @@ import (
 )
 
 // ErrMissingTool is wrapped by Require when a tool is not installed.
-var ErrMissingTool = errors.New("not installed")
+var ErrMissingTool = command.ErrMissingTool
 
 // Require reports which of the named programs are not on PATH.
-func Require(tools ...string) error {
-	var missing []string
-	for _, t := range tools {
-		if _, err := exec.LookPath(t); err != nil {
-			missing = append(missing, t)
-		}
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("%s %w (go run mage.go deps installs it)", strings.Join(missing, ", "), ErrMissingTool)
-	}
-	return nil
-}
+func Require(tools ...string) error { return command.Require(tools...) }
 
 // InCI reports whether CI=true, where missing tools are failures.
 func InCI() bool { return os.Getenv("CI") == "true" }
