@@ -110,3 +110,6 @@ func writeZeroes(w io.WriterAt, off, n int64) error {
 	}
 	return nil
 }
+
+// maxExtents bounds one Extents answer; the client asks again for the rest.
+const maxExtents = 1024

@@ -21,7 +21,7 @@
 //     it); splice_linux.go sends large file reads without copying them;
 //   - bufpool.go: request and reply buffers reused by size;
 //   - client.go: the client's transmission phase;
-//   - backend.go, export.go and the backends mem.go, file.go, cow.go,
+//   - backend.go, export.go and the backends mem.go, file_linux.go (file_other.go elsewhere), cow.go,
 //     qcow2.go (package qcow2 read-only), faulty.go.
 //
 // # Server
@@ -76,8 +76,11 @@
 // # Privileges and platforms
 //
 // Nothing here needs privileges beyond access to the exported files. The
-// package builds on Linux only: the server's sockets, spliced reads and
-// the file backend's holes use Linux system calls.
+// package builds everywhere Go does; on Linux, file exports also splice
+// large reads and know holes, trims, zeroing, FUA writes and block
+// devices (file_linux.go, splice_linux.go), and elsewhere a file export
+// is reads, writes and fsync (file_other.go). Package kernel, the
+// kernel's client, is Linux's.
 //
 // BUG(nbdlab): extended headers (NBD_OPT_EXTENDED_HEADERS) and
 // NBD_CMD_RESIZE are not implemented; clients that ask for them get

@@ -1,6 +1,6 @@
 // Package unixpair makes connected unix stream socket pairs: how nbdlab
 // serves a backend to the kernel from its own process, relays TLS for the
-// kernel, and pairs a client with a server in tests. Linux only.
+// kernel, and pairs a client with a server in tests.
 package unixpair
 
 import (
@@ -15,7 +15,7 @@ import (
 // the kernel or another process, the other as a net.Conn for this one.
 // Both are close-on-exec.
 func New(name string) (*os.File, net.Conn, error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fds, err := socketpair()
 	if err != nil {
 		return nil, nil, fmt.Errorf("socketpair for %s: %w", name, err)
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package hold keeps devices attached for the nbdlab command: when a
 // device works only while a process lives (the ioctl interface, a TLS
 // relay, an image served from this process, reconnection with --persist),

@@ -10,9 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxExtents bounds one Extents answer; the client asks again for the rest.
-const maxExtents = 1024
-
 // File is a Backend over a regular file or a block device. For a regular
 // file it is sparse-aware: block status comes from SEEK_DATA and SEEK_HOLE,
 // TRIM punches holes and WRITE_ZEROES punches or zero-ranges where the file

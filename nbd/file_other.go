@@ -1,0 +1,52 @@
+//go:build !linux
+
+package nbd
+
+import (
+	"fmt"
+	"os"
+)
+
+// File is a Backend over a regular file: reads, writes and fsync. Holes,
+// trims, zeroing, block status and block devices are Linux's (file_linux.go).
+type File struct {
+	f    *os.File
+	size int64
+}
+
+// OpenFile opens path, a regular file, as a backend.
+func OpenFile(path string, readOnly bool) (*File, error) {
+	flag := os.O_RDWR
+	if readOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open export file: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is a %s, not a regular file", path, fi.Mode().Type())
+	}
+	return &File{f: f, size: fi.Size()}, nil
+}
+
+// Size implements Backend.
+func (b *File) Size() int64 { return b.size }
+
+// ReadAt implements io.ReaderAt.
+func (b *File) ReadAt(p []byte, off int64) (int, error) { return b.f.ReadAt(p, off) }
+
+// WriteAt implements io.WriterAt.
+func (b *File) WriteAt(p []byte, off int64) (int, error) { return b.f.WriteAt(p, off) }
+
+// Sync implements Backend.
+func (b *File) Sync() error { return b.f.Sync() }
+
+// Close closes the file.
+func (b *File) Close() error { return b.f.Close() }
