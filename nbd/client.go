@@ -223,7 +223,7 @@ func (c *Client) chunk(h chunkHeader) error {
 	if err != nil {
 		return err
 	}
-	if n > MaxPayload+64 {
+	if n > max(MaxPayload, c.Info.MaxBlock)+64 {
 		return fmt.Errorf("nbd: %d-byte reply chunk", n)
 	}
 	if typ == ReplyTypeOffsetData && n <= 8 {

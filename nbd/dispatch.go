@@ -44,7 +44,7 @@ func (t *transmission) validate(r request) Errno {
 			return EINVAL
 		}
 	case CmdRead:
-		if r.length > MaxPayload {
+		if r.length > t.maxPayload {
 			return EINVAL
 		}
 	case CmdFlush:

@@ -11,7 +11,7 @@ import (
 )
 
 // Block size constraints advertised in NBD_INFO_BLOCK_SIZE: any byte
-// granularity works, 4 KiB is preferred, MaxPayload is the largest request.
+// granularity works, 4 KiB is preferred, Server.MaxPayload is the largest request.
 const (
 	minBlock       = 1
 	preferredBlock = 4096
@@ -231,7 +231,7 @@ func (s *session) info(opt Option, data []byte) (bool, error) {
 	b = binary.BigEndian.AppendUint16(nil, uint16(InfoBlockSize))
 	b = binary.BigEndian.AppendUint32(b, minBlock)
 	b = binary.BigEndian.AppendUint32(b, preferredBlock)
-	b = binary.BigEndian.AppendUint32(b, MaxPayload)
+	b = binary.BigEndian.AppendUint32(b, s.srv.maxPayload())
 	s.reply(opt, RepInfo, b)
 	if err := s.reply(opt, RepAck, nil); err != nil {
 		return false, err

@@ -24,6 +24,11 @@ const (
 	// or sends: 32 MiB, the size the specification says no peer should
 	// treat as a denial of service.
 	MaxPayload = 32 << 20
+	// DefaultMaxPayload is the largest READ or WRITE payload a Server
+	// accepts by default (Server.MaxPayload): what the reference
+	// implementation's own test client sends after NBD_OPT_EXPORT_NAME,
+	// where no block sizes are negotiated, fits.
+	DefaultMaxPayload = 64 << 20
 	// maxOptionLen bounds the data of one handshake option. The longest
 	// legitimate option (SET_META_CONTEXT with a few queries) is far below.
 	maxOptionLen = 64 << 10

@@ -88,23 +88,20 @@ func (t *transmission) readRequest() (w work, got readResult, err error) {
 		return work{}, readEnd, nil
 	}
 	errno := t.validate(r)
-	if r.cmd == CmdWrite {
-		if r.length > MaxPayload {
-			// The payload cannot be skipped without reading it all;
-			// answer, then drop the connection as the spec allows.
-			t.send(func(w *replyWriter) { t.writeError(w, r, EINVAL, "write larger than the 32 MiB maximum") })
-			return work{}, readEnd, &ProtocolError{Phase: "transmission", Msg: fmt.Sprintf("NBD_CMD_WRITE of %d bytes exceeds the %d-byte maximum", r.length, MaxPayload)}
-		}
-		if errno != 0 {
-			// Refused: its payload is read and dropped, never held.
+	if r.cmd == CmdWrite && r.length > t.maxPayload {
+		errno = EINVAL
+	}
+	if errno != 0 {
+		// Answered at once; a refused write's payload is then read and
+		// dropped through a small buffer, never held, and the session
+		// goes on.
+		t.traceReq(r, errno, 0)
+		t.send(func(w *replyWriter) { t.writeError(w, r, errno, "") })
+		if r.cmd == CmdWrite {
 			if _, err := io.CopyN(io.Discard, t.br, int64(r.length)); err != nil {
 				return work{}, readEnd, fmt.Errorf("read %d-byte write payload: %w", r.length, err)
 			}
 		}
-	}
-	if errno != 0 {
-		t.traceReq(r, errno, 0)
-		t.send(func(w *replyWriter) { t.writeError(w, r, errno, "") })
 		return work{}, readAnswered, nil
 	}
 	if r.cmd == CmdWrite && t.mem != nil && r.length >= memDirectMin {

@@ -53,6 +53,12 @@ type Server struct {
 	// together have in flight (DefaultMaxInflight); one connection may
 	// have a quarter of it.
 	MaxInflight int64
+	// MaxPayload is the largest READ or WRITE payload served
+	// (DefaultMaxPayload), and at most a connection's share of
+	// MaxInflight; it is advertised as the maximum block size. A larger
+	// read gets EINVAL; so does a larger write, once its payload has been
+	// read and dropped (the connection goes on).
+	MaxPayload int64
 	// Workers bounds the requests of one connection that run at once
 	// (DefaultWorkers). An idle connection holds one goroutine and no
 	// thread.
@@ -108,6 +114,12 @@ func limit[T int | int64 | time.Duration](v, def T) T {
 		return 0
 	}
 	return v
+}
+
+// maxPayload is the largest payload the server serves.
+func (s *Server) maxPayload() uint32 {
+	_, share := s.budget.get(limit(s.MaxInflight, DefaultMaxInflight))
+	return uint32(min(limit(s.MaxPayload, DefaultMaxPayload), share, 1<<31))
 }
 
 func (s *Server) logger() *slog.Logger {

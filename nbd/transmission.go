@@ -40,6 +40,7 @@ type transmission struct {
 	log        *slog.Logger
 	trace      bool
 	idle       time.Duration // Server.IdleTimeout; 0 for none
+	maxPayload uint32
 	start      time.Time
 
 	// The read side: one worker at a time holds rmu and reads.
@@ -92,6 +93,7 @@ func newTransmission(s *session, log *slog.Logger) *transmission {
 		budget:     semaphore.NewWeighted(share),
 		maxWorkers: int32(max(limit(s.srv.Workers, DefaultWorkers), 1)),
 		id:         s.srv.connIDs.Add(1),
+		maxPayload: s.srv.maxPayload(),
 	}
 	if sc, ok := s.conn.(syscall.Conn); ok && !s.tls {
 		t.raw, _ = sc.SyscallConn()

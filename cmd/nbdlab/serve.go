@@ -32,6 +32,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rer
 	hsTimeout := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "drop a client that has not chosen an export in this time, TLS included (-1s: never)")
 	idleTimeout := fs.Duration("idle-timeout", 0, "drop a client that sends no request for this long (0: never; the kernel's client may idle for days)")
 	writeTimeout := fs.Duration("write-timeout", nbd.DefaultWriteTimeout, "drop a client that takes none of its replies for this long (-1s: never)")
+	maxPayload := fs.String("max-payload", "64M", "largest read or write served, at most a client's share of --max-inflight; advertised as the maximum block size")
 	workers := fs.Int("workers", nbd.DefaultWorkers, "requests of one connection that run at once")
 	maxInflight := fs.String("max-inflight", "256M", "bytes of requests all clients together may have in flight; one client a quarter of it")
 	record := fs.String("record", "", "append every request as it is read (connection, command, flags, offset, length) to `FILE` as JSON lines")
@@ -106,12 +107,16 @@ flags:
 	if err != nil || inflight < 1<<20 {
 		return usagef("--max-inflight %q: want a size of at least 1M, like 256M or 1G", *maxInflight)
 	}
+	payload, err := nbd.ParseSize(*maxPayload)
+	if err != nil || payload < 1<<20 || payload > inflight/4 {
+		return usagef("--max-payload %q: want a size from 1M to a quarter of --max-inflight (%d bytes)", *maxPayload, inflight/4)
+	}
 	if *workers < 1 {
 		return usagef("--workers %d: want at least 1", *workers)
 	}
 	srv := &nbd.Server{Exports: exports, TLSConfig: tlsConfig, Logger: log,
 		MaxConnections: *maxConns, HandshakeTimeout: *hsTimeout, IdleTimeout: *idleTimeout,
-		WriteTimeout: *writeTimeout, MaxInflight: inflight, Workers: *workers}
+		WriteTimeout: *writeTimeout, MaxInflight: inflight, MaxPayload: payload, Workers: *workers}
 	if *record != "" {
 		rec, finish, err := recorder(*record, log)
 		if err != nil {
