@@ -21,6 +21,7 @@ type File struct {
 	size     int64
 	blockDev bool
 	noSplice atomic.Bool // splice(2) failed with EINVAL: copy instead
+	memory   bool        // the file lives in memory (tmpfs, ramfs)
 }
 
 // OpenFile opens path, a regular file or a block device, as a backend.
@@ -52,6 +53,10 @@ func newFile(f *os.File) (*File, error) {
 	switch {
 	case fi.Mode().IsRegular():
 		b.size = fi.Size()
+		var st unix.Statfs_t
+		if unix.Fstatfs(b.fd, &st) == nil {
+			b.memory = st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC
+		}
 	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
 		var size uint64
 		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(b.fd), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); errno != 0 {
@@ -64,6 +69,10 @@ func newFile(f *os.File) (*File, error) {
 	}
 	return b, nil
 }
+
+// inMemory reports whether the file is in memory (tmpfs, ramfs), where
+// its reads and writes never wait for a device.
+func (b *File) inMemory() bool { return b.memory }
 
 // Size implements Backend.
 func (b *File) Size() int64 { return b.size }

@@ -36,6 +36,8 @@ func OpenFile(path string, readOnly bool) (*File, error) {
 	return &File{f: f, size: fi.Size()}, nil
 }
 
+func (b *File) inMemory() bool { return false }
+
 // Size implements Backend.
 func (b *File) Size() int64 { return b.size }
 

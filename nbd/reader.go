@@ -40,6 +40,12 @@ func (t *transmission) next(counted bool) (work, bool) {
 		if got == readAnswered {
 			continue
 		}
+		if t.inline && (w.r.cmd == CmdRead || w.r.cmd == CmdWrite) && w.r.flags&CmdFlagFUA == 0 {
+			// Memory (inline): the copy is done here.
+			t.handle(w.r, w.payload)()
+			t.finish(w.r)
+			continue
+		}
 		// Someone must read on while this request runs.
 		if t.readers.Load() == 0 && t.alive.Load() < t.maxWorkers {
 			t.spawn()

@@ -186,7 +186,7 @@ func TestHandshakeOptions(t *testing.T) {
 	if cl.Info.Size != 4096 || cl.Info.Name != "a" {
 		t.Fatalf("default export = %+v, want a, 4096 bytes", cl.Info)
 	}
-	if cl.Info.Flags&nbd.FlagCanMultiConn == 0 || cl.Info.MaxBlock != nbd.MaxPayload {
+	if cl.Info.Flags&nbd.FlagCanMultiConn == 0 || cl.Info.MaxBlock != nbd.DefaultMaxPayload {
 		t.Fatalf("flags %v, max block %d", cl.Info.Flags, cl.Info.MaxBlock)
 	}
 }

@@ -41,6 +41,7 @@ type transmission struct {
 	trace      bool
 	idle       time.Duration // Server.IdleTimeout; 0 for none
 	maxPayload uint32
+	inline     bool // the backend is memory: reads and writes run where they are read
 	start      time.Time
 
 	// The read side: one worker at a time holds rmu and reads.
@@ -94,6 +95,16 @@ func newTransmission(s *session, log *slog.Logger) *transmission {
 		maxWorkers: int32(max(limit(s.srv.Workers, DefaultWorkers), 1)),
 		id:         s.srv.connIDs.Add(1),
 		maxPayload: s.srv.maxPayload(),
+	}
+	// Reads and writes of memory never wait for a device: a copy, done
+	// where the request was read faster than another worker could be
+	// woken for it. Only the backends themselves: a wrapper (cow, eio, a
+	// test's) may wait.
+	switch b := s.export.Backend.(type) {
+	case *Mem:
+		t.inline = true
+	case *File:
+		t.inline = b.inMemory()
 	}
 	if sc, ok := s.conn.(syscall.Conn); ok && !s.tls {
 		t.raw, _ = sc.SyscallConn()
