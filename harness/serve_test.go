@@ -60,7 +60,7 @@ func TestNbdinfo(t *testing.T) {
 	s := serveBoth(t, "disk=file:"+img, "scratch=mem:1G", "ro=mem:16M,ro")
 	transports(t, func(t *testing.T, unix bool) {
 		list := harness.Run(t, "nbdinfo", "--list", s.URI("", unix))
-		for _, name := range []string{`export="disk"`, `export="scratch"`, `export="ro"`, "base:allocation", "block_size_maximum: 33554432"} {
+		for _, name := range []string{`export="disk"`, `export="scratch"`, `export="ro"`, "base:allocation", "block_size_maximum: 67108864"} {
 			if !strings.Contains(list, name) {
 				t.Errorf("nbdinfo --list lacks %q:\n%s", name, list)
 			}
