@@ -95,4 +95,3 @@ func (s *Creds) Client() (*tls.Config, error) {
 	}
 	return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: s.pool, ServerName: "localhost"}, nil
 }
-
