@@ -239,14 +239,8 @@ func runNFSHost(ctx context.Context, o NFSOptions) (*Results, error) {
 }
 
 func checkTools(names ...string) error {
-	var missing []string
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			missing = append(missing, n)
-		}
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("bench: missing %s (go run mage.go deps installs them)", strings.Join(missing, ", "))
+	if err := command.Require(names...); err != nil {
+		return fmt.Errorf("bench: %w", err)
 	}
 	return nil
 }
