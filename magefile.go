@@ -121,12 +121,31 @@ func Lint(ctx context.Context) error {
 	return ci.Lint(ctx, command.Exec, os.Stdout)
 }
 
-// Test installs what is needed, lints, fetches the kernel matrix and runs the whole suite on it.
-func Test(ctx context.Context) error {
+// Test groups the test tiers; "go run mage.go test" is test:all.
+type Test mg.Namespace
+
+// Aliases: "test" is the README's test command.
+var Aliases = map[string]any{"test": Test.All}
+
+// All installs what is needed, lints, fetches the kernel matrix and runs both tiers: the unit tests, and the VM tests on the matrix.
+func (Test) All(ctx context.Context) error {
 	mg.CtxDeps(ctx, Deps)
 	mg.CtxDeps(ctx, Lint)
 	mg.CtxDeps(ctx, Kernels)
-	return ci.Test(ctx, command.Exec, os.Stdout)
+	return ci.Test(ctx, command.Exec, os.Stdout, ci.VM)
+}
+
+// Unit runs the tests that need neither root nor VMs, in under two minutes.
+func (Test) Unit(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps)
+	return ci.Test(ctx, command.Exec, os.Stdout, ci.Unit)
+}
+
+// VM runs the tests behind the vm build tag (they boot lab VMs or need root) with the unit tests, on the fetched kernel matrix, then the fuzzers.
+func (Test) VM(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps)
+	mg.CtxDeps(ctx, Kernels)
+	return ci.Test(ctx, command.Exec, os.Stdout, ci.VM)
 }
 
 // Kernels fetches the kernel matrix (installed, newest trixie-backports, newest sid; KERNELS= to change) and builds nbd.ko for each.

@@ -41,7 +41,7 @@ func Lint(ctx context.Context, run command.Runner, w io.Writer) error {
 	if s := strings.TrimSpace(out.String()); s != "" {
 		return fmt.Errorf("lint: gofmt would change:\n%s", s)
 	}
-	if err := run(ctx, "", w, w, "go", "vet", "./..."); err != nil {
+	if err := run(ctx, "", w, w, "go", "vet", "-tags="+VM.Tags, "./..."); err != nil {
 		return fmt.Errorf("lint: %w", err)
 	}
 	// The protocol library is portable: the client, the codec and the
@@ -51,7 +51,7 @@ func Lint(ctx context.Context, run command.Runner, w io.Writer) error {
 			return fmt.Errorf("lint: nbd/ for %s: %w", goos, err)
 		}
 	}
-	if err := run(ctx, "", w, w, "go", "tool", "staticcheck", "./..."); err != nil {
+	if err := run(ctx, "", w, w, "go", "tool", "staticcheck", "-tags="+VM.Tags, "./..."); err != nil {
 		return fmt.Errorf("lint: %w", err)
 	}
 	if err := run(ctx, "", w, w, "go", "tool", "actionlint"); err != nil {
@@ -61,10 +61,40 @@ func Lint(ctx context.Context, run command.Runner, w io.Writer) error {
 	return nil
 }
 
-// Test runs every package's tests, then each fuzzer for FuzzTime.
-func Test(ctx context.Context, run command.Runner, w io.Writer) error {
-	if err := run(ctx, "", w, w, "go", "test", "-count=1", "-timeout=80m", "./..."); err != nil {
-		return fmt.Errorf("test: %w", err)
+// Tier is a set of tests chosen by build tags.
+type Tier struct {
+	Name    string
+	Tags    string // for go test -tags; empty for the unit tier
+	Timeout time.Duration
+	Fuzz    bool // then run each fuzzer for FuzzTime
+}
+
+// The tiers. Unit needs neither root nor VMs and runs in under two
+// minutes; VM adds the tests behind the "vm" build tag, which boot lab
+// VMs or need root (cgroups, /lib/modules), runs the unit tests too, and
+// fuzzes.
+var (
+	Unit = Tier{Name: "unit", Timeout: 10 * time.Minute}
+	VM   = Tier{Name: "vm", Tags: "vm", Timeout: 80 * time.Minute, Fuzz: true}
+)
+
+// Args is the go test command line of the tier.
+func (t Tier) Args() []string {
+	args := []string{"test", "-count=1", "-timeout=" + t.Timeout.String()}
+	if t.Tags != "" {
+		args = append(args, "-tags="+t.Tags)
+	}
+	return append(args, "./...")
+}
+
+// Test runs the tier's tests, then, if the tier fuzzes, each fuzzer for
+// FuzzTime.
+func Test(ctx context.Context, run command.Runner, w io.Writer, tier Tier) error {
+	if err := run(ctx, "", w, w, "go", tier.Args()...); err != nil {
+		return fmt.Errorf("test %s: %w", tier.Name, err)
+	}
+	if !tier.Fuzz {
+		return nil
 	}
 	for _, f := range Fuzzers() {
 		args := []string{"test", "-run=^$", "-fuzz=^" + f.Name + "$", "-fuzztime=" + FuzzTime.String(), f.Pkg}

@@ -57,7 +57,10 @@ func Checks() []CheckInfo {
 	return out
 }
 
-// CheckServers runs the checks against each server, one server at a time.
+// CheckServers runs the checks against each server. Servers are checked
+// side by side, each on its own connections; the checks of one server run
+// one after another, in order. Progress, if set, is called for one result
+// at a time.
 func CheckServers(ctx context.Context, servers []Server, o Options) (*Report, error) {
 	if o.Patience == 0 {
 		o.Patience = 30 * time.Second
@@ -71,11 +74,12 @@ func CheckServers(ctx context.Context, servers []Server, o Options) (*Report, er
 	if len(cs) == 0 {
 		return nil, fmt.Errorf("conform: --run matches no check (nbdlab conform server --list shows them all)")
 	}
-	r := &Report{}
+	r := &Report{Targets: make([]Target, len(servers))}
 	for _, c := range cs {
 		r.Checks = append(r.Checks, CheckInfo{c.id, c.level, c.what})
 	}
-	for _, s := range servers {
+	probes := make([]*probe, len(servers))
+	for i, s := range servers {
 		u, err := nbd.ParseURI(s.URI)
 		if err != nil {
 			return nil, fmt.Errorf("conform: %w", err)
@@ -88,26 +92,39 @@ func CheckServers(ctx context.Context, servers []Server, o Options) (*Report, er
 		if name == "" {
 			name = s.URI
 		}
-		t := Target{Name: name, URI: s.URI}
-		p := &probe{uri: u, cfg: cfg, patience: o.Patience}
-		for _, c := range cs {
-			start := time.Now()
-			cctx, cancel := context.WithTimeout(ctx, 2*o.Patience+30*time.Second)
-			st, detail := c.run(cctx, p)
-			cancel()
-			if st == Fail && c.level == Should {
-				st = Warn
+		r.Targets[i] = Target{Name: name, URI: s.URI}
+		probes[i] = &probe{uri: u, cfg: cfg, patience: o.Patience}
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range servers {
+		wg.Add(1)
+		go func(t *Target, p *probe) {
+			defer wg.Done()
+			for _, c := range cs {
+				if ctx.Err() != nil {
+					return
+				}
+				start := time.Now()
+				cctx, cancel := context.WithTimeout(ctx, 2*o.Patience+30*time.Second)
+				st, detail := c.run(cctx, p)
+				cancel()
+				if st == Fail && c.level == Should {
+					st = Warn
+				}
+				res := Result{ID: c.id, Level: c.level, Status: st, Detail: detail, Took: time.Since(start)}
+				t.Results = append(t.Results, res)
+				if o.Progress != nil {
+					mu.Lock()
+					o.Progress(t.Name, res)
+					mu.Unlock()
+				}
 			}
-			res := Result{ID: c.id, Level: c.level, Status: st, Detail: detail, Took: time.Since(start)}
-			t.Results = append(t.Results, res)
-			if o.Progress != nil {
-				o.Progress(name, res)
-			}
-			if ctx.Err() != nil {
-				return r, ctx.Err()
-			}
-		}
-		r.Targets = append(r.Targets, t)
+		}(&r.Targets[i], probes[i])
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return r, err
 	}
 	return r, nil
 }

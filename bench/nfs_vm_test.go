@@ -1,3 +1,5 @@
+//go:build vm
+
 package bench_test
 
 import (
