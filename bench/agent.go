@@ -12,10 +12,10 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/nbd"
+	"github.com/nbdlab/nbdlab/servers"
 )
 
 // AgentPort is where the agent answers on its test address; the NBD
@@ -58,7 +58,7 @@ type agentReply struct {
 // store and offers it over NBD or NFS as the client asks.
 type agent struct {
 	o    AgentOptions
-	nbd  *harness.Proc
+	nbd  *servers.Proc
 	nfsd *nfsd
 }
 
@@ -184,7 +184,7 @@ func (a *agent) serveNBD(ctx context.Context, req agentRequest) error {
 		return err
 	}
 	addr := nbd.Addr{Network: "tcp", Address: net.JoinHostPort(a.o.IP, "10809")}
-	p, err := harness.StartListening(ctx, addr, 30*time.Second, argv[0], argv[1:]...)
+	p, err := servers.StartListening(ctx, addr, 30*time.Second, argv[0], argv[1:]...)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", req.Server, err)
 	}
@@ -225,13 +225,13 @@ func (a *agent) close() {
 }
 
 // nbdServer is the server the comparison puts under ext4: one of
-// harness.TCPServers, listening on ip:10809 and exporting "d" from img.
+// servers.TCP, listening on ip:10809 and exporting "d" from img.
 func nbdServerArgv(server, nbdlab, ip, img string) ([]string, error) {
-	s, err := harness.FindTCPServer(server)
+	s, err := servers.Find(server)
 	if err != nil {
 		return nil, err
 	}
-	return s.Argv(harness.ServerArgs{Nbdlab: nbdlab, Dir: filepath.Dir(img), IP: ip, Port: 10809, Img: img, Size: nbdExportSize}), nil
+	return s.Argv(servers.Args{Nbdlab: nbdlab, Dir: filepath.Dir(img), IP: ip, Port: 10809, Img: img, Size: nbdExportSize})
 }
 
 // agentClient is the client's end of the control connection.

@@ -12,19 +12,19 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/kernel"
+	"github.com/nbdlab/nbdlab/servers"
 	"github.com/nbdlab/nbdlab/vm"
 )
 
 // KernelOptions configure RunKernel.
 type KernelOptions struct {
 	Kernel  string   // for the VM; default the newest installed
-	Servers []string // harness.TCPServers names; default all
+	Servers []string // servers.TCP names; default all
 	Conns   []int    // connections per device; default 1 and 4
 	Time    time.Duration
 	Rounds  int
@@ -69,12 +69,12 @@ func (o *KernelOptions) defaults() error {
 		o.Rounds = orInt(o.Rounds, 1)
 	}
 	if len(o.Servers) == 0 {
-		for _, s := range harness.TCPServers() {
+		for _, s := range servers.TCP() {
 			o.Servers = append(o.Servers, s.Name)
 		}
 	}
 	for _, s := range o.Servers {
-		if _, err := harness.FindTCPServer(s); err != nil {
+		if _, err := servers.Find(s); err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}
 	}
@@ -182,7 +182,7 @@ func runKernelHost(ctx context.Context, o KernelOptions) (*Results, error) {
 // benchServer starts one server in the namespace and runs every job
 // through the kernel with each connection count.
 func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, name string, base Figure, round int) ([]Figure, error) {
-	spec, _ := harness.FindTCPServer(name)
+	spec, _ := servers.Find(name)
 	dir := filepath.Join(work, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -192,10 +192,14 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 		return nil, err
 	}
 	defer os.Remove(img)
-	args := harness.ServerArgs{Nbdlab: o.Nbdlab, Dir: dir, IP: pair.ServerIP.String(), Port: 10809, Img: img, Size: kernelExport}
-	argv := append([]string{"netns", "exec", pair.Name}, spec.Argv(args)...)
+	args := servers.Args{Nbdlab: o.Nbdlab, Dir: dir, IP: pair.ServerIP.String(), Port: 10809, Img: img, Size: kernelExport}
+	sargv, err := spec.Argv(args)
+	if err != nil {
+		return nil, err
+	}
+	argv := append([]string{"netns", "exec", pair.Name}, sargv...)
 	addr := nbd.Addr{Network: "tcp", Address: net.JoinHostPort(args.IP, "10809")}
-	p, err := harness.StartListening(ctx, addr, time.Minute, "ip", argv...)
+	p, err := servers.StartListening(ctx, addr, time.Minute, "ip", argv...)
 	if err != nil {
 		return nil, err
 	}
@@ -252,7 +256,7 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 // serverCPU is the CPU time of the server's process tree under p (ip
 // netns exec has exec'd the server), and under the daemon whose pid file
 // is in dir (nbd-server detaches from the shell that holds its place).
-func serverCPU(p *harness.Proc, dir string) time.Duration {
+func serverCPU(p *servers.Proc, dir string) time.Duration {
 	var sum time.Duration
 	pids := []int{p.Cmd.Process.Pid}
 	if b, err := os.ReadFile(filepath.Join(dir, "nbd-server.pid")); err == nil {

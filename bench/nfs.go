@@ -14,12 +14,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/kernel"
+	"github.com/nbdlab/nbdlab/servers"
 )
 
 // NFSOptions configure RunNFS.
@@ -29,7 +29,7 @@ type NFSOptions struct {
 	Setups  []string
 	Targets []string // default nbd, nfs4.2-sync, nfs4.2-async, nfs3-sync
 	Kernel  string   // for the VMs; default the newest installed
-	// Server is the NBD server under ext4, one of harness.TCPServers;
+	// Server is the NBD server under ext4, one of servers.TCP;
 	// default nbdlab-file.
 	Server      string
 	Connections int // NBD connections; default 1, as NFS uses one
@@ -113,7 +113,7 @@ func (o *NFSOptions) defaults() error {
 	if o.Backing != "" && !o.Host {
 		return errors.New("bench: --backing needs --host: in a lab VM every filesystem is memory or 9p, and nfsd cannot export 9p")
 	}
-	if _, err := harness.FindTCPServer(o.Server); err != nil {
+	if _, err := servers.Find(o.Server); err != nil {
 		return fmt.Errorf("bench: --server: %w", err)
 	}
 	if o.Nbdlab == "" {
@@ -415,7 +415,7 @@ func (h *hostRun) mountNBD(ctx context.Context, f *Figure) (func() error, error)
 	if _, err := h.agent.call(agentRequest{Op: "serve-nbd", Server: h.o.Server, Size: nbdExportSize}); err != nil {
 		return nil, err
 	}
-	spec, _ := harness.FindTCPServer(h.o.Server)
+	spec, _ := servers.Find(h.o.Server)
 	f.Server = spec.What
 	addr := nbd.Addr{Network: "tcp", Address: net.JoinHostPort(h.ip, "10809")}
 	a, err := kernel.Attach(ctx, addr.DialConn, kernel.AttachOptions{Device: "any", Connections: h.o.Connections,

@@ -10,8 +10,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/command"
+	"github.com/nbdlab/nbdlab/servers"
 	"github.com/vishvananda/netns"
 )
 
@@ -22,7 +22,7 @@ const graceSeconds = 10
 // nfsd is the kernel NFS server with the user-space daemons it needs:
 // rpcbind (for NFSv3's MOUNT protocol) and rpc.mountd.
 type nfsd struct {
-	rpcbind, mountd *harness.Proc
+	rpcbind, mountd *servers.Proc
 }
 
 // startNfsd loads nfsd, mounts its control filesystem in this mount and
@@ -55,10 +55,10 @@ func startNfsd(ctx context.Context, out io.Writer) (*nfsd, error) {
 	}
 	n := &nfsd{}
 	var err error
-	if n.rpcbind, err = harness.Start(ctx, "rpcbind", "-f", "-w"); err != nil {
+	if n.rpcbind, err = servers.Start(ctx, "rpcbind", "-f", "-w"); err != nil {
 		return nil, err
 	}
-	if n.mountd, err = harness.Start(ctx, "rpc.mountd", "-F"); err != nil {
+	if n.mountd, err = servers.Start(ctx, "rpc.mountd", "-F"); err != nil {
 		n.stop()
 		return nil, err
 	}
@@ -151,7 +151,7 @@ func (n *nfsd) unexport(ctx context.Context, dir string) error {
 func (n *nfsd) stop() {
 	exec.Command("rpc.nfsd", "0").Run()
 	exec.Command("exportfs", "-ua").Run()
-	for _, p := range []*harness.Proc{n.mountd, n.rpcbind} {
+	for _, p := range []*servers.Proc{n.mountd, n.rpcbind} {
 		if p != nil {
 			p.Stop(5 * time.Second)
 		}

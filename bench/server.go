@@ -12,10 +12,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/internal/selfbuild"
+	"github.com/nbdlab/nbdlab/servers"
 )
 
 // Options configure RunServer. Zero values mean defaults.
@@ -116,8 +116,8 @@ func ServerTargets() []Target {
 }
 
 // startTarget starts a server and returns once it listens on sock.
-func startTarget(ctx context.Context, nbdlab string, argv []string, sock string) (*harness.Proc, error) {
-	p, err := harness.StartOn(ctx, sock, nbdlab, argv...)
+func startTarget(ctx context.Context, nbdlab string, argv []string, sock string) (*servers.Proc, error) {
+	p, err := servers.StartOn(ctx, sock, nbdlab, argv...)
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
@@ -125,7 +125,7 @@ func startTarget(ctx context.Context, nbdlab string, argv []string, sock string)
 }
 
 // measure runs one job against a started server and adds its CPU and RSS.
-func measure(ctx context.Context, dir, uri string, p *harness.Proc, job Job, size int64, d time.Duration) (Result, error) {
+func measure(ctx context.Context, dir, uri string, p *servers.Proc, job Job, size int64, d time.Duration) (Result, error) {
 	pid := p.Cmd.Process.Pid
 	st0, err := procfs.ReadStat(pid)
 	if err != nil {

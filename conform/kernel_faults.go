@@ -15,11 +15,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/tlscreds"
 	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/kernel"
+	"github.com/nbdlab/nbdlab/servers"
 )
 
 // Cases that break things: servers killed and restarted, namespaces
@@ -116,7 +116,7 @@ func caseNetnsDeleted(e *kenv) error {
 func (e *kenv) extraNbdlab(port int, args ...string) (nbd.Addr, error) {
 	addr := nbd.Addr{Network: "tcp", Address: net.JoinHostPort(e.srv.net.ServerIP.String(), strconv.Itoa(port))}
 	argv := append([]string{"netns", "exec", e.srv.net.Name, e.srv.nbdlab, "serve", "--listen", addr.Address}, args...)
-	p, err := harness.StartListening(e.ctx, addr, 30*time.Second, "ip", argv...)
+	p, err := servers.StartListening(e.ctx, addr, 30*time.Second, "ip", argv...)
 	if err != nil {
 		return addr, err
 	}

@@ -13,10 +13,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/labnet"
 	"github.com/nbdlab/nbdlab/nbd"
+	"github.com/nbdlab/nbdlab/servers"
 )
 
 // kernelPort is where every server of the kernel suite listens, on the
@@ -27,10 +27,10 @@ const kernelPort = 10809
 const kernelExportSize = 256 << 20
 
 // KernelServer is a server the kernel suite runs against.
-type KernelServer = harness.TCPServer
+type KernelServer = servers.Spec
 
 // KernelServers returns the servers of the kernel suite.
-func KernelServers() []KernelServer { return harness.TCPServers() }
+func KernelServers() []KernelServer { return servers.TCP() }
 
 // recordFile is where nbdlab serve records the requests it reads.
 const recordFile = "requests.jsonl"
@@ -42,7 +42,7 @@ type runningServer struct {
 	dir    string
 	img    string
 	nbdlab string
-	proc   *harness.Proc
+	proc   *servers.Proc
 	argv   []string
 	// ctx is the suite's: a server outlives the case that restarts it.
 	ctx   context.Context
@@ -56,9 +56,13 @@ func (s *runningServer) addr() nbd.Addr {
 // start starts the server in its namespace and reads what it advertises.
 func (s *runningServer) start() error {
 	ctx := s.ctx
-	s.argv = append([]string{"ip", "netns", "exec", s.net.Name}, s.spec.Argv(harness.ServerArgs{Nbdlab: s.nbdlab, Dir: s.dir, IP: s.net.ServerIP.String(),
-		Port: kernelPort, Img: s.img, Size: kernelExportSize, Record: filepath.Join(s.dir, recordFile)})...)
-	p, err := harness.StartListening(ctx, s.addr(), 30*time.Second, s.argv[0], s.argv[1:]...)
+	argv, err := s.spec.Argv(servers.Args{Nbdlab: s.nbdlab, Dir: s.dir, IP: s.net.ServerIP.String(),
+		Port: kernelPort, Img: s.img, Size: kernelExportSize, Record: filepath.Join(s.dir, recordFile)})
+	if err != nil {
+		return fmt.Errorf("conform: start %s: %w", s.spec.Name, err)
+	}
+	s.argv = append([]string{"ip", "netns", "exec", s.net.Name}, argv...)
+	p, err := servers.StartListening(ctx, s.addr(), 30*time.Second, s.argv[0], s.argv[1:]...)
 	if err != nil {
 		return fmt.Errorf("conform: start %s: %w", s.spec.Name, err)
 	}

@@ -10,10 +10,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/selfbuild"
 	"github.com/nbdlab/nbdlab/nbd"
+	"github.com/nbdlab/nbdlab/servers"
 )
 
 // PeersOptions configure RunPeers.
@@ -28,24 +28,22 @@ type PeersOptions struct {
 // exporting "d" (64 MiB) writable.
 type peer struct {
 	name string
-	argv func(dir, sock, img string) []string
+	argv func(dir, sock, img string) ([]string, error)
 }
 
 func peers() []peer {
 	return []peer{
-		{"nbdlab", func(_, sock, _ string) []string {
-			return []string{"nbdlab", "serve", "--listen", "unix:" + sock, "d=mem:64M"}
+		{"nbdlab", func(_, sock, _ string) ([]string, error) {
+			return []string{"nbdlab", "serve", "--listen", "unix:" + sock, "d=mem:64M"}, nil
 		}},
-		{"nbdkit", func(_, sock, _ string) []string {
-			return []string{"nbdkit", "-f", "-U", sock, "memory", "64M"}
+		{"nbdkit", func(_, sock, _ string) ([]string, error) {
+			return []string{"nbdkit", "-f", "-U", sock, "memory", "64M"}, nil
 		}},
-		{"qemu-nbd", func(_, sock, img string) []string {
-			return []string{"qemu-nbd", "-t", "--shared=0", "-f", "raw", "-x", "d", "-k", sock, img}
+		{"qemu-nbd", func(_, sock, img string) ([]string, error) {
+			return []string{"qemu-nbd", "-t", "--shared=0", "-f", "raw", "-x", "d", "-k", sock, img}, nil
 		}},
-		{"nbd-server", func(dir, sock, img string) []string {
-			conf, pid := filepath.Join(dir, "nbd-server.conf"), filepath.Join(dir, "nbd-server.pid")
-			os.WriteFile(conf, []byte(fmt.Sprintf("[generic]\n    unixsock = %s\n[d]\n    exportname = %s\n    flush = true\n    fua = true\n    trim = true\n", sock, img)), 0o644)
-			return harness.NBDServerDaemon(conf, pid)
+		{"nbd-server", func(dir, sock, img string) ([]string, error) {
+			return servers.NBDServer(dir, nbd.Addr{Network: "unix", Address: sock}, img)
 		}},
 	}
 }
@@ -75,7 +73,7 @@ func RunPeers(ctx context.Context, o PeersOptions) error {
 		return fmt.Errorf("conform: %w", err)
 	}
 	defer os.RemoveAll(work)
-	var servers []Server
+	var targets []Server
 	for _, p := range peers() {
 		dir := filepath.Join(work, p.name)
 		os.MkdirAll(dir, 0o755)
@@ -86,15 +84,19 @@ func RunPeers(ctx context.Context, o PeersOptions) error {
 		if err := os.Truncate(img, 64<<20); err != nil {
 			return fmt.Errorf("conform: %w", err)
 		}
-		proc, err := harness.StartOn(ctx, sock, o.Nbdlab, p.argv(dir, sock, img)...)
+		argv, err := p.argv(dir, sock, img)
+		if err != nil {
+			return fmt.Errorf("conform: %s: %w", p.name, err)
+		}
+		proc, err := servers.StartOn(ctx, sock, o.Nbdlab, argv...)
 		if err != nil {
 			return fmt.Errorf("conform: %w", err)
 		}
 		defer proc.Stop(10 * time.Second)
-		servers = append(servers, Server{Name: p.name, URI: nbd.Addr{Network: "unix", Address: sock}.URI("d")})
+		targets = append(targets, Server{Name: p.name, URI: nbd.Addr{Network: "unix", Address: sock}.URI("d")})
 	}
-	fmt.Fprintf(o.Out, "conform: %d checks against %d servers\n", len(Checks()), len(servers))
-	r, err := CheckServers(ctx, servers, Options{Patience: o.Patience, Progress: func(target string, res Result) {
+	fmt.Fprintf(o.Out, "conform: %d checks against %d servers\n", len(Checks()), len(targets))
+	r, err := CheckServers(ctx, targets, Options{Patience: o.Patience, Progress: func(target string, res Result) {
 		if res.Status != Pass {
 			fmt.Fprintf(o.Out, "  %-10s %-42s %s %s\n", target, res.ID, res.Status, res.Detail)
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/testenv"
 	"github.com/nbdlab/nbdlab/nbd"
+	"github.com/nbdlab/nbdlab/servers"
 )
 
 // TestQcow2SurvivesKill9 kills nbdlab serve with SIGKILL in the middle of
@@ -35,7 +36,7 @@ func TestQcow2SurvivesKill9(t *testing.T) {
 	durable := map[int64][]byte{} // block offset: what it must hold
 	r := rand.New(rand.NewPCG(9, 9))
 	for round := 0; round < rounds; round++ {
-		s, err := harness.StartServe(context.Background(), testenv.Nbdlab(t), "--listen", "127.0.0.1:0", "d=qcow2:"+img)
+		s, err := servers.StartServe(context.Background(), testenv.Nbdlab(t), "--listen", "127.0.0.1:0", "d=qcow2:"+img)
 		if err != nil {
 			t.Fatalf("round %d: start: %v", round, err)
 		}

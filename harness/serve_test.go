@@ -17,6 +17,7 @@ import (
 	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/testenv"
 	"github.com/nbdlab/nbdlab/nbd/nbdtest"
+	"github.com/nbdlab/nbdlab/servers"
 )
 
 // TestMain puts the system's Python first on PATH: python3-libnbd (nbdsh)
@@ -28,7 +29,7 @@ func TestMain(m *testing.M) {
 
 // serveBoth starts nbdlab serve on TCP and a unix socket with the given
 // exports.
-func serveBoth(t *testing.T, exports ...string) *harness.Server {
+func serveBoth(t *testing.T, exports ...string) *servers.Nbdlab {
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	args := append([]string{"--listen", "127.0.0.1:0", "--listen", "unix:" + sock}, exports...)
 	return harness.Serve(t, args...)
@@ -331,7 +332,7 @@ func TestQcow2ReadWrite(t *testing.T) {
 	harness.Run(t, "qemu-img", "convert", "-O", "raw", top, mirror)
 	patch, patchData := randomFile(t, 3<<20)
 
-	s, err := harness.StartServe(context.Background(), testenv.Nbdlab(t), "--listen", "127.0.0.1:0", "rw=qcow2:"+top)
+	s, err := servers.StartServe(context.Background(), testenv.Nbdlab(t), "--listen", "127.0.0.1:0", "rw=qcow2:"+top)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,13 +7,14 @@ import (
 
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/testenv"
+	"github.com/nbdlab/nbdlab/servers"
 )
 
 // Serve starts "nbdlab serve" for the test. When the test ends it sends
 // SIGTERM and fails the test unless the server exits 0.
-func Serve(t testing.TB, args ...string) *Server {
+func Serve(t testing.TB, args ...string) *servers.Nbdlab {
 	t.Helper()
-	s, err := StartServe(context.Background(), testenv.Nbdlab(t), args...)
+	s, err := servers.StartServe(context.Background(), testenv.Nbdlab(t), args...)
 	if err != nil {
 		t.Fatal(err)
 	}

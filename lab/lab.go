@@ -22,11 +22,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/step"
 	"github.com/nbdlab/nbdlab/kernels"
 	"github.com/nbdlab/nbdlab/kmod"
+	"github.com/nbdlab/nbdlab/servers"
 	"github.com/nbdlab/nbdlab/vm"
 )
 
@@ -137,7 +137,7 @@ func Guest(ctx context.Context, out io.Writer, bin string) error {
 			if _, err := run("truncate", "-s", "512M", img); err != nil {
 				return err
 			}
-			_, err := harness.StartServe(ctx, bin, "--listen", "unix:"+sock, "lab=file:"+img)
+			_, err := servers.StartServe(ctx, bin, "--listen", "unix:"+sock, "lab=file:"+img)
 			return err
 		}},
 		{"attach it with nbdlab connect over 2 connections", func() error {

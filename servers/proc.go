@@ -1,4 +1,4 @@
-package harness
+package servers
 
 import (
 	"bufio"
@@ -46,7 +46,7 @@ func start(cmd *exec.Cmd) (*Proc, error) {
 	pr, pw := io.Pipe()
 	p.Cmd.Stdout, p.Cmd.Stderr = pw, pw
 	if err := p.Cmd.Start(); err != nil {
-		return nil, fmt.Errorf("harness: start %s: %w", p.Cmd.Path, err)
+		return nil, fmt.Errorf("servers: start %s: %w", p.Cmd.Path, err)
 	}
 	go func() {
 		sc := bufio.NewScanner(pr)
@@ -75,7 +75,7 @@ func (p *Proc) Stop(timeout time.Duration) error {
 		return p.err
 	case <-time.After(timeout):
 		p.Kill()
-		return fmt.Errorf("harness: %s did not exit within %s of SIGTERM", p.Cmd.Path, timeout)
+		return fmt.Errorf("servers: %s did not exit within %s of SIGTERM", p.Cmd.Path, timeout)
 	}
 }
 
@@ -105,12 +105,12 @@ func StartListening(ctx context.Context, addr nbd.Addr, timeout time.Duration, n
 		}
 		select {
 		case <-p.Done():
-			return nil, fmt.Errorf("harness: %s exited before it listened on %s: %v\n%s", name, addr, p.err, p.Output())
+			return nil, fmt.Errorf("servers: %s exited before it listened on %s: %v\n%s", name, addr, p.err, p.Output())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			p.Kill()
-			return nil, fmt.Errorf("harness: %s not listening on %s after %s\n%s", name, addr, timeout, p.Output())
+			return nil, fmt.Errorf("servers: %s not listening on %s after %s\n%s", name, addr, timeout, p.Output())
 		}
 	}
 }
@@ -130,8 +130,8 @@ func StartOn(ctx context.Context, sock, nbdlab string, argv ...string) (*Proc, e
 	return StartListening(ctx, nbd.Addr{Network: "unix", Address: sock}, 30*time.Second, argv[0], argv[1:]...)
 }
 
-// Server is a running "nbdlab serve".
-type Server struct {
+// Nbdlab is a running "nbdlab serve".
+type Nbdlab struct {
 	*Proc
 	Addrs []nbd.Addr // where it listens, in the order of its --listen flags
 	TCP   string     // HOST:PORT of the first TCP listener, if any
@@ -140,7 +140,7 @@ type Server struct {
 
 // StartServe runs "nbdlab serve" with args and returns once it says, on
 // its --ready-fd, that every listener is up.
-func StartServe(ctx context.Context, bin string, args ...string) (*Server, error) {
+func StartServe(ctx context.Context, bin string, args ...string) (*Nbdlab, error) {
 	rp, err := ready.NewPipe()
 	if err != nil {
 		return nil, err
@@ -161,14 +161,14 @@ func StartServe(ctx context.Context, bin string, args ...string) (*Server, error
 		} else {
 			p.Kill()
 		}
-		return nil, fmt.Errorf("harness: nbdlab serve: %w (exit: %v)\n%s", err, p.err, p.Output())
+		return nil, fmt.Errorf("servers: nbdlab serve: %w (exit: %v)\n%s", err, p.err, p.Output())
 	}
-	s := &Server{Proc: p}
+	s := &Nbdlab{Proc: p}
 	for _, f := range strings.Fields(addrs) {
 		a, err := nbd.ParseAddr(f)
 		if err != nil {
 			p.Kill()
-			return nil, fmt.Errorf("harness: nbdlab serve said it listens on %q: %w", addrs, err)
+			return nil, fmt.Errorf("servers: nbdlab serve said it listens on %q: %w", addrs, err)
 		}
 		s.Addrs = append(s.Addrs, a)
 		switch {
@@ -183,7 +183,7 @@ func StartServe(ctx context.Context, bin string, args ...string) (*Server, error
 
 // URI returns an NBD URI for export over TCP or, if unix is set, over the
 // unix socket.
-func (s *Server) URI(export string, unix bool) string {
+func (s *Nbdlab) URI(export string, unix bool) string {
 	if unix {
 		return nbd.Addr{Network: "unix", Address: s.Unix}.URI(export)
 	}
