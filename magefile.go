@@ -16,7 +16,8 @@ import (
 
 	"github.com/nbdlab/nbdlab/bench"
 	"github.com/nbdlab/nbdlab/ci"
-	"github.com/nbdlab/nbdlab/conform"
+	"github.com/nbdlab/nbdlab/conform/kernelsuite"
+	"github.com/nbdlab/nbdlab/conform/protocol"
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/kmod"
 	"github.com/nbdlab/nbdlab/lab"
@@ -28,7 +29,7 @@ const binary = "bin/nbdlab"
 // ConformServers checks nbdlab serve, nbdkit, qemu-nbd and nbd-server against the NBD specification (reports in conform-report/).
 func ConformServers(ctx context.Context) error {
 	mg.CtxDeps(ctx, Deps)
-	return conform.RunPeers(ctx, conform.PeersOptions{})
+	return protocol.RunPeers(ctx, protocol.PeersOptions{})
 }
 
 // Conform runs the kernel suite on every kernel of the matrix against every server (KERNELS=, SERVERS= to narrow); reports in conform-report/kernel/.
@@ -38,7 +39,7 @@ func Conform(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	o := conform.KernelOptions{Nbdlab: bin, Servers: strings.Fields(os.Getenv("SERVERS"))}
+	o := kernelsuite.Options{Nbdlab: bin, Servers: strings.Fields(os.Getenv("SERVERS"))}
 	if os.Getenv("KERNELS") != "" {
 		ks, err := ci.Kernels(ctx, os.Stdout, ci.Matrix())
 		if err != nil {
@@ -48,7 +49,7 @@ func Conform(ctx context.Context) error {
 			o.Kernels = append(o.Kernels, k.Release)
 		}
 	}
-	return conform.RunKernelReports(ctx, o, filepath.Join("conform-report", "kernel"))
+	return kernelsuite.RunReports(ctx, o, filepath.Join("conform-report", "kernel"))
 }
 
 // Bench groups the benchmarks; each prints figures and ratios against peers

@@ -8,7 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nbdlab/nbdlab/conform"
+	"github.com/nbdlab/nbdlab/conform/kernelsuite"
+	"github.com/nbdlab/nbdlab/conform/protocol"
+	"github.com/nbdlab/nbdlab/conform/report"
 )
 
 const conformServerUsage = "server [--list] [--run REGEX] [--patience D] [--json FILE] [--markdown FILE] [--junit FILE] [NAME=]URI..."
@@ -33,7 +35,7 @@ func runConform(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if *list {
-		for _, c := range conform.Checks() {
+		for _, c := range protocol.Checks() {
 			fmt.Fprintf(stdout, "%-42s %-6s %s\n", c.ID, c.Level, c.What)
 		}
 		return nil
@@ -41,7 +43,7 @@ func runConform(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(pos) == 0 {
 		return usagef("want at least one NBD URI")
 	}
-	o := conform.Options{Patience: *patience, Progress: func(target string, r conform.Result) {
+	o := protocol.Options{Patience: *patience, Progress: func(target string, r report.Result) {
 		fmt.Fprintf(stderr, "%s %s: %s\n", target, r.ID, r.Status)
 	}}
 	if *run != "" {
@@ -51,15 +53,15 @@ func runConform(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		o.Run = re.MatchString
 	}
-	var servers []conform.Server
+	var servers []protocol.Server
 	for _, a := range pos {
-		s := conform.Server{URI: a}
+		s := protocol.Server{URI: a}
 		if name, uri, ok := strings.Cut(a, "="); ok && !strings.Contains(name, ":") {
-			s = conform.Server{Name: name, URI: uri}
+			s = protocol.Server{Name: name, URI: uri}
 		}
 		servers = append(servers, s)
 	}
-	r, err := conform.CheckServers(ctx, servers, o)
+	r, err := protocol.CheckServers(ctx, servers, o)
 	if err != nil {
 		return err
 	}
@@ -73,7 +75,7 @@ func runConform(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 // writeReports prints the matrix and writes the report files asked for.
-func writeReports(r *conform.Report, stdout io.Writer, jsonOut, mdOut, junitOut string) error {
+func writeReports(r *report.Report, stdout io.Writer, jsonOut, mdOut, junitOut string) error {
 	if err := r.WriteMatrix(stdout); err != nil {
 		return err
 	}
@@ -82,7 +84,7 @@ func writeReports(r *conform.Report, stdout io.Writer, jsonOut, mdOut, junitOut 
 		write func(io.Writer) error
 	}{{jsonOut, r.WriteJSON}, {mdOut, r.WriteMarkdown}, {junitOut, r.WriteJUnit}} {
 		if out.file != "" {
-			if err := conform.WriteFile(out.file, out.write); err != nil {
+			if err := report.WriteFile(out.file, out.write); err != nil {
 				return err
 			}
 		}
@@ -94,7 +96,7 @@ func writeReports(r *conform.Report, stdout io.Writer, jsonOut, mdOut, junitOut 
 // every server, on every kernel (in VMs) or on this one (--host).
 func runConformKernel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("conform", conformUsage, stderr)
-	var o conform.KernelOptions
+	var o kernelsuite.Options
 	var ks, servers stringList
 	fs.Var(&ks, "kernel", "kernel `K` to run on, installed or fetched (release or debian:SUITE); repeatable (default: all)")
 	fs.Var(&servers, "server", "server `S` to run against; repeatable (default: all; see --list)")
@@ -115,11 +117,11 @@ func runConformKernel(ctx context.Context, args []string, stdout, stderr io.Writ
 		return usagef("unexpected argument %q (the server checker is 'nbdlab conform server URI')", pos[0])
 	}
 	if *list {
-		for _, c := range conform.KernelCases() {
+		for _, c := range kernelsuite.Cases() {
 			fmt.Fprintf(stdout, "%-30s %s\n", c.ID, c.What)
 		}
 		fmt.Fprintln(stdout, "\nservers:")
-		for _, s := range conform.KernelServers() {
+		for _, s := range kernelsuite.Servers() {
 			fmt.Fprintf(stdout, "  %-16s %s\n", s.Name, s.What)
 		}
 		return nil
@@ -128,13 +130,13 @@ func runConformKernel(ctx context.Context, args []string, stdout, stderr io.Writ
 		return usagef("--run: %v", err)
 	}
 	o.Kernels, o.Servers, o.Out = ks, servers, stdout
-	res, err := conform.RunKernel(ctx, o)
+	res, err := kernelsuite.Run(ctx, o)
 	if err != nil {
 		return err
 	}
 	if o.Guest && *jsonOut != "" {
 		// In a lab VM: the host merges, prints and judges.
-		return conform.WriteFile(*jsonOut, res.Report.WriteJSON)
+		return report.WriteFile(*jsonOut, res.Report.WriteJSON)
 	}
 	if err := writeReports(res.Report, stdout, *jsonOut, *mdOut, *junitOut); err != nil {
 		return err

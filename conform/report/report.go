@@ -1,10 +1,13 @@
-package conform
+package report
 
 import (
 	"encoding/json"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -56,8 +59,8 @@ type Report struct {
 	Targets []Target    `json:"targets"`
 }
 
-// DecodeReport reads a report written by WriteJSON.
-func DecodeReport(r io.Reader) (*Report, error) {
+// Decode reads a report written by WriteJSON.
+func Decode(r io.Reader) (*Report, error) {
 	var rep Report
 	if err := json.NewDecoder(r).Decode(&rep); err != nil {
 		return nil, fmt.Errorf("conform: report: %w", err)
@@ -70,9 +73,9 @@ func DecodeReport(r io.Reader) (*Report, error) {
 	return &rep, nil
 }
 
-// merge adds other's targets to r, each result under its check; a check
+// Merge adds other's targets to r, each result under its check; a check
 // one side did not run is n/a on that side.
-func (r *Report) merge(other *Report) {
+func (r *Report) Merge(other *Report) {
 	index := map[string]int{}
 	for i, c := range r.Checks {
 		index[c.ID] = i
@@ -251,4 +254,38 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, "\n")
 	return err
+}
+
+// Read reads a report written by WriteJSON.
+func Read(path string) (*Report, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return Decode(f)
+}
+
+// WriteFiles writes report.json, report.md and junit.xml into dir.
+func (r *Report) WriteFiles(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("conform: %w", err)
+	}
+	return errors.Join(
+		WriteFile(filepath.Join(dir, "report.json"), r.WriteJSON),
+		WriteFile(filepath.Join(dir, "report.md"), r.WriteMarkdown),
+		WriteFile(filepath.Join(dir, "junit.xml"), r.WriteJUnit))
+}
+
+// WriteFile writes a report to path with write (WriteJSON, WriteMarkdown,
+// WriteJUnit).
+func WriteFile(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("conform: %w", err)
+	}
+	if err := errors.Join(write(f), f.Close()); err != nil {
+		return fmt.Errorf("conform: write %s: %w", path, err)
+	}
+	return nil
 }

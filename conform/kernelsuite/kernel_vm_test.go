@@ -1,6 +1,6 @@
 //go:build vm
 
-package conform_test
+package kernelsuite_test
 
 import (
 	"bytes"
@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbdlab/nbdlab/conform"
+	"github.com/nbdlab/nbdlab/conform/kernelsuite"
 	"github.com/nbdlab/nbdlab/internal/testenv"
 	"github.com/nbdlab/nbdlab/vm/vmtest"
 )
@@ -20,13 +20,13 @@ func TestIntegrationKernelSuite(t *testing.T) {
 	ks := vmtest.Kernels(t)
 	testenv.Need(t, "fio", "mkfs.ext4", "sfdisk", "blkdiscard", "mdadm", "ip")
 	var out bytes.Buffer
-	o := conform.KernelOptions{Servers: []string{"nbdlab-file"}, Nbdlab: testenv.Nbdlab(t), Out: &out, Timeout: 15 * time.Minute}
+	o := kernelsuite.Options{Servers: []string{"nbdlab-file"}, Nbdlab: testenv.Nbdlab(t), Out: &out, Timeout: 15 * time.Minute}
 	for _, k := range ks {
 		o.Kernels = append(o.Kernels, k.Release)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(len(ks))*16*time.Minute)
 	defer cancel()
-	res, err := conform.RunKernel(ctx, o)
+	res, err := kernelsuite.Run(ctx, o)
 	t.Logf("suite output:\n%s", out.String())
 	if err != nil {
 		t.Fatal(err)

@@ -1,9 +1,10 @@
-package conform
+package kernelsuite
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nbdlab/nbdlab/conform/report"
 	"io"
 	"os"
 	"os/exec"
@@ -18,10 +19,10 @@ import (
 	"github.com/nbdlab/nbdlab/vm"
 )
 
-// KernelOptions configure RunKernel.
-type KernelOptions struct {
+// Options configure Run.
+type Options struct {
 	Kernels []string // what kernels.Find takes; default every kernel installed or fetched
-	Servers []string // KernelServers names; default all
+	Servers []string // Servers names; default all
 	Host    bool     // run on this machine's kernel instead of in VMs
 	Guest   bool     // with Host: this is a lab VM the suite may break (rmmod nbd)
 	Run     string   // regular expression: only the cases whose ID matches
@@ -34,14 +35,14 @@ type KernelOptions struct {
 	Timeout     time.Duration // per kernel in a VM; default 20m
 }
 
-// KernelResult is a run of the kernel suite: the report, and whether it
+// Result is a run of the kernel suite: the report, and whether it
 // passed (every case with nbdlab's servers; with Strict, with all).
-type KernelResult struct {
-	Report *Report
+type Result struct {
+	Report *report.Report
 	Passed bool
 }
 
-func (o *KernelOptions) defaults() error {
+func (o *Options) defaults() error {
 	if o.Out == nil {
 		o.Out = os.Stdout
 	}
@@ -62,7 +63,7 @@ func (o *KernelOptions) defaults() error {
 	}
 	known := map[string]bool{}
 	var names []string
-	for _, s := range KernelServers() {
+	for _, s := range Servers() {
 		known[s.Name] = true
 		names = append(names, s.Name)
 	}
@@ -109,13 +110,13 @@ func matchCases(run string) (string, error) {
 
 var blktestsName = regexp.MustCompile(`nbd/(\d{3})`)
 
-// RunKernel runs the kernel suite: on this machine's kernel with Host, or
+// Run runs the kernel suite: on this machine's kernel with Host, or
 // else in one VM per kernel, each running this same code with --host.
-func RunKernel(ctx context.Context, o KernelOptions) (*KernelResult, error) {
+func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
-	var rep *Report
+	var rep *report.Report
 	var err error
 	if o.Host {
 		rep, err = runHost(ctx, o)
@@ -125,18 +126,18 @@ func RunKernel(ctx context.Context, o KernelOptions) (*KernelResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &KernelResult{Report: rep, Passed: rep.passed(o.Strict)}, nil
+	return &Result{Report: rep, Passed: passed(rep, o.Strict)}, nil
 }
 
 // passed reports whether no case failed with nbdlab's servers (with
 // strict, with any server).
-func (r *Report) passed(strict bool) bool {
+func passed(r *report.Report, strict bool) bool {
 	for _, t := range r.Targets {
 		if !strict && !strings.Contains(t.Name, "nbdlab") {
 			continue
 		}
 		for _, res := range t.Results {
-			if res.Status == Fail {
+			if res.Status == report.Fail {
 				return false
 			}
 		}
@@ -144,12 +145,12 @@ func (r *Report) passed(strict bool) bool {
 	return true
 }
 
-func (o KernelOptions) servers() []KernelServer {
-	all := KernelServers()
+func (o Options) servers() []Server {
+	all := Servers()
 	if len(o.Servers) == 0 {
 		return all
 	}
-	var out []KernelServer
+	var out []Server
 	for _, s := range all {
 		for _, want := range o.Servers {
 			if s.Name == want {
@@ -162,7 +163,7 @@ func (o KernelOptions) servers() []KernelServer {
 
 // runVMs boots each kernel once and runs the suite in it with --host; the
 // guest writes its report into a shared directory.
-func runVMs(ctx context.Context, o KernelOptions) (*Report, error) {
+func runVMs(ctx context.Context, o Options) (*report.Report, error) {
 	var ks []kernels.Kernel
 	if len(o.Kernels) == 0 {
 		all, err := kernels.All(kernels.Store{})
@@ -186,7 +187,7 @@ func runVMs(ctx context.Context, o KernelOptions) (*Report, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(share)
-	merged := &Report{Kind: "kernel"}
+	merged := &report.Report{Kind: "kernel"}
 	for _, k := range ks {
 		out := filepath.Join(share, k.Release+".json")
 		argv := []string{vm.InitExe, "conform", "--host", "--guest", "--json", out}
@@ -206,23 +207,23 @@ func runVMs(ctx context.Context, o KernelOptions) (*Report, error) {
 		if err != nil {
 			return nil, fmt.Errorf("conform: kernel %s: %w", k.Release, err)
 		}
-		rep, err := ReadReport(out)
+		rep, err := report.Read(out)
 		if err != nil {
 			return nil, fmt.Errorf("conform: kernel %s: the guest suite exited %d and left no report: %w", k.Release, res.ExitCode, err)
 		}
 		fmt.Fprintf(o.Out, "== %s: done in %s\n", k.Release, time.Since(start).Round(time.Second))
-		merged.merge(rep)
+		merged.Merge(rep)
 	}
 	return merged, nil
 }
 
-// RunKernelReports runs the suite, prints the matrix, writes the reports
+// RunReports runs the suite, prints the matrix, writes the reports
 // into dir and fails unless the run passed.
-func RunKernelReports(ctx context.Context, o KernelOptions, dir string) error {
+func RunReports(ctx context.Context, o Options, dir string) error {
 	if o.Out == nil {
 		o.Out = os.Stdout
 	}
-	res, err := RunKernel(ctx, o)
+	res, err := Run(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -239,19 +240,9 @@ func RunKernelReports(ctx context.Context, o KernelOptions, dir string) error {
 	return nil
 }
 
-// ReadReport reads a report written by WriteJSON.
-func ReadReport(path string) (*Report, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return DecodeReport(f)
-}
-
 // runHost runs every case against every server on this machine's kernel,
 // each server in a network namespace of its own.
-func runHost(ctx context.Context, o KernelOptions) (*Report, error) {
+func runHost(ctx context.Context, o Options) (*report.Report, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("conform: the kernel suite needs root (network namespaces, /dev/nbd*)")
 	}
@@ -264,10 +255,10 @@ func runHost(ctx context.Context, o KernelOptions) (*Report, error) {
 	release := runningRelease()
 	run := regexp.MustCompile(o.Run)
 	cases := kernelCases()
-	rep := &Report{Kind: "kernel"}
+	rep := &report.Report{Kind: "kernel"}
 	for _, c := range cases {
 		if run.MatchString(c.id) {
-			rep.Checks = append(rep.Checks, CheckInfo{ID: c.id, Level: Must, What: c.what})
+			rep.Checks = append(rep.Checks, report.CheckInfo{ID: c.id, Level: report.Must, What: c.what})
 		}
 	}
 	work, err := os.MkdirTemp("", "nbdlab-conform-")
@@ -278,7 +269,7 @@ func runHost(ctx context.Context, o KernelOptions) (*Report, error) {
 	servers := o.servers()
 	ref := reference(servers)
 	for _, spec := range servers {
-		t := Target{Name: release + "/" + spec.Name, URI: spec.What}
+		t := report.Target{Name: release + "/" + spec.Name, URI: spec.What}
 		fmt.Fprintf(o.Out, "-- %s\n", t.Name)
 		start := time.Now()
 		srv, err := startKernelServer(ctx, spec, o.Nbdlab, work)
@@ -286,12 +277,12 @@ func runHost(ctx context.Context, o KernelOptions) (*Report, error) {
 			if !run.MatchString(c.id) {
 				continue
 			}
-			res := Result{ID: c.id, Level: Must}
+			res := report.Result{ID: c.id, Level: report.Must}
 			switch {
 			case c.once != "" && !o.EveryServer && spec.Name != ref:
-				res.Status, res.Detail = NA, fmt.Sprintf("%s, run once per kernel with %s (--every-server runs it with each)", c.once, ref)
+				res.Status, res.Detail = report.NA, fmt.Sprintf("%s, run once per kernel with %s (--every-server runs it with each)", c.once, ref)
 			case err != nil:
-				res.Status, res.Detail = Fail, "the server did not start: "+err.Error()
+				res.Status, res.Detail = report.Fail, "the server did not start: "+err.Error()
 			default:
 				res = runCase(ctx, c, srv, o, release)
 			}
@@ -310,7 +301,7 @@ func runHost(ctx context.Context, o KernelOptions) (*Report, error) {
 // reference is the server the cases of the kernel's own behaviour run
 // with: nbdlab-file where selected, else the first nbdlab server, else the
 // first.
-func reference(servers []KernelServer) string {
+func reference(servers []Server) string {
 	ref := ""
 	for _, s := range servers {
 		switch {
@@ -358,7 +349,7 @@ func loadNBD(ctx context.Context) error {
 
 // startKernelServer makes the server's namespace and backing file and
 // starts it.
-func startKernelServer(ctx context.Context, spec KernelServer, bin, work string) (*runningServer, error) {
+func startKernelServer(ctx context.Context, spec Server, bin, work string) (*runningServer, error) {
 	dir := filepath.Join(work, spec.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -398,8 +389,8 @@ var oops = regexp.MustCompile(`(?m)^.*(BUG:|WARNING:|Oops|general protection fau
 // runCase runs one case with a deadline, restarts the server if the case
 // left it stopped, and fails the case on anything alarming in the kernel
 // log.
-func runCase(ctx context.Context, c kernelCase, srv *runningServer, o KernelOptions, release string) Result {
-	res := Result{ID: c.id, Level: Must}
+func runCase(ctx context.Context, c kernelCase, srv *runningServer, o Options, release string) report.Result {
+	res := report.Result{ID: c.id, Level: report.Must}
 	start := time.Now()
 	before := kernelLog()
 	cctx, cancel := context.WithTimeout(ctx, c.limit())
@@ -410,26 +401,26 @@ func runCase(ctx context.Context, c kernelCase, srv *runningServer, o KernelOpti
 	var na notApplicable
 	switch {
 	case errors.As(err, &na):
-		res.Status, res.Detail = NA, string(na)
+		res.Status, res.Detail = report.NA, string(na)
 	case err != nil:
-		res.Status, res.Detail = Fail, err.Error()
+		res.Status, res.Detail = report.Fail, err.Error()
 	default:
-		res.Status = Pass
+		res.Status = report.Pass
 	}
 	if after := kernelLog(); len(after) >= len(before) {
-		if m := oops.FindString(after[len(before):]); m != "" && res.Status != NA {
-			res.Status = Fail
+		if m := oops.FindString(after[len(before):]); m != "" && res.Status != report.NA {
+			res.Status = report.Fail
 			res.Detail = strings.TrimSpace(res.Detail + "\nkernel log: " + strings.TrimSpace(m))
 		}
 	}
 	e.cleanup()
 	if srv.proc == nil || isDone(srv.proc.Done()) {
 		srv.stop()
-		if err := srv.start(); err != nil && res.Status == Pass {
-			res.Status, res.Detail = Fail, "the server did not restart after the case: "+err.Error()
+		if err := srv.start(); err != nil && res.Status == report.Pass {
+			res.Status, res.Detail = report.Fail, "the server did not restart after the case: "+err.Error()
 		}
 	}
-	if res.Status == Fail {
+	if res.Status == report.Fail {
 		res.Detail += fmt.Sprintf("\nreproduce: nbdlab conform --kernel %s --server %s --run '^%s$'", release, srv.spec.Name, regexp.QuoteMeta(c.id))
 	}
 	return res

@@ -1,10 +1,11 @@
-package conform_test
+package protocol_test
 
 import (
 	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
+	"github.com/nbdlab/nbdlab/conform/report"
 	"io"
 	"log/slog"
 	"net"
@@ -14,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbdlab/nbdlab/conform"
+	"github.com/nbdlab/nbdlab/conform/protocol"
 	"github.com/nbdlab/nbdlab/nbd"
 )
 
@@ -34,8 +35,8 @@ func serve(t *testing.T, srv *nbd.Server) string {
 func TestNbdlabPassesEverything(t *testing.T) {
 	srv := &nbd.Server{Exports: []*nbd.Export{{Name: "d", Backend: nbd.NewMem(64 << 20)}},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), HandshakeTimeout: time.Second}
-	r, err := conform.CheckServers(context.Background(), []conform.Server{{Name: "nbdlab", URI: serve(t, srv)}},
-		conform.Options{Patience: 3 * time.Second})
+	r, err := protocol.CheckServers(context.Background(), []protocol.Server{{Name: "nbdlab", URI: serve(t, srv)}},
+		protocol.Options{Patience: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,12 +44,12 @@ func TestNbdlabPassesEverything(t *testing.T) {
 	r.WriteMatrix(&out)
 	t.Log(out.String())
 	for _, res := range r.Targets[0].Results {
-		if res.Status != conform.Pass {
+		if res.Status != report.Pass {
 			t.Errorf("%s: %s %s", res.ID, res.Status, res.Detail)
 		}
 	}
-	if len(r.Targets[0].Results) != len(conform.Checks()) {
-		t.Fatalf("%d results for %d checks", len(r.Targets[0].Results), len(conform.Checks()))
+	if len(r.Targets[0].Results) != len(protocol.Checks()) {
+		t.Fatalf("%d results for %d checks", len(r.Targets[0].Results), len(protocol.Checks()))
 	}
 }
 
@@ -95,24 +96,24 @@ func careless(t *testing.T) string {
 // The checker finds what a careless server gets wrong, and says so in
 // every report format.
 func TestCarelessServerFails(t *testing.T) {
-	r, err := conform.CheckServers(context.Background(), []conform.Server{{Name: "careless", URI: careless(t)}},
-		conform.Options{Patience: 2 * time.Second, Run: func(id string) bool { return strings.HasPrefix(id, "handshake/") }})
+	r, err := protocol.CheckServers(context.Background(), []protocol.Server{{Name: "careless", URI: careless(t)}},
+		protocol.Options{Patience: 2 * time.Second, Run: func(id string) bool { return strings.HasPrefix(id, "handshake/") }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	status := map[string]conform.Status{}
+	status := map[string]report.Status{}
 	for _, res := range r.Targets[0].Results {
 		status[res.ID] = res.Status
 	}
-	for id, want := range map[string]conform.Status{
-		"handshake/unknown-option": conform.Fail, "handshake/info-export": conform.Fail, // MUSTs
-		"handshake/list-with-data": conform.Warn, // a SHOULD
+	for id, want := range map[string]report.Status{
+		"handshake/unknown-option": report.Fail, "handshake/info-export": report.Fail, // MUSTs
+		"handshake/list-with-data": report.Warn, // a SHOULD
 	} {
 		if status[id] != want {
 			t.Errorf("%s: %s, want %s", id, status[id], want)
 		}
 	}
-	if status["handshake/greeting"] != conform.Pass {
+	if status["handshake/greeting"] != report.Pass {
 		t.Errorf("greeting: %s, want pass", status["handshake/greeting"])
 	}
 	if r.MustFailures() == 0 {
@@ -232,14 +233,14 @@ func sloppy(t *testing.T) string {
 // specification has it refuse, it serves, and only the checks about the
 // end say so.
 func TestSloppyServerFails(t *testing.T) {
-	ids := map[string]conform.Status{
-		"transmission/read":            conform.Pass,
-		"transmission/read-past-end":   conform.Warn, // a SHOULD
-		"transmission/write-past-end":  conform.Warn, // a SHOULD
-		"transmission/offset-overflow": conform.Fail, // a MUST
+	ids := map[string]report.Status{
+		"transmission/read":            report.Pass,
+		"transmission/read-past-end":   report.Warn, // a SHOULD
+		"transmission/write-past-end":  report.Warn, // a SHOULD
+		"transmission/offset-overflow": report.Fail, // a MUST
 	}
-	r, err := conform.CheckServers(context.Background(), []conform.Server{{Name: "sloppy", URI: sloppy(t)}},
-		conform.Options{Patience: 2 * time.Second, Run: func(id string) bool { _, ok := ids[id]; return ok }})
+	r, err := protocol.CheckServers(context.Background(), []protocol.Server{{Name: "sloppy", URI: sloppy(t)}},
+		protocol.Options{Patience: 2 * time.Second, Run: func(id string) bool { _, ok := ids[id]; return ok }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,9 @@
-package conform
+package protocol
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"github.com/nbdlab/nbdlab/conform/report"
 	"io"
 	"os"
 	"path/filepath"
@@ -96,8 +96,8 @@ func RunPeers(ctx context.Context, o PeersOptions) error {
 		targets = append(targets, Server{Name: p.name, URI: nbd.Addr{Network: "unix", Address: sock}.URI("d")})
 	}
 	fmt.Fprintf(o.Out, "conform: %d checks against %d servers\n", len(Checks()), len(targets))
-	r, err := CheckServers(ctx, targets, Options{Patience: o.Patience, Progress: func(target string, res Result) {
-		if res.Status != Pass {
+	r, err := CheckServers(ctx, targets, Options{Patience: o.Patience, Progress: func(target string, res report.Result) {
+		if res.Status != report.Pass {
 			fmt.Fprintf(o.Out, "  %-10s %-42s %s %s\n", target, res.ID, res.Status, res.Detail)
 		}
 	}})
@@ -113,36 +113,12 @@ func RunPeers(ctx context.Context, o PeersOptions) error {
 	fmt.Fprintf(o.Out, "reports in %s\n", o.Dir)
 	var bad []string
 	for _, res := range r.Targets[0].Results {
-		if res.Status != Pass {
+		if res.Status != report.Pass {
 			bad = append(bad, res.ID)
 		}
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("conform: nbdlab serve does not pass %s", strings.Join(bad, ", "))
-	}
-	return nil
-}
-
-// WriteFiles writes report.json, report.md and junit.xml into dir.
-func (r *Report) WriteFiles(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("conform: %w", err)
-	}
-	return errors.Join(
-		WriteFile(filepath.Join(dir, "report.json"), r.WriteJSON),
-		WriteFile(filepath.Join(dir, "report.md"), r.WriteMarkdown),
-		WriteFile(filepath.Join(dir, "junit.xml"), r.WriteJUnit))
-}
-
-// WriteFile writes a report to path with write (WriteJSON, WriteMarkdown,
-// WriteJUnit).
-func WriteFile(path string, write func(io.Writer) error) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("conform: %w", err)
-	}
-	if err := errors.Join(write(f), f.Close()); err != nil {
-		return fmt.Errorf("conform: write %s: %w", path, err)
 	}
 	return nil
 }

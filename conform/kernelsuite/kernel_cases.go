@@ -1,10 +1,11 @@
-package conform
+package kernelsuite
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nbdlab/nbdlab/conform/report"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -550,15 +551,15 @@ func caseNetem(e *kenv) error {
 	return e.detach(a)
 }
 
-// KernelCases describes the cases of the kernel suite, in order.
-func KernelCases() []CheckInfo {
-	var out []CheckInfo
+// Cases describes the cases of the kernel suite, in order.
+func Cases() []report.CheckInfo {
+	var out []report.CheckInfo
 	for _, c := range kernelCases() {
 		what := c.what
 		if c.once != "" {
 			what += " [" + c.once + ": once per kernel]"
 		}
-		out = append(out, CheckInfo{ID: c.id, Level: Must, What: what})
+		out = append(out, report.CheckInfo{ID: c.id, Level: report.Must, What: what})
 	}
 	return out
 }

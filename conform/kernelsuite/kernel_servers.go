@@ -1,4 +1,4 @@
-package conform
+package kernelsuite
 
 import (
 	"bytes"
@@ -26,18 +26,18 @@ const kernelPort = 10809
 // kernelExportSize is the export every server offers the kernel.
 const kernelExportSize = 256 << 20
 
-// KernelServer is a server the kernel suite runs against.
-type KernelServer = servers.Spec
+// Server is a server the kernel suite runs against.
+type Server = servers.Spec
 
-// KernelServers returns the servers of the kernel suite.
-func KernelServers() []KernelServer { return servers.TCP() }
+// Servers returns the servers of the kernel suite.
+func Servers() []Server { return servers.TCP() }
 
 // recordFile is where nbdlab serve records the requests it reads.
 const recordFile = "requests.jsonl"
 
-// runningServer is a KernelServer started in a namespace.
+// runningServer is a Server started in a namespace.
 type runningServer struct {
-	spec   KernelServer
+	spec   Server
 	net    *labnet.Pair
 	dir    string
 	img    string

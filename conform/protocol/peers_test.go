@@ -1,4 +1,4 @@
-package conform_test
+package protocol_test
 
 import (
 	"bytes"
@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbdlab/nbdlab/conform"
+	"github.com/nbdlab/nbdlab/conform/protocol"
 	"github.com/nbdlab/nbdlab/internal/testenv"
 )
 
@@ -22,7 +22,7 @@ func TestIntegrationPeers(t *testing.T) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	err := conform.RunPeers(ctx, conform.PeersOptions{Out: &out, Dir: dir, Patience: 12 * time.Second, Nbdlab: testenv.Nbdlab(t)})
+	err := protocol.RunPeers(ctx, protocol.PeersOptions{Out: &out, Dir: dir, Patience: 12 * time.Second, Nbdlab: testenv.Nbdlab(t)})
 	t.Log(out.String())
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
-package conform
+package kernelsuite
 
 import (
+	"github.com/nbdlab/nbdlab/conform/report"
 	"strings"
 	"testing"
 
@@ -76,13 +77,13 @@ func TestWantRequestAndDiscLast(t *testing.T) {
 
 // TestReportMerge puts each kernel's results under the right checks.
 func TestReportMerge(t *testing.T) {
-	a := &Report{Kind: "kernel", Checks: []CheckInfo{{ID: "x"}, {ID: "y"}},
-		Targets: []Target{{Name: "k1/s", Results: []Result{{ID: "x", Status: Pass}, {ID: "y", Status: Fail}}}}}
-	b := &Report{Checks: []CheckInfo{{ID: "y"}, {ID: "z"}},
-		Targets: []Target{{Name: "k2/s", Results: []Result{{ID: "y", Status: Pass}, {ID: "z", Status: NA}}}}}
-	m := &Report{Kind: "kernel"}
-	m.merge(a)
-	m.merge(b)
+	a := &report.Report{Kind: "kernel", Checks: []report.CheckInfo{{ID: "x"}, {ID: "y"}},
+		Targets: []report.Target{{Name: "k1/s", Results: []report.Result{{ID: "x", Status: report.Pass}, {ID: "y", Status: report.Fail}}}}}
+	b := &report.Report{Checks: []report.CheckInfo{{ID: "y"}, {ID: "z"}},
+		Targets: []report.Target{{Name: "k2/s", Results: []report.Result{{ID: "y", Status: report.Pass}, {ID: "z", Status: report.NA}}}}}
+	m := &report.Report{Kind: "kernel"}
+	m.Merge(a)
+	m.Merge(b)
 	var got []string
 	for _, tg := range m.Targets {
 		var s []string
@@ -95,11 +96,11 @@ func TestReportMerge(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("merged:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if !m.passed(false) || m.passed(true) {
+	if !passed(m, false) || passed(m, true) {
 		t.Error("a peer's failure must fail the run with strict only")
 	}
 	m.Targets[0].Name = "k1/nbdlab-mem"
-	if m.passed(false) {
+	if passed(m, false) {
 		t.Error("a failure with nbdlab's server must fail the run")
 	}
 }
