@@ -3,6 +3,7 @@ module github.com/nbdlab/nbdlab
 go 1.26.0
 
 require (
+	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/google/go-cmdtest v0.4.0
 	github.com/magefile/mage v1.17.2
 	github.com/mdlayher/genetlink v1.4.0

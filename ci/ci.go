@@ -36,6 +36,8 @@ func Packages() []string {
 		"iproute2", "kmod", "fdisk", "e2fsprogs", "util-linux", "mdadm",
 		// The NFS side of the NBD-against-NFS benchmark.
 		"nfs-kernel-server", "rpcbind", "nfs-common", "tar",
+		// Service integration: socket activation and unit checks.
+		"systemd",
 	}
 }
 

@@ -27,7 +27,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"serve", "[--listen ADDR]... [TLS flags] [-v] NAME=SPEC...", "serve exports over NBD", runServe},
+		{"serve", "[--listen ADDR]... [--inetd] [TLS flags] [-v|-q] NAME=SPEC...", "serve exports over NBD", runServe},
 		{"connect", connectUsage, "attach an NBD export to /dev/nbdN through the kernel", runConnect},
 		{"disconnect", "DEVICE", "disconnect /dev/nbdN", runDisconnect},
 		{"list", "", "list /dev/nbd* devices and what is attached", runList},

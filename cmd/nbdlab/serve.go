@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"runtime/pprof"
 	"strings"
@@ -14,10 +15,11 @@ import (
 	"time"
 
 	"github.com/nbdlab/nbdlab/internal/ready"
+	"github.com/nbdlab/nbdlab/internal/service"
 	"github.com/nbdlab/nbdlab/nbd"
 )
 
-const serveUsage = "[--listen ADDR]... [--tls-cert FILE --tls-key FILE [--tls-ca FILE]] [-v] NAME=SPEC..."
+const serveUsage = "[--listen ADDR]... [--inetd] [--tls-cert FILE --tls-key FILE [--tls-ca FILE]] [--pid-file FILE] [-v|-q] NAME=SPEC..."
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rerr error) {
 	fs := newFlagSet("serve", serveUsage, stderr)
@@ -27,6 +29,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rer
 	key := fs.String("tls-key", "", "TLS private key `FILE` (PEM)")
 	ca := fs.String("tls-ca", "", "CA `FILE` (PEM): require client certificates signed by it")
 	verbose := fs.Bool("v", false, "trace every request")
+	quiet := fs.Bool("q", false, "log only warnings and errors")
+	logFormat := fs.String("log-format", "text", "log as `text` (key=value lines) or json, on standard error")
+	inetd := fs.Bool("inetd", false, "serve the one connection on standard input, then exit (inetd; systemd Accept=yes); logs are dropped when standard error is that socket")
+	pidFile := fs.String("pid-file", "", "write the server's pid to `FILE` once it listens, and remove it on exit")
 	grace := fs.Duration("shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long to wait for requests in flight")
 	maxConns := fs.Int("max-connections", nbd.DefaultMaxConnections, "connections served at once; more are closed at once (-1: no limit)")
 	hsTimeout := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "drop a client that has not chosen an export in this time, TLS included (-1s: never)")
@@ -59,8 +65,11 @@ flags:
 	if len(specs) == 0 {
 		return usagef("no exports given")
 	}
-	if len(listen) == 0 {
-		listen = stringList{fmt.Sprintf("127.0.0.1:%d", nbd.DefaultPort)}
+	if *verbose && *quiet {
+		return usagef("-v and -q contradict each other")
+	}
+	if *inetd && len(listen) > 0 {
+		return usagef("--inetd serves standard input: it takes no --listen")
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -98,11 +107,10 @@ flags:
 	if err != nil {
 		return err
 	}
-	level := slog.LevelInfo
-	if *verbose {
-		level = slog.LevelDebug
+	log, err := newLogger(stderr, *logFormat, *verbose, *quiet, *inetd)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	inflight, err := nbd.ParseSize(*maxInflight)
 	if err != nil || inflight < 1<<20 {
 		return usagef("--max-inflight %q: want a size of at least 1M, like 256M or 1G", *maxInflight)
@@ -133,34 +141,73 @@ flags:
 	if *readyFD >= 0 {
 		sig = ready.Open(*readyFD)
 	}
-	lns, err := nbd.ListenAll(listen)
-	if err != nil {
+	fail := func(err error) error {
 		if sig != nil {
 			sig.Fail(err)
 		}
 		return err
 	}
-	errc := make(chan error, len(lns))
+	lns, err := listeners(listen, *inetd)
+	if err != nil {
+		return fail(err)
+	}
+	errc := make(chan error, len(lns)+1)
 	var addrs []string
 	for _, l := range lns {
 		addrs = append(addrs, nbd.AddrOf(l).String())
 		log.Info("listening", "addr", addrs[len(addrs)-1])
 		go func() { errc <- srv.Serve(l) }()
 	}
+	if *inetd {
+		c, err := service.Inetd()
+		if err != nil {
+			return fail(err)
+		}
+		addrs = append(addrs, "inetd")
+		go func() { errc <- srv.ServeConn(ctx, c) }()
+	}
+	if *pidFile != "" {
+		remove, err := service.PIDFile(*pidFile)
+		if err != nil {
+			srv.Close()
+			return fail(err)
+		}
+		defer func() {
+			if err := remove(); err != nil && rerr == nil {
+				rerr = err
+			}
+		}()
+	}
 	if sig != nil {
 		if err := sig.OK(strings.Join(addrs, " ")); err != nil {
 			log.Warn("cannot report readiness", "fd", *readyFD, "err", err)
 		}
+	}
+	if err := service.Notify("READY=1"); err != nil {
+		log.Warn("cannot tell the service manager we are ready", "err", err)
 	}
 	for _, e := range exports {
 		log.Info("export", "name", e.Name, "size", e.Backend.Size(), "read_only", e.ReadOnly)
 	}
 	select {
 	case err := <-errc:
+		if *inetd {
+			// The one connection ended: flush the exports and go.
+			sctx, cancel := context.WithTimeout(context.Background(), *grace)
+			defer cancel()
+			if serr := srv.Shutdown(sctx); serr != nil && !errors.Is(serr, context.DeadlineExceeded) {
+				return serr
+			}
+			if err != nil {
+				return fmt.Errorf("inetd connection: %w", err)
+			}
+			return nil
+		}
 		srv.Close()
 		return err
 	case <-ctx.Done():
 	}
+	service.Notify("STOPPING=1")
 	log.Info("shutting down: finishing requests in flight")
 	sctx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
@@ -169,6 +216,54 @@ flags:
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// listeners opens the --listen addresses or takes the sockets systemd
+// passed (socket activation); with --inetd there are none.
+func listeners(listen []string, inetd bool) ([]net.Listener, error) {
+	if inetd {
+		return nil, nil
+	}
+	activated, err := service.Activated()
+	if err != nil {
+		return nil, err
+	}
+	if len(activated) > 0 {
+		if len(listen) > 0 {
+			for _, l := range activated {
+				l.Close()
+			}
+			return nil, usagef("socket activated (LISTEN_FDS): the sockets come from systemd, so --listen is not taken")
+		}
+		return activated, nil
+	}
+	if len(listen) == 0 {
+		listen = []string{fmt.Sprintf("127.0.0.1:%d", nbd.DefaultPort)}
+	}
+	return nbd.ListenAll(listen)
+}
+
+// newLogger logs to stderr in format at the level -v and -q choose;
+// under --inetd, when stderr is the client's socket, it logs nothing.
+func newLogger(stderr io.Writer, format string, verbose, quiet, inetd bool) (*slog.Logger, error) {
+	level := slog.LevelInfo
+	switch {
+	case verbose:
+		level = slog.LevelDebug
+	case quiet:
+		level = slog.LevelWarn
+	}
+	if f, ok := stderr.(*os.File); ok && inetd && service.IsSocket(f) {
+		stderr = io.Discard
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(stderr, opts)), nil
+	}
+	return nil, usagef("--log-format %q: want text or json", format)
 }
 
 // recorder appends each request to path as a JSON line.

@@ -1,0 +1,196 @@
+package harness_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nbdlab/nbdlab/harness"
+	"github.com/nbdlab/nbdlab/internal/testenv"
+	"github.com/nbdlab/nbdlab/nbd"
+	"github.com/nbdlab/nbdlab/servers"
+)
+
+// freePort returns a loopback address no one listens on (a moment ago).
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// activate runs argv under systemd-socket-activate listening on addr,
+// with env added, and returns once addr accepts connections.
+func activate(t *testing.T, addr string, env []string, flags []string, argv ...string) *servers.Proc {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	args := append(append([]string{"-l", addr}, flags...), argv...)
+	for _, e := range env {
+		args = append([]string{"-E", e}, args...)
+	}
+	p, err := servers.StartListening(ctx, nbd.Addr{Network: "tcp", Address: addr}, 30*time.Second, "systemd-socket-activate", args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Kill()
+		if t.Failed() {
+			t.Logf("systemd-socket-activate output:\n%s", p.Output())
+		}
+	})
+	return p
+}
+
+// notifySocket listens for sd_notify datagrams at a path for NOTIFY_SOCKET.
+func notifySocket(t *testing.T) (*net.UnixConn, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, path
+}
+
+func expectNotice(t *testing.T, c *net.UnixConn, want string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 4096)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("no sd_notify %s: %v", want, err)
+	}
+	if got := string(buf[:n]); !strings.Contains(got, want) {
+		t.Fatalf("sd_notify sent %q, want %s", got, want)
+	}
+}
+
+// Socket activation: nbdlab serve takes the listening socket systemd
+// passes, says READY=1 once it serves, writes its pid file, and on
+// SIGTERM says STOPPING=1 and removes the pid file.
+func TestSocketActivation(t *testing.T) {
+	testenv.Need(t, "systemd-socket-activate", "nbdinfo")
+	notify, path := notifySocket(t)
+	addr, pid := freePort(t), filepath.Join(t.TempDir(), "nbdlab.pid")
+	p := activate(t, addr, []string{"NOTIFY_SOCKET=" + path}, nil, testenv.Nbdlab(t), "serve", "--pid-file", pid, "d=mem:64M")
+	// systemd-socket-activate starts the server on the first connection.
+	if got := strings.TrimSpace(harness.Run(t, "nbdinfo", "--size", "nbd://"+addr+"/d")); got != "67108864" {
+		t.Fatalf("nbdinfo --size = %q", got)
+	}
+	expectNotice(t, notify, "READY=1")
+	b, err := os.ReadFile(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if n != p.Cmd.Process.Pid { // systemd-socket-activate execs the server in its place
+		t.Errorf("pid file says %q, the server is %d", b, p.Cmd.Process.Pid)
+	}
+	if out := harness.Run(t, "nbdinfo", "--size", "nbd://"+addr+"/d"); strings.TrimSpace(out) != "67108864" {
+		t.Errorf("a second client: %q", out)
+	}
+	p.Cmd.Process.Signal(syscall.SIGTERM)
+	expectNotice(t, notify, "STOPPING=1")
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("still running 30s after SIGTERM")
+	}
+	if _, err := os.Stat(pid); !os.IsNotExist(err) {
+		t.Errorf("pid file left behind: %v", err)
+	}
+	// --listen beside activated sockets is refused, naming why.
+	addr = freePort(t)
+	p = activate(t, addr, nil, nil, testenv.Nbdlab(t), "serve", "--listen", "127.0.0.1:1", "d=mem:1M")
+	harness.RunErr("nbdinfo", "--size", "nbd://"+addr+"/d") // starts it
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("nbdlab serve --listen under socket activation did not exit")
+	}
+	if !strings.Contains(p.Output(), "--listen is not taken") {
+		t.Errorf("output does not say why --listen was refused:\n%s", p.Output())
+	}
+}
+
+// --inetd serves the connection on standard input: one process per
+// client under systemd-socket-activate --accept --inetd (as inetd and
+// Accept=yes run it); a listening socket on standard input is named as
+// the mistake it is.
+func TestInetd(t *testing.T) {
+	testenv.Need(t, "systemd-socket-activate", "nbdinfo")
+	addr := freePort(t)
+	activate(t, addr, nil, []string{"--accept", "--inetd"}, testenv.Nbdlab(t), "serve", "--inetd", "d=mem:64M")
+	for i := range 2 {
+		if got := strings.TrimSpace(harness.Run(t, "nbdinfo", "--size", "nbd://"+addr+"/d")); got != "67108864" {
+			t.Fatalf("client %d: nbdinfo --size = %q", i, got)
+		}
+	}
+	out := harness.Run(t, "nbdinfo", "nbd://"+addr+"/d")
+	if !strings.Contains(out, "export-size: 67108864") {
+		t.Errorf("nbdinfo:\n%s", out)
+	}
+
+	addr = freePort(t)
+	p := activate(t, addr, nil, []string{"--inetd"}, testenv.Nbdlab(t), "serve", "--inetd", "d=mem:64M")
+	harness.RunErr("nbdinfo", "--size", "nbd://"+addr+"/d") // the server cannot serve it
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("nbdlab serve --inetd on a listening socket did not exit")
+	}
+	if !strings.Contains(p.Output(), "standard input is a listening socket") {
+		t.Errorf("output does not name the listening socket:\n%s", p.Output())
+	}
+}
+
+// The shipped units pass systemd-analyze verify, with nbdlab where
+// ExecStart looks for it.
+func TestSystemdUnits(t *testing.T) {
+	testenv.Need(t, "systemd-analyze")
+	dir := t.TempDir()
+	units, err := filepath.Glob(filepath.Join("..", "dist", "systemd", "*"))
+	if err != nil || len(units) != 4 {
+		t.Fatalf("dist/systemd holds %v (%v), want two sockets and two services", units, err)
+	}
+	var paths []string
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "/usr/local/bin/nbdlab") && strings.HasSuffix(u, ".service") {
+			t.Errorf("%s does not run /usr/local/bin/nbdlab", u)
+		}
+		name := filepath.Base(u)
+		if strings.HasSuffix(name, "@.service") {
+			name = strings.TrimSuffix(name, "@.service") + "@0.service" // an instance of the template
+		}
+		p := filepath.Join(dir, name)
+		body := strings.ReplaceAll(string(b), "/usr/local/bin/nbdlab", testenv.Nbdlab(t))
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if name != filepath.Base(u) { // the socket looks for the template by its own name
+			os.WriteFile(filepath.Join(dir, filepath.Base(u)), []byte(body), 0o644)
+		}
+		paths = append(paths, p)
+	}
+	cmd := exec.Command("systemd-analyze", append([]string{"verify", "--man=no"}, paths...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
