@@ -4,10 +4,12 @@
 // ioctl interface on kernels without it.
 //
 // Attach negotiates in userspace through package nbd and hands the
-// sockets over (attach.go); a Dialer reaches the server, or with
-// ServeDialer an *nbd.Server in this process over socket pairs. Netlink
-// is the Netlink type (netlink.go), the ioctls ioctl.go, what sysfs says
-// of each device sysfs.go. Keeping a device held by a background process,
+// sockets over (attach.go, and attach_ioctl.go for NBD_DO_IT's thread and
+// its readiness); a Dialer reaches the server, or with ServeDialer an
+// *nbd.Server in this process over socket pairs. What follows an attach
+// (waiting, reconnecting a persistent device, disconnecting) is
+// lifetime.go. Netlink is the Netlink type (netlink.go), the ioctls
+// ioctl.go, what sysfs says of each device sysfs.go. Keeping a device held by a background process,
 // and the records of it, are package hold's.
 //
 // Everything here needs CAP_SYS_ADMIN and an nbd module (modprobe nbd).
