@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"regexp"
@@ -15,7 +16,7 @@ import (
 
 const conformServerUsage = "server [--list] [--run REGEX] [--patience D] [--json FILE] [--markdown FILE] [--junit FILE] [NAME=]URI..."
 
-const conformKernelUsage = "[--kernel K]... [--server S]... [--host] [--run REGEX] [--strict] [--list] [--json FILE] [--markdown FILE] [--junit FILE]"
+const conformKernelUsage = "[--kernel K]... [--server S]... [--host] [--run REGEX] [--repeat N] [--until-fail] [--strict] [--list] [--json FILE] [--markdown FILE] [--junit FILE]"
 
 const conformUsage = conformKernelUsage + "\n       nbdlab conform " + conformServerUsage
 
@@ -92,6 +93,13 @@ func writeReports(r *report.Report, stdout io.Writer, jsonOut, mdOut, junitOut s
 	return nil
 }
 
+// repeatSet reports whether --repeat was given.
+func repeatSet(fs *flag.FlagSet) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "repeat" })
+	return set
+}
+
 // runConformKernel runs the kernel suite: the kernel's nbd client against
 // every server, on every kernel (in VMs) or on this one (--host).
 func runConformKernel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -103,6 +111,8 @@ func runConformKernel(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs.BoolVar(&o.Host, "host", false, "run on this machine's kernel, servers in network namespaces (needs root and nbd)")
 	fs.BoolVar(&o.Guest, "guest", false, internalFlag+"with --host: this machine is a lab VM the suite may break (unloads nbd); set by the VM mode")
 	fs.StringVar(&o.Run, "run", "", "only the cases whose ID matches `REGEX` (see --list)")
+	fs.IntVar(&o.Repeat, "repeat", 1, "run each selected case `N` times against each server; a case that fails in some rounds is reported \"flaky k/N\" and fails the run")
+	fs.BoolVar(&o.UntilFail, "until-fail", false, "stop repeating after the first round in which a case fails (with no --repeat, up to 100 rounds)")
 	fs.BoolVar(&o.Strict, "strict", false, "fail on a peer server's failure too, not only nbdlab's")
 	fs.BoolVar(&o.EveryServer, "every-server", false, "run the cases of the kernel's own behaviour (partitions, module races, link faults) with every server, not once per kernel")
 	list := fs.Bool("list", false, "list the cases and servers and exit")
@@ -128,6 +138,12 @@ func runConformKernel(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	if _, err := regexp.Compile(o.Run); err != nil {
 		return usagef("--run: %v", err)
+	}
+	if o.Repeat < 1 {
+		return usagef("--repeat %d: want 1 or more rounds", o.Repeat)
+	}
+	if o.UntilFail && !repeatSet(fs) {
+		o.Repeat = 0 // the default for --until-fail
 	}
 	o.Kernels, o.Servers, o.Out = ks, servers, stdout
 	res, err := kernelsuite.Run(ctx, o)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,6 +28,12 @@ type Options struct {
 	Guest   bool     // with Host: this is a lab VM the suite may break (rmmod nbd)
 	Run     string   // regular expression: only the cases whose ID matches
 	Strict  bool     // a peer server's failure fails the run too
+	// Repeat runs each selected case this many times against each server
+	// (default once); a case that failed in some rounds is "flaky k/N",
+	// and a flaky case fails the run as a failed one does. UntilFail
+	// stops repeating after the first round in which a case failed.
+	Repeat    int
+	UntilFail bool
 	// EveryServer runs the cases of the kernel's own behaviour with every
 	// server, not only with the reference (nbdlab-file where selected).
 	EveryServer bool
@@ -46,8 +53,14 @@ func (o *Options) defaults() error {
 	if o.Out == nil {
 		o.Out = os.Stdout
 	}
+	if o.Repeat < 0 {
+		return fmt.Errorf("conform: --repeat %d: want a count of rounds, 1 or more", o.Repeat)
+	}
+	if o.UntilFail && o.Repeat == 0 {
+		o.Repeat = 100
+	}
 	if o.Timeout == 0 {
-		o.Timeout = 20 * time.Minute
+		o.Timeout = 20 * time.Minute * time.Duration(max(1, (o.Repeat+4)/5))
 	}
 	if o.Nbdlab == "" {
 		exe, err := os.Executable()
@@ -129,15 +142,18 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	return &Result{Report: rep, Passed: passed(rep, o.Strict)}, nil
 }
 
-// passed reports whether no case failed with nbdlab's servers (with
-// strict, with any server).
+// passed reports whether every one of nbdlab's servers (with strict,
+// every server) started and no case failed with it, in any round.
 func passed(r *report.Report, strict bool) bool {
 	for _, t := range r.Targets {
 		if !strict && !strings.Contains(t.Name, "nbdlab") {
 			continue
 		}
+		if t.Error != "" {
+			return false
+		}
 		for _, res := range t.Results {
-			if res.Status == report.Fail {
+			if res.Status == report.Fail || res.Status == report.Flaky {
 				return false
 			}
 		}
@@ -199,6 +215,12 @@ func runVMs(ctx context.Context, o Options) (*report.Report, error) {
 		}
 		if o.EveryServer {
 			argv = append(argv, "--every-server")
+		}
+		if o.Repeat > 1 {
+			argv = append(argv, "--repeat", strconv.Itoa(o.Repeat))
+		}
+		if o.UntilFail {
+			argv = append(argv, "--until-fail")
 		}
 		fmt.Fprintf(o.Out, "== %s (%s): booting a VM for the suite\n", k.Release, k.Origin)
 		start := time.Now()
@@ -268,31 +290,16 @@ func runHost(ctx context.Context, o Options) (*report.Report, error) {
 	defer os.RemoveAll(work)
 	servers := o.servers()
 	ref := reference(servers)
+	var selected []kernelCase
+	for _, c := range cases {
+		if run.MatchString(c.id) {
+			selected = append(selected, c)
+		}
+	}
 	for _, spec := range servers {
-		t := report.Target{Name: release + "/" + spec.Name, URI: spec.What}
-		fmt.Fprintf(o.Out, "-- %s\n", t.Name)
-		start := time.Now()
-		srv, err := startKernelServer(ctx, spec, o.Nbdlab, work)
-		for _, c := range cases {
-			if !run.MatchString(c.id) {
-				continue
-			}
-			res := report.Result{ID: c.id, Level: report.Must}
-			switch {
-			case c.once != "" && !o.EveryServer && spec.Name != ref:
-				res.Status, res.Detail = report.NA, fmt.Sprintf("%s, run once per kernel with %s (--every-server runs it with each)", c.once, ref)
-			case err != nil:
-				res.Status, res.Detail = report.Fail, "the server did not start: "+err.Error()
-			default:
-				res = runCase(ctx, c, srv, o, release)
-			}
-			fmt.Fprintf(o.Out, "   %-34s %-4s %s\n", c.id, res.Status, firstLine(res.Detail))
-			t.Results = append(t.Results, res)
-		}
-		if srv != nil {
-			srv.close()
-		}
-		fmt.Fprintf(o.Out, "-- %s: %s\n", t.Name, time.Since(start).Round(time.Second))
+		start := func() (*runningServer, error) { return startKernelServer(ctx, spec, o.Nbdlab, work) }
+		runOne := func(c kernelCase, srv *runningServer) report.Result { return runCase(ctx, c, srv, o, release) }
+		t := runTarget(o, release, spec, ref, selected, start, runOne)
 		rep.Targets = append(rep.Targets, t)
 	}
 	return rep, nil
@@ -375,7 +382,9 @@ func startKernelServer(ctx context.Context, spec Server, bin, work string) (*run
 
 func (s *runningServer) close() {
 	s.stop()
-	s.net.Close()
+	if s.net != nil {
+		s.net.Close()
+	}
 }
 
 // kernelLog returns the kernel log, or "" where it cannot be read.

@@ -28,10 +28,12 @@ type Status string
 
 // Outcomes.
 const (
-	Pass Status = "pass"
-	Fail Status = "FAIL"
-	Warn Status = "warn" // a SHOULD not met
-	NA   Status = "n/a"  // the server does not offer what the check needs
+	Pass  Status = "pass"
+	Fail  Status = "FAIL"
+	Warn  Status = "warn"  // a SHOULD not met
+	NA    Status = "n/a"   // the server does not offer what the check needs
+	Flaky Status = "flaky" // failed in some of its runs, passed in others
+	Error Status = "error" // not run: the server did not start
 )
 
 // Result is one check against one server.
@@ -41,6 +43,57 @@ type Result struct {
 	Status Status        `json:"status"`
 	Detail string        `json:"detail,omitempty"`
 	Took   time.Duration `json:"took_ns"`
+	// Runs and Failed count the runs of a repeated check (--repeat) and
+	// those that failed; both are zero for a check run once.
+	Runs   int `json:"runs,omitempty"`
+	Failed int `json:"failed,omitempty"`
+}
+
+// Cell is how the matrix shows the result: its status, with how often
+// a flaky one failed ("flaky 2/20").
+func (r Result) Cell() string {
+	if r.Status == Flaky {
+		return fmt.Sprintf("flaky %d/%d", r.Failed, r.Runs)
+	}
+	return string(r.Status)
+}
+
+// Repeated is the result of one check run several times (runs[i] is
+// round i+1): FAIL when every run failed, flaky when some did, else warn
+// when a run missed a SHOULD, n/a when none applied, else pass. The
+// detail holds each failure's and warning's, by round.
+func Repeated(runs []Result) Result {
+	if len(runs) == 1 {
+		return runs[0]
+	}
+	out := Result{ID: runs[0].ID, Level: runs[0].Level, Runs: len(runs)}
+	var details []string
+	count := map[Status]int{}
+	for i, r := range runs {
+		out.Took += r.Took
+		count[r.Status]++
+		switch r.Status {
+		case Fail:
+			details = append(details, fmt.Sprintf("round %d: %s", i+1, r.Detail))
+		case Warn:
+			details = append(details, fmt.Sprintf("round %d (warn): %s", i+1, r.Detail))
+		}
+	}
+	out.Failed = count[Fail]
+	out.Detail = strings.Join(details, "\n")
+	switch {
+	case out.Failed == len(runs):
+		out.Status = Fail
+	case out.Failed > 0:
+		out.Status = Flaky
+	case count[Warn] > 0:
+		out.Status = Warn
+	case count[NA] == len(runs):
+		out.Status, out.Detail = NA, runs[0].Detail
+	default:
+		out.Status = Pass
+	}
+	return out
 }
 
 // Target is every check against one server.
@@ -48,6 +101,11 @@ type Target struct {
 	Name    string   `json:"name"`
 	URI     string   `json:"uri"`
 	Results []Result `json:"results"`
+	// Error says why no check ran ("server did not start: ..."), once for
+	// every result whose status is Error. Note is worth knowing but
+	// changed no result (a server that started only at its second try).
+	Error string `json:"error,omitempty"`
+	Note  string `json:"note,omitempty"`
 }
 
 // Report is a run against one or more servers (Kind "server"), or of
@@ -109,14 +167,26 @@ type CheckInfo struct {
 	What  string `json:"what"`
 }
 
-// MustFailures counts the failed MUST checks of every target.
+// MustFailures counts the failed MUST checks of every target, flaky ones
+// included: a MUST met only sometimes is not met.
 func (r *Report) MustFailures() int {
 	n := 0
 	for _, t := range r.Targets {
 		for _, res := range t.Results {
-			if res.Status == Fail {
+			if res.Status == Fail || res.Status == Flaky {
 				n++
 			}
+		}
+	}
+	return n
+}
+
+// NotRun counts the targets whose checks did not run (Target.Error).
+func (r *Report) NotRun() int {
+	n := 0
+	for _, t := range r.Targets {
+		if t.Error != "" {
+			n++
 		}
 	}
 	return n
@@ -134,7 +204,7 @@ func (r *Report) WriteMatrix(w io.Writer) error {
 	for i, c := range r.Checks {
 		fmt.Fprintf(tw, "%s\t%s", c.ID, c.Level)
 		for _, t := range r.Targets {
-			fmt.Fprintf(tw, "\t%s", t.Results[i].Status)
+			fmt.Fprintf(tw, "\t%s", t.Results[i].Cell())
 		}
 		fmt.Fprintln(tw)
 	}
@@ -142,14 +212,30 @@ func (r *Report) WriteMatrix(w io.Writer) error {
 		return err
 	}
 	for _, t := range r.Targets {
+		if t.Error != "" {
+			fmt.Fprintf(w, "%s: %s (its checks are \"error\": not run)\n", t.Name, t.Error)
+		}
+		if t.Note != "" {
+			fmt.Fprintf(w, "%s: note: %s\n", t.Name, t.Note)
+		}
 		for _, res := range t.Results {
 			if res.Status != Pass && res.Detail != "" {
-				fmt.Fprintf(w, "%s %s %s: %s\n", t.Name, res.ID, res.Status, res.Detail)
+				fmt.Fprintf(w, "%s %s %s: %s\n", t.Name, res.ID, res.Cell(), res.Detail)
 			}
 		}
 	}
-	_, err := fmt.Fprintf(w, "%d MUST violations\n", r.MustFailures())
+	_, err := fmt.Fprintf(w, "%d MUST violations%s\n", r.MustFailures(), notRun(r.NotRun()))
 	return err
+}
+
+func notRun(n int) string {
+	switch n {
+	case 0:
+		return ""
+	case 1:
+		return "; 1 server did not start"
+	}
+	return fmt.Sprintf("; %d servers did not start", n)
 }
 
 // WriteJSON writes the report as JSON.
@@ -171,21 +257,32 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	for i, c := range r.Checks {
 		fmt.Fprintf(&b, "| %s | %s | %s |", c.ID, c.Level, c.What)
 		for _, t := range r.Targets {
-			fmt.Fprintf(&b, " %s |", t.Results[i].Status)
+			fmt.Fprintf(&b, " %s |", t.Results[i].Cell())
 		}
 		b.WriteString("\n")
 	}
 	first := true
+	heading := func() {
+		if first {
+			b.WriteString("\nDetails:\n\n")
+			first = false
+		}
+	}
 	for _, t := range r.Targets {
+		if t.Error != "" {
+			heading()
+			fmt.Fprintf(&b, "- %s: %s (its checks are \"error\": not run)\n", t.Name, t.Error)
+		}
+		if t.Note != "" {
+			heading()
+			fmt.Fprintf(&b, "- %s: note: %s\n", t.Name, t.Note)
+		}
 		for _, res := range t.Results {
 			if res.Status == Pass || res.Detail == "" {
 				continue
 			}
-			if first {
-				b.WriteString("\nDetails:\n\n")
-				first = false
-			}
-			fmt.Fprintf(&b, "- %s, %s (%s): %s\n", t.Name, res.ID, res.Status, res.Detail)
+			heading()
+			fmt.Fprintf(&b, "- %s, %s (%s): %s\n", t.Name, res.ID, res.Cell(), res.Detail)
 		}
 	}
 	_, err := io.WriteString(w, b.String())
@@ -202,18 +299,23 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 	type skipped struct {
 		Message string `xml:"message,attr"`
 	}
+	type errored struct {
+		Message string `xml:"message,attr"`
+	}
 	type testcase struct {
 		Name      string   `xml:"name,attr"`
 		Classname string   `xml:"classname,attr"`
 		Time      float64  `xml:"time,attr"`
 		Failure   *failure `xml:"failure,omitempty"`
 		Skipped   *skipped `xml:"skipped,omitempty"`
+		Error     *errored `xml:"error,omitempty"`
 		SystemOut string   `xml:"system-out,omitempty"`
 	}
 	type testsuite struct {
 		Name     string     `xml:"name,attr"`
 		Tests    int        `xml:"tests,attr"`
 		Failures int        `xml:"failures,attr"`
+		Errors   int        `xml:"errors,attr"`
 		Skipped  int        `xml:"skipped,attr"`
 		Cases    []testcase `xml:"testcase"`
 	}
@@ -234,6 +336,12 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 			case Fail:
 				c.Failure = &failure{Message: res.Detail}
 				s.Failures++
+			case Flaky:
+				c.Failure = &failure{Message: res.Cell() + ": " + res.Detail}
+				s.Failures++
+			case Error:
+				c.Error = &errored{Message: t.Error}
+				s.Errors++
 			case NA:
 				c.Skipped = &skipped{Message: res.Detail}
 				s.Skipped++
