@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/magefile/mage/mg"
@@ -40,16 +41,48 @@ func Conform(ctx context.Context) error {
 		return err
 	}
 	o := kernelsuite.Options{Nbdlab: bin, Servers: strings.Fields(os.Getenv("SERVERS"))}
-	if os.Getenv("KERNELS") != "" {
-		ks, err := ci.Kernels(ctx, os.Stdout, ci.Matrix())
-		if err != nil {
-			return err
-		}
-		for _, k := range ks {
-			o.Kernels = append(o.Kernels, k.Release)
-		}
+	if o.Kernels, err = matrixKernels(ctx); err != nil {
+		return err
 	}
 	return kernelsuite.RunReports(ctx, o, filepath.Join("conform-report", "kernel"))
+}
+
+// ConformStress repeats the attach cases (nbd001 over netlink and ioctl, nbd003, 8 concurrent connects to any) 20 times with nbdlab-file on every kernel of the matrix, stress-ng --cpu 2 beside the VMs (KERNELS=, ROUNDS= to change).
+func ConformStress(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps, Build, Kernels)
+	bin, err := filepath.Abs(binary)
+	if err != nil {
+		return err
+	}
+	rounds := 20
+	if r := os.Getenv("ROUNDS"); r != "" {
+		if rounds, err = strconv.Atoi(r); err != nil || rounds < 1 {
+			return fmt.Errorf("ROUNDS=%q: want a number of rounds", r)
+		}
+	}
+	o := kernelsuite.Options{Nbdlab: bin, Servers: []string{"nbdlab-file"}, Run: kernelsuite.AttachCases,
+		Repeat: rounds, StressCPU: 2, EveryServer: true}
+	if o.Kernels, err = matrixKernels(ctx); err != nil {
+		return err
+	}
+	return kernelsuite.RunReports(ctx, o, filepath.Join("conform-report", "stress"))
+}
+
+// matrixKernels is the kernel matrix's releases when KERNELS= narrows
+// it, else none (every kernel installed or fetched).
+func matrixKernels(ctx context.Context) ([]string, error) {
+	if os.Getenv("KERNELS") == "" {
+		return nil, nil
+	}
+	ks, err := ci.Kernels(ctx, os.Stdout, ci.Matrix())
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, k := range ks {
+		out = append(out, k.Release)
+	}
+	return out, nil
 }
 
 // Bench groups the benchmarks; each prints figures and ratios against peers

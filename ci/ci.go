@@ -38,6 +38,8 @@ func Packages() []string {
 		"nfs-kernel-server", "rpcbind", "nfs-common", "tar",
 		// Service integration: socket activation and unit checks.
 		"systemd",
+		// Load beside the kernel suite (conformStress).
+		"stress-ng",
 	}
 }
 

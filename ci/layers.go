@@ -23,7 +23,7 @@ const Module = "github.com/nbdlab/nbdlab"
 func Layers() map[string]int {
 	return map[string]int{
 		"internal/cachedir": 0, "internal/command": 0, "internal/procfs": 0, "internal/ready": 0,
-		"internal/step": 0, "internal/unixpair": 0, "internal/tlscreds": 0, "cpio": 0, "qcow2": 0, "conform/report": 0,
+		"internal/step": 0, "internal/unixpair": 0, "internal/service": 0, "internal/tlscreds": 0, "cpio": 0, "qcow2": 0, "conform/report": 0,
 		"internal/selfbuild": 1, "nbd": 1, "debian": 1, "labnet": 1,
 		"internal/testenv": 2, "nbd/nbdtest": 2, "nbd/kernel": 2, "kernels": 2, "servers": 2,
 		"kmod": 3, "vm": 3, "nbd/kernel/hold": 3, "harness": 3,

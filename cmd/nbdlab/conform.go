@@ -16,7 +16,7 @@ import (
 
 const conformServerUsage = "server [--list] [--run REGEX] [--patience D] [--json FILE] [--markdown FILE] [--junit FILE] [NAME=]URI..."
 
-const conformKernelUsage = "[--kernel K]... [--server S]... [--host] [--run REGEX] [--repeat N] [--until-fail] [--strict] [--list] [--json FILE] [--markdown FILE] [--junit FILE]"
+const conformKernelUsage = "[--kernel K]... [--server S]... [--host] [--run REGEX] [--repeat N] [--until-fail] [--stress-cpu N] [--strict] [--list] [--json FILE] [--markdown FILE] [--junit FILE]"
 
 const conformUsage = conformKernelUsage + "\n       nbdlab conform " + conformServerUsage
 
@@ -113,6 +113,7 @@ func runConformKernel(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs.StringVar(&o.Run, "run", "", "only the cases whose ID matches `REGEX` (see --list)")
 	fs.IntVar(&o.Repeat, "repeat", 1, "run each selected case `N` times against each server; a case that fails in some rounds is reported \"flaky k/N\" and fails the run")
 	fs.BoolVar(&o.UntilFail, "until-fail", false, "stop repeating after the first round in which a case fails (with no --repeat, up to 100 rounds)")
+	fs.IntVar(&o.StressCPU, "stress-cpu", 0, "run stress-ng with `N` CPU workers on this machine while the suite runs (bounded in time): the cases under a loaded host")
 	fs.BoolVar(&o.Strict, "strict", false, "fail on a peer server's failure too, not only nbdlab's")
 	fs.BoolVar(&o.EveryServer, "every-server", false, "run the cases of the kernel's own behaviour (partitions, module races, link faults) with every server, not once per kernel")
 	list := fs.Bool("list", false, "list the cases and servers and exit")

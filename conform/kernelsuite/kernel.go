@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/nbdlab/nbdlab/conform/report"
 	"io"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nbdlab/nbdlab/conform/report"
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/kernels"
 	"github.com/nbdlab/nbdlab/labnet"
@@ -34,6 +34,10 @@ type Options struct {
 	// stops repeating after the first round in which a case failed.
 	Repeat    int
 	UntilFail bool
+	// StressCPU, when set, runs stress-ng --cpu StressCPU on this machine
+	// for as long as the suite runs (bounded by Timeout per kernel), so
+	// that the cases meet the scheduling delays of a loaded host.
+	StressCPU int
 	// EveryServer runs the cases of the kernel's own behaviour with every
 	// server, not only with the reference (nbdlab-file where selected).
 	EveryServer bool
@@ -129,6 +133,13 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
+	if o.StressCPU > 0 {
+		stop, err := stress(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+	}
 	var rep *report.Report
 	var err error
 	if o.Host {
@@ -140,6 +151,29 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	return &Result{Report: rep, Passed: passed(rep, o.Strict)}, nil
+}
+
+// stress starts stress-ng beside the suite, bounded in time, and
+// returns what stops it.
+func stress(ctx context.Context, o Options) (func(), error) {
+	if err := command.Require("stress-ng"); err != nil {
+		return nil, fmt.Errorf("conform: --stress-cpu: %w", err)
+	}
+	bound := o.Timeout * time.Duration(max(1, len(o.Kernels)))
+	if !o.Host && len(o.Kernels) == 0 {
+		bound = o.Timeout * 4 // every kernel: the matrix has four
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cmd := exec.CommandContext(cctx, "stress-ng", "--cpu", strconv.Itoa(o.StressCPU), "--timeout", strconv.Itoa(int(bound.Seconds()))+"s", "--quiet")
+	if err := cmd.Start(); err != nil {
+		cancel()
+		return nil, fmt.Errorf("conform: stress-ng: %w", err)
+	}
+	fmt.Fprintf(o.Out, "== stress-ng --cpu %d beside the suite (at most %s)\n", o.StressCPU, bound)
+	return func() {
+		cancel()
+		cmd.Wait()
+	}, nil
 }
 
 // passed reports whether every one of nbdlab's servers (with strict,

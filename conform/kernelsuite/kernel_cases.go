@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/nbdlab/nbdlab/conform/report"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/nbdlab/nbdlab/conform/report"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/kernel"
 )
@@ -186,6 +186,11 @@ func waitFor(ctx context.Context, d time.Duration, cond func() bool) bool {
 }
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// AttachCases selects the cases that attach and detach devices most
+// (connect and disconnect over netlink and ioctl, umount racing
+// NBD_CLEAR_SOCK, concurrent connects to any): the stress run's.
+const AttachCases = `^(nbd001-size/(netlink|ioctl)|nbd003-mount-clear-sock|devices/any-8-concurrent)$`
 
 func kernelCases() []kernelCase {
 	var cs []kernelCase

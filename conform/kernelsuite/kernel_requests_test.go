@@ -1,10 +1,10 @@
 package kernelsuite
 
 import (
-	"github.com/nbdlab/nbdlab/conform/report"
 	"strings"
 	"testing"
 
+	"github.com/nbdlab/nbdlab/conform/report"
 	"github.com/nbdlab/nbdlab/nbd"
 )
 

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/nbdlab/nbdlab/conform/report"
 	"io"
 	"net"
 	"os"
 	"time"
 
+	"github.com/nbdlab/nbdlab/conform/report"
 	"github.com/nbdlab/nbdlab/nbd"
 )
 

@@ -5,9 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/nbdlab/nbdlab/conform/report"
 	"io"
 
+	"github.com/nbdlab/nbdlab/conform/report"
 	"github.com/nbdlab/nbdlab/nbd"
 )
 

@@ -3,13 +3,13 @@ package protocol
 import (
 	"context"
 	"fmt"
-	"github.com/nbdlab/nbdlab/conform/report"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/nbdlab/nbdlab/conform/report"
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/selfbuild"
 	"github.com/nbdlab/nbdlab/nbd"

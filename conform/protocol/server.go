@@ -5,11 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/nbdlab/nbdlab/conform/report"
 	"net"
 	"sync"
 	"time"
 
+	"github.com/nbdlab/nbdlab/conform/report"
 	"github.com/nbdlab/nbdlab/nbd"
 )
 
