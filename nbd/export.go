@@ -46,9 +46,12 @@ type ExportSpec struct {
 	COW      bool
 	// EIO is a range that fails with EIO (eio=OFF+LEN), for tests.
 	EIOOff, EIOLen int64
+	// Offset and Length serve only part of the image (offset=N,
+	// length=N): a partition of a disk image. Length 0 is to the end.
+	Offset, Length int64
 }
 
-// ParseExportSpec parses NAME=file:PATH[,ro][,cow][,eio=OFF+LEN],
+// ParseExportSpec parses NAME=file:PATH[,ro][,cow][,offset=N][,length=N][,eio=OFF+LEN],
 // NAME=qcow2:PATH with the same options, or
 // NAME=mem:SIZE with the same options.
 func ParseExportSpec(s string) (ExportSpec, error) {
@@ -81,6 +84,17 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 			spec.ReadOnly = true
 		case opt == "cow" || opt == "snapshot":
 			spec.COW = true
+		case strings.HasPrefix(opt, "offset=") || strings.HasPrefix(opt, "length="):
+			key, val, _ := strings.Cut(opt, "=")
+			n, err := ParseSize(val)
+			if err != nil {
+				return spec, fmt.Errorf("export %q: %s: %w", s, key, err)
+			}
+			if key == "offset" {
+				spec.Offset = n
+			} else {
+				spec.Length = n
+			}
 		case strings.HasPrefix(opt, "eio="):
 			off, n, err := parseRange(strings.TrimPrefix(opt, "eio="))
 			if err != nil {
@@ -92,12 +106,12 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 			// exists: then it was meant as an option.
 			if _, err := os.Stat(arg); err != nil {
 				if _, err := os.Stat(arg[:i]); err == nil {
-					return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow, eio=OFF+LEN)", s, opt)
+					return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow, offset=N, length=N, eio=OFF+LEN)", s, opt)
 				}
 			}
 			i = len(arg)
 		default:
-			return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow, eio=OFF+LEN)", s, opt)
+			return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow, offset=N, length=N, eio=OFF+LEN)", s, opt)
 		}
 		if i == len(arg) {
 			break
@@ -152,6 +166,14 @@ func (spec ExportSpec) Open() (*Export, io.Closer, error) {
 		b, closer = f, f
 	default:
 		return nil, nil, fmt.Errorf("export %s: unknown type %q", spec.Name, spec.Kind)
+	}
+	if spec.Offset != 0 || spec.Length != 0 {
+		w, err := NewWindow(b, spec.Offset, spec.Length)
+		if err != nil {
+			closer.Close()
+			return nil, nil, fmt.Errorf("export %s: %w", spec.Name, err)
+		}
+		b = w
 	}
 	if spec.COW {
 		b = NewCOW(b)

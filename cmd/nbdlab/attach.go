@@ -18,7 +18,7 @@ import (
 
 const (
 	connectUsage = "DEVICE|any URI [--connections N] [--timeout D] [--dead-timeout D] [--persist] [--read-only] [--block-size B] [--interface auto|netlink|ioctl]"
-	attachUsage  = "[--device DEVICE|any] [--read-only] [--connections N] IMAGE"
+	attachUsage  = "[--device DEVICE|any] [--read-only] [--snapshot] [--format raw|qcow2] [--offset N] [--size N] [--connections N] [DEVICE] IMAGE"
 )
 
 // attachFlags are the flags connect and attach share.
@@ -84,37 +84,75 @@ func runConnect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("attach", attachUsage, stderr)
 	var f attachFlags
-	fs.StringVar(&f.Device, "device", "any", "`DEVICE` to use: /dev/nbdN or any")
+	fs.StringVar(&f.Device, "device", "any", "`DEVICE` to use: /dev/nbdN or any (also -c and --connect, as qemu-nbd spells it)")
+	fs.StringVar(&f.Device, "c", "any", internalFlag+"qemu-nbd's spelling of --device")
+	fs.StringVar(&f.Device, "connect", "any", internalFlag+"qemu-nbd's spelling of --device")
 	f.register(fs)
+	fs.BoolVar(&f.ReadOnly, "r", false, internalFlag+"qemu-nbd's spelling of --read-only")
+	snapshot := fs.Bool("snapshot", false, "keep writes in memory and never modify the image (also -s)")
+	fs.BoolVar(snapshot, "s", false, internalFlag+"qemu-nbd's spelling of --snapshot")
+	format := fs.String("format", "auto", "image `FORMAT`: raw, qcow2, or auto (qcow2 by its header; also -f)")
+	fs.StringVar(format, "f", "auto", internalFlag+"qemu-nbd's spelling of --format")
+	offset := fs.String("offset", "0", "serve the image from byte `N` on: a partition of a disk image (also -o)")
+	fs.StringVar(offset, "o", "0", internalFlag+"qemu-nbd's spelling of --offset")
+	size := fs.String("size", "0", "serve `N` bytes from --offset (default: to the end)")
+	fs.Bool("fork", false, "accepted for qemu-nbd's sake: attach always returns once the device is ready, holding it in the background where it must")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return usagef("want one IMAGE")
+	switch {
+	case len(pos) == 2 && f.Device == "any":
+		// nbd-client's order, and qemu-nbd's without -c: DEVICE IMAGE.
+		if _, ok := kernel.ParseDevice(pos[0]); !ok && pos[0] != "any" {
+			return usagef("%q is not a device: give IMAGE alone, or DEVICE IMAGE (DEVICE /dev/nbdN or any)", pos[0])
+		}
+		f.Device, pos = pos[0], pos[1:]
+	case len(pos) != 1:
+		return usagef("want one IMAGE (or DEVICE IMAGE)")
 	}
 	image, err := filepath.Abs(pos[0])
 	if err != nil {
 		return err
 	}
+	spec := nbd.ExportSpec{Name: filepath.Base(image), Path: image, ReadOnly: f.ReadOnly, COW: *snapshot}
+	if spec.Offset, err = nbd.ParseSize(*offset); err != nil {
+		return usagef("--offset: %v", err)
+	}
+	if spec.Length, err = nbd.ParseSize(*size); err != nil {
+		return usagef("--size: %v", err)
+	}
 	qcow, err := qcow2.IsImage(image)
 	if err != nil {
 		return fmt.Errorf("open image: %w", err)
 	}
+	switch *format {
+	case "auto":
+		spec.Kind = map[bool]string{true: "qcow2", false: "file"}[qcow]
+	case "raw":
+		spec.Kind = "file"
+		if qcow {
+			return fmt.Errorf("%s is a qcow2 image: --format raw would attach its raw bytes; drop --format, or say --format qcow2", image)
+		}
+	case "qcow2":
+		spec.Kind = "qcow2"
+	default:
+		return usagef("--format %q: want raw, qcow2 or auto", *format)
+	}
+	// Open it here first, so that a bad image, offset or size is told
+	// before the kernel is asked for anything.
+	_, closer, err := spec.Open()
+	if err != nil {
+		return err
+	}
+	closer.Close()
 	f.Backend = image
 	open := func() (kernel.Dialer, error) {
-		var b nbd.Backend
-		var err error
-		if qcow {
-			b, err = nbd.OpenQcow2(image, f.ReadOnly)
-		} else {
-			b, err = nbd.OpenFile(image, f.ReadOnly)
-		}
+		e, _, err := spec.Open()
 		if err != nil {
 			return nil, err
 		}
-		srv := &nbd.Server{Exports: []*nbd.Export{{Name: filepath.Base(image), Backend: b, ReadOnly: f.ReadOnly}},
-			Logger: slog.New(slog.NewTextHandler(stderr, nil))}
+		srv := &nbd.Server{Exports: []*nbd.Export{e}, Logger: slog.New(slog.NewTextHandler(stderr, nil))}
 		return kernel.ServeDialer(srv), nil
 	}
 	return attach(ctx, stdout, stderr, f, hold.Request{Open: open, Source: image})
@@ -146,7 +184,10 @@ func runList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if len(devs) == 0 {
-		return errors.New("no /dev/nbd* devices: load the module (modprobe nbd)")
+		if err := kernel.Present(); err != nil {
+			return err
+		}
+		return errors.New("no /dev/nbd* devices: reload the module with some (modprobe -r nbd; modprobe nbd nbds_max=16)")
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEVICE\tSTATE\tSIZE\tCONNECTIONS\tPID\tBACKEND")

@@ -31,6 +31,9 @@ func TestCLI(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(root, "disk.qcow2"), []byte("QFI\xfb\x00\x00\x00\x03"), 0o600); err != nil {
 			return err
 		}
+		if err := os.WriteFile(filepath.Join(root, "disk.img"), make([]byte, 64<<10), 0o600); err != nil {
+			return err
+		}
 		return os.Mkdir(filepath.Join(root, "adir"), 0o755)
 	}
 	ts.Run(t, *update)

@@ -17,6 +17,7 @@ import (
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/kernels"
 	"github.com/nbdlab/nbdlab/labnet"
+	"github.com/nbdlab/nbdlab/nbd/kernel"
 	"github.com/nbdlab/nbdlab/vm"
 )
 
@@ -382,8 +383,10 @@ func loadNBD(ctx context.Context) error {
 	}
 	out, err := exec.CommandContext(ctx, "modprobe", "nbd", "nbds_max=16", "max_part=8").CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("conform: this kernel has no nbd (modprobe nbd: %v: %s); build it (nbdlab kmod build), or run the suite in VMs (without --host)",
-			err, strings.TrimSpace(string(out)))
+		if perr := kernel.Present(); perr != nil {
+			return fmt.Errorf("conform: --host: %w (without --host the suite runs in lab VMs)", perr)
+		}
+		return fmt.Errorf("conform: modprobe nbd: %v: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

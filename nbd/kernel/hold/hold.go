@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -58,6 +59,9 @@ func Background() bool { return os.Getenv(readyEnv) != "" }
 // attaches, reports, and holds the device until it is disconnected or ctx
 // ends, then returns an empty path.
 func Attach(ctx context.Context, r Request) (string, error) {
+	if err := kernel.Present(); err != nil {
+		return "", err
+	}
 	needsProcess := r.NeedsProcess || r.Open != nil || r.Persist
 	if needsProcess && !Background() {
 		return spawn(ctx)
@@ -159,9 +163,20 @@ func spawn(ctx context.Context) (string, error) {
 // any, to end (SIGTERM after 10 s), then forgets it.
 func Detach(ctx context.Context, n int) error {
 	st, known := Load(n)
+	if _, err := os.Stat(fmt.Sprintf("/sys/block/nbd%d", n)); err != nil && !known {
+		if err := kernel.Present(); err != nil {
+			return err
+		}
+		return fmt.Errorf("/dev/nbd%d does not exist (nbdlab list shows the devices there are)", n)
+	}
 	d := kernel.DeviceInfo(n)
 	if !d.Connected && !known {
 		return fmt.Errorf("/dev/nbd%d is not connected", n)
+	}
+	// A mounted device would keep its requests waiting for their timeout
+	// and the disconnect would not finish: say so at once instead.
+	if mounted, err := kernel.MountedParts(n); err == nil && len(mounted) > 0 {
+		return fmt.Errorf("%s: unmount it first", strings.Join(mounted, ", "))
 	}
 	if d.Connected {
 		if err := kernel.Disconnect(n); err != nil {
