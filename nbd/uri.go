@@ -27,6 +27,9 @@ type URI struct {
 
 // ParseURI parses an NBD URI.
 func ParseURI(s string) (*URI, error) {
+	if !strings.Contains(s, "://") {
+		return nil, fmt.Errorf("nbd: URI %q has no scheme: write nbd://HOST[:PORT]/EXPORT, or nbd+unix:///EXPORT?socket=PATH", s)
+	}
 	u, err := url.Parse(s)
 	if err != nil {
 		return nil, fmt.Errorf("nbd: URI %q: %w", s, err)
@@ -35,6 +38,14 @@ func ParseURI(s string) (*URI, error) {
 	q, err := parseQuery(u.RawQuery)
 	if err != nil {
 		return nil, fmt.Errorf("nbd: URI %q: %w", s, err)
+	}
+	for k := range q {
+		if k != "socket" && k != "tls-certificates" {
+			return nil, fmt.Errorf("nbd: URI %q: unknown parameter %q (known: socket, tls-certificates)", s, k)
+		}
+	}
+	if _, ok := q["socket"]; ok && !strings.HasSuffix(u.Scheme, "+unix") {
+		return nil, fmt.Errorf("nbd: URI %q: socket= is for nbd+unix:// URIs", s)
 	}
 	out.TLSCertDir = q["tls-certificates"]
 	switch u.Scheme {

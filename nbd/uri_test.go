@@ -26,6 +26,9 @@ func TestParseURI(t *testing.T) {
 		{in: "nbd+unix://host/e?socket=/s", wantErr: "has no host"},
 		{in: "http://h/e", wantErr: `unknown scheme "http"`},
 		{in: "nbd:///e", wantErr: "has no host"},
+		{in: "127.0.0.1:20020", wantErr: "has no scheme: write nbd://HOST[:PORT]/EXPORT"},
+		{in: "nbd://h/e?tls-certificate=/x", wantErr: `unknown parameter "tls-certificate"`},
+		{in: "nbd://h/e?socket=/x", wantErr: "socket= is for nbd+unix://"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -68,6 +69,15 @@ func runConform(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	if err := writeReports(r, stdout, *jsonOut, *mdOut, *junitOut); err != nil {
 		return err
+	}
+	var gone []string
+	for _, t := range r.Targets {
+		if t.Error != "" {
+			gone = append(gone, t.Name+": "+t.Error)
+		}
+	}
+	if len(gone) > 0 {
+		return exitError{code: 1, err: errors.New(strings.Join(gone, "; "))}
 	}
 	if n := r.MustFailures(); n > 0 {
 		return exitError{code: 1, err: fmt.Errorf("%d MUST violations", n)}

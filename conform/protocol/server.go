@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -99,7 +100,25 @@ func CheckServers(ctx context.Context, servers []Server, o Options) (*report.Rep
 		wg.Add(1)
 		go func(t *report.Target, p *probe) {
 			defer wg.Done()
-			for _, c := range cs {
+			progress := func(res report.Result) {
+				if o.Progress != nil {
+					mu.Lock()
+					o.Progress(t.Name, res)
+					mu.Unlock()
+				}
+			}
+			notRun := func(from int) {
+				for _, c := range cs[from:] {
+					t.Results = append(t.Results, report.Result{ID: c.id, Level: c.level, Status: report.Error})
+				}
+			}
+			if err := p.reachable(ctx); err != nil {
+				t.Error = "cannot connect: " + err.Error()
+				notRun(0)
+				progress(report.Result{ID: "connect", Status: report.Error, Detail: t.Error})
+				return
+			}
+			for i, c := range cs {
 				if ctx.Err() != nil {
 					return
 				}
@@ -111,11 +130,21 @@ func CheckServers(ctx context.Context, servers []Server, o Options) (*report.Rep
 					st = report.Warn
 				}
 				res := report.Result{ID: c.id, Level: c.level, Status: st, Detail: detail, Took: time.Since(start)}
+				// A server that crashed is the finding, not the checks
+				// after it: each of those would fail for the same reason.
+				var gone error
+				if st != report.Pass && st != report.NA {
+					gone = p.reachable(ctx)
+				}
+				if gone != nil {
+					res.Status, res.Detail = report.Fail, strings.TrimSpace(detail+" (the server died)")
+				}
 				t.Results = append(t.Results, res)
-				if o.Progress != nil {
-					mu.Lock()
-					o.Progress(t.Name, res)
-					mu.Unlock()
+				progress(res)
+				if gone != nil {
+					t.Error = fmt.Sprintf("server died during %s: it no longer accepts connections (%v)", c.id, gone)
+					notRun(i + 1)
+					return
 				}
 			}
 		}(&r.Targets[i], probes[i])
@@ -125,6 +154,31 @@ func CheckServers(ctx context.Context, servers []Server, o Options) (*report.Rep
 		return r, err
 	}
 	return r, nil
+}
+
+// reachable reports whether the server still accepts connections: nil,
+// or the error of the last of three tries a little apart, so that one
+// dropped connection is not taken for a dead server.
+func (p *probe) reachable(ctx context.Context) error {
+	var err error
+	for try := 0; try < 3; try++ {
+		if try > 0 {
+			select {
+			case <-ctx.Done():
+				return nil // the run is ending; that is no finding
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		var c net.Conn
+		c, err = p.uri.DialConn(dctx)
+		cancel()
+		if err == nil {
+			c.Close()
+			return nil
+		}
+	}
+	return err
 }
 
 // dial opens a fresh transport connection, with a deadline for the check.

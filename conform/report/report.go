@@ -233,9 +233,9 @@ func notRun(n int) string {
 	case 0:
 		return ""
 	case 1:
-		return "; 1 server did not start"
+		return "; 1 server not checked (above: why)"
 	}
-	return fmt.Sprintf("; %d servers did not start", n)
+	return fmt.Sprintf("; %d servers not checked (above: why)", n)
 }
 
 // WriteJSON writes the report as JSON.
