@@ -23,8 +23,8 @@ type Options struct {
 	Nbdlab   string        // nbdlab binary; built from this tree if empty
 	Dir      string        // tmpfs directory for file exports; default /dev/shm
 	Size     int64         // export size; default 1 GiB
-	Duration time.Duration // per fio job; default BENCH_TIME or 5 s
-	Rounds   int           // runs of every job on every server; default BENCH_ROUNDS or 3
+	Duration time.Duration // per fio job; default BENCH_TIME or 3 s
+	Rounds   int           // runs of every job on every server; default BENCH_ROUNDS or 5 (the fewest a verdict rests on)
 	Out      io.Writer     // report; default os.Stdout
 }
 
@@ -49,7 +49,7 @@ func (o *Options) defaults(ctx context.Context) error {
 		o.Size = 1 << 30
 	}
 	if o.Duration == 0 {
-		n, err := envInt("BENCH_TIME", 5)
+		n, err := envInt("BENCH_TIME", 3)
 		if err != nil {
 			return err
 		}
@@ -57,7 +57,7 @@ func (o *Options) defaults(ctx context.Context) error {
 	}
 	if o.Rounds == 0 {
 		var err error
-		if o.Rounds, err = envInt("BENCH_ROUNDS", 3); err != nil {
+		if o.Rounds, err = envInt("BENCH_ROUNDS", 5); err != nil {
 			return err
 		}
 	}
@@ -248,24 +248,37 @@ func fillFile(path string, size int64) error {
 func report(w io.Writer, runs map[string]map[string][]Result) {
 	jobs, targets := ServerJobs(), ServerTargets()
 	results := map[string]map[string]Result{}
-	fmt.Fprintln(w, "\nmedian of the rounds; IOPS range is the lowest and highest round:")
+	fmt.Fprintln(w, "\nmedian of the rounds (the run with the median IOPS); the interval is the median's, 95% (or the coverage its rounds allow):")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "job\tserver\tIOPS\tIOPS range\tMiB/s\tp99\tCPU s/GiB\tpeak RSS MiB\t")
+	fmt.Fprintln(tw, "job\tserver\tIOPS\tIOPS interval\tMiB/s\tp99\tCPU s/GiB\tpeak RSS MiB\t")
 	for _, j := range jobs {
 		results[j.Name] = map[string]Result{}
 		for _, t := range targets {
-			r, lo, hi := median(runs[j.Name][t.Name])
+			r, _, _ := median(runs[j.Name][t.Name])
 			results[j.Name][t.Name] = r
+			var xs []float64
+			for _, x := range runs[j.Name][t.Name] {
+				xs = append(xs, x.IOPS)
+			}
+			iv := medianInterval(xs)
+			lo, hi := iv.Lo, iv.Hi
 			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f-%.0f\t%.1f\t%s\t%.3f\t%d\t\n", j.Name, t.Name, r.IOPS, lo, hi, r.MiBps(),
 				r.P99.Round(time.Microsecond), r.CPUPerGiB(), r.PeakRSS>>20)
 		}
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\nratio nbdlab / best peer (goal >= 1.00; IOPS for 4k jobs, MiB/s for 1M jobs):")
+	fmt.Fprintln(w, "\nnbdlab / best peer (IOPS; the ratio of medians, its 95% interval from the rounds' and the verdict):")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "job\tnbdlab best\tbest peer\tratio\tmem vs memory peers\tfile vs file peers\tqcow2 vs qemu-nbd qcow2")
+	fmt.Fprintln(tw, "job\tnbdlab best\tbest peer\tnbdlab / best peer\tmem vs memory peers\tfile vs file peers\tqcow2 vs qemu-nbd qcow2")
 	for _, j := range jobs {
-		best := func(peer bool, group string) (string, float64) {
+		iops := func(name string) []float64 {
+			var xs []float64
+			for _, r := range runs[j.Name][name] {
+				xs = append(xs, r.IOPS)
+			}
+			return xs
+		}
+		best := func(peer bool, group string) string {
 			name, v := "", 0.0
 			for _, t := range targets {
 				if t.Peer != peer || (group != "" && t.Group != group) || (group == "" && t.Group == "qcow2") {
@@ -275,17 +288,11 @@ func report(w io.Writer, runs map[string]map[string][]Result) {
 					name, v = t.Name, x
 				}
 			}
-			return name, v
+			return name
 		}
-		ln, lv := best(false, "")
-		pn, pv := best(true, "")
-		_, lm := best(false, "mem")
-		_, pm := best(true, "mem")
-		_, lf := best(false, "file")
-		_, pf := best(true, "file")
-		_, lq := best(false, "qcow2")
-		_, pq := best(true, "qcow2")
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\n", j.Name, ln, pn, lv/pv, lm/pm, lf/pf, lq/pq)
+		vs := func(group string) comparison { return compare(iops(best(false, group)), iops(best(true, group)), true) }
+		ln, pn := best(false, ""), best(true, "")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Name, ln, pn, vs(""), vs("mem"), vs("file"), vs("qcow2"))
 	}
 	tw.Flush()
 }
