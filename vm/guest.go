@@ -225,6 +225,19 @@ func switchRoot(cfg guestConfig) error {
 			return err
 		}
 	}
+	// A fresh /run has none of the directories a booted system's has;
+	// tools lock there (qemu-nbd -c locks /var/lock, which is /run/lock).
+	for _, d := range []struct {
+		path string
+		mode os.FileMode
+	}{{"/newroot/run/lock", 0o1777}, {"/newroot/run/user", 0o755}} {
+		if err := os.Mkdir(d.path, d.mode); err != nil && !os.IsExist(err) {
+			return err
+		}
+		if err := os.Chmod(d.path, d.mode); err != nil {
+			return err
+		}
+	}
 	for _, s := range cfg.Shares {
 		if err := mount9p(s.Tag, "/newroot"+s.Path, false, "cache=none"); err != nil {
 			return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -175,9 +176,19 @@ func runDisconnect(ctx context.Context, args []string, stdout, stderr io.Writer)
 }
 
 func runList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("list", "", stderr)
-	if _, err := parseFlags(fs, args); err != nil {
+	fs := newFlagSet("list", "[--json] [DEVICE...]", stderr)
+	asJSON := fs.Bool("json", false, "print the devices as a JSON array")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
 		return err
+	}
+	want := map[int]bool{}
+	for _, a := range pos {
+		n, ok := kernel.ParseDeviceOrPartition(a)
+		if !ok {
+			return usagef("device %q: want /dev/nbdN", a)
+		}
+		want[n] = true
 	}
 	devs, err := kernel.Devices()
 	if err != nil {
@@ -189,30 +200,70 @@ func runList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		return errors.New("no /dev/nbd* devices: reload the module with some (modprobe -r nbd; modprobe nbd nbds_max=16)")
 	}
+	var rows []listedDevice
+	for _, d := range devs {
+		if len(want) > 0 && !want[d.Index] {
+			continue
+		}
+		delete(want, d.Index)
+		rows = append(rows, listed(d))
+	}
+	for n := range want {
+		return fmt.Errorf("/dev/nbd%d does not exist", n)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEVICE\tSTATE\tSIZE\tCONNECTIONS\tPID\tBACKEND")
-	for _, d := range devs {
-		state, conns, pid := "disconnected", "-", "-"
-		if d.Connected {
-			state, pid = "connected", fmt.Sprint(d.PID)
+	for _, r := range rows {
+		conns, pid, backend := "-", "-", r.Backend
+		if r.Connections > 0 {
+			conns = fmt.Sprintf("%d (%s)", r.Connections, r.Interface)
 		}
-		if st, ok := hold.Load(d.Index); ok {
-			conns = fmt.Sprintf("%d (%s)", st.Connections, st.Interface)
-			if st.PID > 0 {
-				pid = fmt.Sprint(st.PID)
-			}
-			if st.Persist {
-				state += ",persist"
-			}
-		}
-		backend := d.Backend
-		if st, ok := hold.Load(d.Index); ok && backend == "" {
-			backend = st.Source
+		if r.PID > 0 {
+			pid = fmt.Sprint(r.PID)
 		}
 		if backend == "" {
 			backend = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", d.Path, state, d.Size, conns, pid, backend)
+		state := r.State
+		if r.Persist {
+			state += ",persist"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", r.Device, state, r.Size, conns, pid, backend)
 	}
 	return tw.Flush()
+}
+
+// listedDevice is a row of nbdlab list.
+type listedDevice struct {
+	Device      string `json:"device"`
+	State       string `json:"state"` // connected or disconnected
+	Size        int64  `json:"size"`
+	Connections int    `json:"connections,omitempty"`
+	Interface   string `json:"interface,omitempty"`
+	// PID is the process that holds the device (nbdlab's background
+	// holder, or the one in NBD_DO_IT), the one detach waits for and
+	// names; 0 when the kernel holds the sockets alone (netlink).
+	PID     int    `json:"pid,omitempty"`
+	Persist bool   `json:"persist,omitempty"`
+	Backend string `json:"backend,omitempty"`
+	Log     string `json:"log,omitempty"` // the holder's log
+}
+
+func listed(d kernel.Device) listedDevice {
+	r := listedDevice{Device: d.Path, State: "disconnected", Size: d.Size, Backend: d.Backend}
+	if d.Connected {
+		r.State = "connected"
+	}
+	if st, ok := hold.Load(d.Index); ok {
+		r.Connections, r.Interface, r.PID, r.Persist, r.Log = st.Connections, string(st.Interface), st.PID, st.Persist, st.Log
+		if r.Backend == "" {
+			r.Backend = st.Source
+		}
+	}
+	return r
 }

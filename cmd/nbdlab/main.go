@@ -30,7 +30,7 @@ func commands() []command {
 		{"serve", "[--listen ADDR]... [--inetd] [TLS flags] [-v|-q] NAME=SPEC...", "serve exports over NBD", runServe},
 		{"connect", connectUsage, "attach an NBD export to /dev/nbdN through the kernel", runConnect},
 		{"disconnect", "DEVICE", "disconnect /dev/nbdN", runDisconnect},
-		{"list", "", "list /dev/nbd* devices and what is attached", runList},
+		{"list", "[--json] [DEVICE...]", "list /dev/nbd* devices and what is attached", runList},
 		{"attach", attachUsage, "serve an image from this process and attach it (like qemu-nbd -c)", runAttach},
 		{"detach", "DEVICE", "disconnect an attached image (by /dev/nbdN or a partition of it) and stop serving it", runDisconnect},
 		{"lab", "[--kernel KVER]", "build nbd.ko, boot it in a VM, attach, partition, mount, check (the main job)", runLab},

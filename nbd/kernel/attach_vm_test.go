@@ -167,6 +167,9 @@ dev=$($N attach /tmp/a.img)
 for i in $(seq 100); do test -b ${dev}p2 && break; sleep 0.05; done
 test -b ${dev}p1 && test -b ${dev}p2 && echo "OK partitions ${dev}p1 ${dev}p2"
 $N list | grep -E "^$dev +connected .*/tmp/a.img"
+pid=$($N list $dev | awk 'NR==2 {print $5}')
+$N list --json $dev > /tmp/l.json
+grep -q "\"pid\": $pid," /tmp/l.json && grep -q '"log": "/run/nbdlab/' /tmp/l.json && kill -0 $pid && echo OK one pid
 mkfs.ext4 -q ${dev}p2 && mount ${dev}p2 /mnt && echo hello > /mnt/f && umount /mnt
 $N detach $dev
 $N list | grep -E "^$dev +disconnected"
@@ -175,7 +178,7 @@ for i in $(seq 100); do test -b ${dev}p2 && break; sleep 0.05; done
 mount -o ro ${dev}p2 /mnt && grep -q hello /mnt/f && umount /mnt && echo OK reattached
 $N detach $dev
 echo OK attach`,
-		wantMarkers: []string{"OK partitions", "OK reattached", "OK attach"},
+		wantMarkers: []string{"OK one pid", "OK partitions", "OK reattached", "OK attach"},
 	},
 	{
 		name: "attach a qcow2 image, partition, mount, detach by the partition's name",
@@ -194,13 +197,33 @@ $N detach ${dev}p1
 qemu-img check /tmp/c.qcow2 && echo OK qcow2`,
 		wantMarkers: []string{"OK fdisk lists", "OK check after detach", "OK reattached", "OK qcow2"},
 	},
+	{
+		name: "detach refuses a mounted partition at once; qemu-nbd -c in the guest",
+		script: `truncate -s 64M /tmp/m.img
+dev=$($N attach /tmp/m.img)
+printf 'label: dos\n,,L\n' | sfdisk -q $dev
+for i in $(seq 100); do test -b ${dev}p1 && break; sleep 0.05; done
+mkfs.ext4 -q ${dev}p1 && mount ${dev}p1 /mnt
+start=$(date +%s)
+if $N detach ${dev}p1 2>/tmp/err; then echo "detach of a mounted partition succeeded"; exit 1; fi
+end=$(date +%s)
+cat /tmp/err
+grep -q "${dev}p1 on /mnt: unmount it first" /tmp/err && [ $((end-start)) -lt 5 ] && echo OK refused at once
+umount /mnt
+$N detach ${dev}p1 && echo OK detached after umount
+qemu-nbd -c /dev/nbd5 -f raw /tmp/m.img
+for i in $(seq 100); do test -b /dev/nbd5p1 && break; sleep 0.05; done
+mount /dev/nbd5p1 /mnt && umount /mnt && echo OK qemu-nbd -c
+qemu-nbd -d /dev/nbd5`,
+		wantMarkers: []string{"OK refused at once", "OK detached after umount", "OK qemu-nbd -c"},
+	},
 }
 
 // TestIntegrationKernelAttach runs each scenario in a lab VM, with the
 // nbd.ko that "go run mage.go buildNbd" installs (or the distribution's).
 func TestIntegrationKernelAttach(t *testing.T) {
 	ks := vmtest.Kernels(t)
-	testenv.Need(t, "sfdisk", "fdisk", "mkfs.ext4", "qemu-img")
+	testenv.Need(t, "sfdisk", "fdisk", "mkfs.ext4", "qemu-img", "qemu-nbd")
 	bin := testenv.Nbdlab(t)
 	for _, sc := range scenarios {
 		kernels := ks[:1]

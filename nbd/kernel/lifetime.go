@@ -161,8 +161,8 @@ func Disconnect(n int) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("kernel: %s still connected (pid %d, %d bytes) %s after the disconnect; requests in flight may be waiting for their timeout",
-				d.Path, d.PID, d.Size, disconnectWait)
+			return fmt.Errorf("kernel: %s still connected (%d bytes) %s after the disconnect; requests in flight may be waiting for their timeout",
+				d.Path, d.Size, disconnectWait)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

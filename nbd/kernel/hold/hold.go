@@ -180,6 +180,9 @@ func Detach(ctx context.Context, n int) error {
 	}
 	if d.Connected {
 		if err := kernel.Disconnect(n); err != nil {
+			if st.PID > 0 {
+				return fmt.Errorf("%w (held by pid %d, log %s)", err, st.PID, st.Log)
+			}
 			return err
 		}
 	}
