@@ -201,15 +201,18 @@ func runList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return errors.New("no /dev/nbd* devices: reload the module with some (modprobe -r nbd; modprobe nbd nbds_max=16)")
 	}
 	var rows []listedDevice
+	found := map[int]bool{}
 	for _, d := range devs {
 		if len(want) > 0 && !want[d.Index] {
 			continue
 		}
-		delete(want, d.Index)
+		found[d.Index] = true
 		rows = append(rows, listed(d))
 	}
 	for n := range want {
-		return fmt.Errorf("/dev/nbd%d does not exist", n)
+		if !found[n] {
+			return fmt.Errorf("/dev/nbd%d does not exist", n)
+		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)

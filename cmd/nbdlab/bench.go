@@ -124,8 +124,8 @@ func runBenchNFS(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&o.Backing, "backing", "", "with --host: keep the exports (image, NFS export) in `DIR` on disk instead of a tmpfs")
 	fs.StringVar(&o.Source, "source", "", "`DIR` whose first files make the untarred tree (default the Go distribution's src)")
 	hostFlags(fs, &o.Host, &o.JSON, "run the netns setups on this machine's kernel (needs root, nbd and nfsd)")
-	fs.StringVar(&o.Agent, "agent", "", "with --host in the client VM of a vms setup: the server VM's `IP`")
-	fs.StringVar(&o.NIC, "nic", "", "with --host in the client VM of a vms setup: this VM's `IP`")
+	fs.StringVar(&o.Agent, "agent", "", internalFlag+"with --host in the client VM of a vms setup: the server VM's `IP`")
+	fs.StringVar(&o.NIC, "nic", "", internalFlag+"with --host in the client VM of a vms setup: this VM's `IP`")
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}

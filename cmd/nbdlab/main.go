@@ -23,22 +23,24 @@ type command struct {
 	usage   string
 	summary string
 	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+	verbs   []string // the second words of a two-word command ("" for none)
 }
 
 func commands() []command {
 	return []command{
-		{"serve", "[--listen ADDR]... [--inetd] [TLS flags] [-v|-q] NAME=SPEC...", "serve exports over NBD", runServe},
-		{"connect", connectUsage, "attach an NBD export to /dev/nbdN through the kernel", runConnect},
-		{"disconnect", "DEVICE", "disconnect /dev/nbdN", runDisconnect},
-		{"list", "[--json] [DEVICE...]", "list /dev/nbd* devices and what is attached", runList},
-		{"attach", attachUsage, "serve an image from this process and attach it (like qemu-nbd -c)", runAttach},
-		{"detach", "DEVICE", "disconnect an attached image (by /dev/nbdN or a partition of it) and stop serving it", runDisconnect},
-		{"lab", "[--kernel KVER]", "build nbd.ko, boot it in a VM, attach, partition, mount, check (the main job)", runLab},
-		{"kernel", kernelUsage, "fetch Debian kernels into the cache, list and prune them", runKernel},
-		{"kmod", kmodBuildUsage, "build nbd.ko for an installed or fetched kernel and install it", runKmod},
-		{"vm", vmRunUsage, "run a command under a distro kernel in a QEMU VM", runVM},
-		{"bench", benchUsage, "benchmarks through the kernel: fio on /dev/nbdN against every server; NBD against NFS", runBench},
-		{"conform", conformUsage, "the kernel's nbd client against NBD servers, on every kernel; or check a server against the specification", runConform},
+		{"serve", "[--listen ADDR]... [--inetd] [TLS flags] [-v|-q] NAME=SPEC...", "serve exports over NBD", runServe, nil},
+		{"connect", connectUsage, "attach an NBD export to /dev/nbdN through the kernel", runConnect, nil},
+		{"disconnect", "DEVICE", "disconnect /dev/nbdN", runDisconnect, nil},
+		{"list", "[--json] [DEVICE...]", "list /dev/nbd* devices and what is attached", runList, nil},
+		{"attach", attachUsage, "serve an image from this process and attach it (like qemu-nbd -c)", runAttach, nil},
+		{"detach", "DEVICE", "disconnect an attached image (by /dev/nbdN or a partition of it) and stop serving it", runDisconnect, nil},
+		{"lab", "[--kernel KVER]", "build nbd.ko, boot it in a VM, attach, partition, mount, check (the main job)", runLab, nil},
+		{"kernel", kernelUsage, "fetch Debian kernels into the cache, list and prune them", runKernel, []string{"fetch", "list", "prune"}},
+		{"kmod", kmodBuildUsage, "build nbd.ko for an installed or fetched kernel and install it", runKmod, []string{"build"}},
+		{"vm", vmRunUsage, "run a command under a distro kernel in a QEMU VM", runVM, []string{"run"}},
+		{"bench", benchUsage, "benchmarks through the kernel: fio on /dev/nbdN against every server; NBD against NFS", runBench, []string{"kernel", "nfs"}},
+		{"docs", docsUsage, "the man page and shell completions, made from this command table", runDocs, nil},
+		{"conform", conformUsage, "the kernel's nbd client against NBD servers, on every kernel; or check a server against the specification", runConform, []string{"", "server"}},
 	}
 }
 
@@ -171,6 +173,9 @@ func newFlagSet(name, usage string, out io.Writer) *flag.FlagSet {
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(out)
+	if describing != nil {
+		describing.add(name, usage, fs)
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(out, "usage: nbdlab %s %s\n", name, usage)
 		shown, n := flag.NewFlagSet(name, flag.ContinueOnError), 0
@@ -196,6 +201,9 @@ const internalFlag = "internal: "
 // parseFlags parses args with flags and positional arguments in any order,
 // up to a "--", after which everything is positional.
 func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	if describing != nil {
+		return nil, errDescribed // the flags are recorded; run nothing
+	}
 	var pos []string
 	out, usage := fs.Output(), fs.Usage
 	fs.SetOutput(io.Discard)

@@ -167,8 +167,8 @@ dev=$($N attach /tmp/a.img)
 for i in $(seq 100); do test -b ${dev}p2 && break; sleep 0.05; done
 test -b ${dev}p1 && test -b ${dev}p2 && echo "OK partitions ${dev}p1 ${dev}p2"
 $N list | grep -E "^$dev +connected .*/tmp/a.img"
-pid=$($N list $dev | awk 'NR==2 {print $5}')
-$N list --json $dev > /tmp/l.json
+pid=$($N list $dev | awk 'NR==2 {print $(NF-1)}')
+$N list --json $dev > /tmp/l.json; cat /tmp/l.json; test "$(grep -c device /tmp/l.json)" = 1
 grep -q "\"pid\": $pid," /tmp/l.json && grep -q '"log": "/run/nbdlab/' /tmp/l.json && kill -0 $pid && echo OK one pid
 mkfs.ext4 -q ${dev}p2 && mount ${dev}p2 /mnt && echo hello > /mnt/f && umount /mnt
 $N detach $dev
