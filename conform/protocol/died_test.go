@@ -43,10 +43,9 @@ func TestCannotConnect(t *testing.T) {
 // listening and drops every connection, as a crashed server does.
 type dying struct {
 	net.Listener
-	mu    sync.Mutex
-	n     int
-	srv   *nbd.Server
-	death string // the check running when it died, as seen from the checker
+	mu  sync.Mutex
+	n   int
+	srv *nbd.Server
 }
 
 func (d *dying) Accept() (net.Conn, error) {
