@@ -75,10 +75,8 @@ func runDocs(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	switch {
 	case len(args) == 1 && args[0] == "man":
 		return writeMan(stdout, describe())
-	case len(args) == 2 && args[0] == "completion" && args[1] == "bash":
-		return writeBash(stdout, describe())
-	case len(args) == 2 && args[0] == "completion" && args[1] == "zsh":
-		return writeZsh(stdout, describe())
+	case len(args) == 2 && args[0] == "completion" && shells[args[1]].head != "":
+		return writeCompletion(stdout, describe(), shells[args[1]])
 	case len(args) == 1 && (args[0] == "-h" || args[0] == "--help"):
 		fmt.Fprintf(stdout, "usage: nbdlab docs %s\n\nman: the man page (roff; nbdlab docs man > nbdlab.1)\ncompletion: a shell completion script (source <(nbdlab docs completion bash))\n", docsUsage)
 		return flag.ErrHelp
@@ -175,43 +173,46 @@ func completionWords(cmds []described) (top []string, next map[string][]string) 
 	return top, next
 }
 
-func writeBash(w io.Writer, cmds []described) error {
-	top, next := completionWords(cmds)
-	var b strings.Builder
-	b.WriteString("# bash completion for nbdlab: source <(nbdlab docs completion bash)\n_nbdlab() {\n")
-	b.WriteString("  local cur=${COMP_WORDS[COMP_CWORD]} key=${COMP_WORDS[1]}\n")
-	b.WriteString("  if [ \"$COMP_CWORD\" -ge 3 ] && [[ ${COMP_WORDS[2]} != -* ]]; then key=\"${COMP_WORDS[1]} ${COMP_WORDS[2]}\"; fi\n")
-	fmt.Fprintf(&b, "  if [ \"$COMP_CWORD\" -eq 1 ]; then COMPREPLY=($(compgen -W %q -- \"$cur\")); return; fi\n", strings.Join(top, " "))
-	b.WriteString("  case $key in\n")
-	keys := make([]string, 0, len(next))
-	for k := range next {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(&b, "    %q) COMPREPLY=($(compgen -W %q -- \"$cur\")) ;;\n", k, strings.Join(next[k], " "))
-	}
-	b.WriteString("    *) COMPREPLY=($(compgen -f -- \"$cur\")) ;;\n  esac\n  [ ${#COMPREPLY[@]} -eq 0 ] && COMPREPLY=($(compgen -f -- \"$cur\"))\n}\ncomplete -F _nbdlab nbdlab\n")
-	_, err := io.WriteString(w, b.String())
-	return err
+// shell is how one shell's completion script is written around the
+// words: its head, how it offers the first word, one case arm, its tail.
+type shell struct {
+	head, first, arm, tail string
 }
 
-func writeZsh(w io.Writer, cmds []described) error {
+var shells = map[string]shell{
+	"bash": {
+		head: "# bash completion for nbdlab: source <(nbdlab docs completion bash)\n_nbdlab() {\n" +
+			"  local cur=${COMP_WORDS[COMP_CWORD]} key=${COMP_WORDS[1]}\n" +
+			"  if [ \"$COMP_CWORD\" -ge 3 ] && [[ ${COMP_WORDS[2]} != -* ]]; then key=\"${COMP_WORDS[1]} ${COMP_WORDS[2]}\"; fi\n",
+		first: "  if [ \"$COMP_CWORD\" -eq 1 ]; then COMPREPLY=($(compgen -W \"%s\" -- \"$cur\")); return; fi\n  case $key in\n",
+		arm:   "    %q) COMPREPLY=($(compgen -W \"%s\" -- \"$cur\")) ;;\n",
+		tail: "    *) COMPREPLY=($(compgen -f -- \"$cur\")) ;;\n  esac\n" +
+			"  [ ${#COMPREPLY[@]} -eq 0 ] && COMPREPLY=($(compgen -f -- \"$cur\"))\n}\ncomplete -F _nbdlab nbdlab\n",
+	},
+	"zsh": {
+		head: "#compdef nbdlab\n# zsh completion for nbdlab: nbdlab docs completion zsh > ~/.zfunc/_nbdlab\n_nbdlab() {\n" +
+			"  local key=${words[2]}\n  if (( CURRENT >= 4 )) && [[ ${words[3]} != -* ]]; then key=\"${words[2]} ${words[3]}\"; fi\n",
+		first: "  if (( CURRENT == 2 )); then compadd -- %s; return; fi\n  case $key in\n",
+		arm:   "    %q) compadd -- %s; _files ;;\n",
+		tail:  "    *) _files ;;\n  esac\n}\ncompdef _nbdlab nbdlab\n",
+	},
+}
+
+// writeCompletion writes the completion script for sh.
+func writeCompletion(w io.Writer, cmds []described, sh shell) error {
 	top, next := completionWords(cmds)
 	var b strings.Builder
-	b.WriteString("#compdef nbdlab\n# zsh completion for nbdlab: nbdlab docs completion zsh > ~/.zfunc/_nbdlab\n_nbdlab() {\n")
-	b.WriteString("  local key=${words[2]}\n  if (( CURRENT >= 4 )) && [[ ${words[3]} != -* ]]; then key=\"${words[2]} ${words[3]}\"; fi\n")
-	fmt.Fprintf(&b, "  if (( CURRENT == 2 )); then compadd -- %s; return; fi\n", strings.Join(top, " "))
-	b.WriteString("  case $key in\n")
+	b.WriteString(sh.head)
+	fmt.Fprintf(&b, sh.first, strings.Join(top, " "))
 	keys := make([]string, 0, len(next))
 	for k := range next {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		fmt.Fprintf(&b, "    %q) compadd -- %s; _files ;;\n", k, strings.Join(next[k], " "))
+		fmt.Fprintf(&b, sh.arm, k, strings.Join(next[k], " "))
 	}
-	b.WriteString("    *) _files ;;\n  esac\n}\ncompdef _nbdlab nbdlab\n")
+	b.WriteString(sh.tail)
 	_, err := io.WriteString(w, b.String())
 	return err
 }

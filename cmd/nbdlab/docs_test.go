@@ -27,8 +27,8 @@ func TestDocsCoverEveryFlag(t *testing.T) {
 	if err := writeMan(&man, cmds); err != nil {
 		t.Fatal(err)
 	}
-	writeBash(&bash, cmds)
-	writeZsh(&zsh, cmds)
+	writeCompletion(&bash, cmds, shells["bash"])
+	writeCompletion(&zsh, cmds, shells["zsh"])
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +67,7 @@ func TestDocsAreWellFormed(t *testing.T) {
 	cmds := describe()
 	var man, bash bytes.Buffer
 	writeMan(&man, cmds)
-	writeBash(&bash, cmds)
+	writeCompletion(&bash, cmds, shells["bash"])
 	completion := bash.String()
 	sh := exec.Command("bash", "-n")
 	sh.Stdin = strings.NewReader(completion)
