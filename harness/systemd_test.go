@@ -194,3 +194,26 @@ func TestSystemdUnits(t *testing.T) {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
+
+// qemu-nbd's habits: serve IMAGE (no NAME=), -p PORT, -r. The image is
+// the first export, so the empty name reaches it too.
+func TestServeQemuNbdSpellings(t *testing.T) {
+	testenv.Need(t, "nbdinfo")
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(img, make([]byte, 4<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(freePort(t))
+	s := harness.Serve(t, "-p", port, "-r", img)
+	if s.TCP != "127.0.0.1:"+port {
+		t.Fatalf("listening on %q, want 127.0.0.1:%s", s.TCP, port)
+	}
+	for _, uri := range []string{"nbd://127.0.0.1:" + port + "/", "nbd://127.0.0.1:" + port + "/disk.img"} {
+		if got := strings.TrimSpace(harness.Run(t, "nbdinfo", "--size", uri)); got != "4194304" {
+			t.Errorf("%s: size %q", uri, got)
+		}
+		if _, err := harness.RunErr("nbdinfo", "--is", "read-only", uri); err != nil {
+			t.Errorf("%s: not read-only under -r: %v", uri, err)
+		}
+	}
+}

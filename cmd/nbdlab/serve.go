@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/nbdlab/nbdlab/internal/ready"
 	"github.com/nbdlab/nbdlab/internal/service"
 	"github.com/nbdlab/nbdlab/nbd"
+	"github.com/nbdlab/nbdlab/qcow2"
 )
 
 const serveUsage = "[--listen ADDR]... [--inetd] [--tls-cert FILE --tls-key FILE [--tls-ca FILE]] [--pid-file FILE] [-v|-q] NAME=SPEC..."
@@ -32,6 +35,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rer
 	quiet := fs.Bool("q", false, "log only warnings and errors")
 	logFormat := fs.String("log-format", "text", "log as `text` (key=value lines) or json, on standard error")
 	inetd := fs.Bool("inetd", false, "serve the one connection on standard input, then exit (inetd; systemd Accept=yes); logs are dropped when standard error is that socket")
+	port := fs.Int("port", 0, "listen on `PORT` of --bind's address: qemu-nbd's spelling, the same as --listen ADDR:PORT (also -p)")
+	fs.IntVar(port, "p", 0, internalFlag+"qemu-nbd's spelling of --port")
+	bind := fs.String("bind", "127.0.0.1", "the `ADDR` --port listens on (also -b); unlike qemu-nbd's, the default is loopback only")
+	fs.StringVar(bind, "b", "127.0.0.1", internalFlag+"qemu-nbd's spelling of --bind")
+	allRO := fs.Bool("read-only", false, "serve every export read-only, as if each had ,ro (also -r)")
+	fs.BoolVar(allRO, "r", false, internalFlag+"qemu-nbd's spelling of --read-only")
 	pidFile := fs.String("pid-file", "", "write the server's pid to `FILE` once it listens, and remove it on exit")
 	grace := fs.Duration("shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long to wait for requests in flight")
 	maxConns := fs.Int("max-connections", nbd.DefaultMaxConnections, "connections served at once; more are closed at once (-1: no limit)")
@@ -65,6 +74,12 @@ flags:
 	if len(specs) == 0 {
 		return usagef("no exports given")
 	}
+	if *port != 0 {
+		if *port < 0 || *port > 65535 {
+			return usagef("--port %d: want 1 to 65535", *port)
+		}
+		listen = append(listen, net.JoinHostPort(*bind, strconv.Itoa(*port)))
+	}
 	if *verbose && *quiet {
 		return usagef("-v and -q contradict each other")
 	}
@@ -85,10 +100,11 @@ flags:
 	var exports []*nbd.Export
 	seen := map[string]bool{}
 	for _, a := range specs {
-		spec, err := nbd.ParseExportSpec(a)
+		spec, err := parseServeArg(a)
 		if err != nil {
 			return usageError{err.Error()}
 		}
+		spec.ReadOnly = spec.ReadOnly || *allRO
 		if seen[spec.Name] {
 			return usagef("export name %q given twice", spec.Name)
 		}
@@ -216,6 +232,22 @@ flags:
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// parseServeArg parses NAME=SPEC; a bare path to an existing file, as
+// qemu-nbd takes one, is an export named after the file (answering the
+// empty name too when it comes first), qcow2 by its header, else raw.
+func parseServeArg(a string) (nbd.ExportSpec, error) {
+	if !strings.Contains(a, "=") {
+		if fi, err := os.Stat(a); err == nil && !fi.IsDir() {
+			kind := "file"
+			if ok, _ := qcow2.IsImage(a); ok {
+				kind = "qcow2"
+			}
+			return nbd.ExportSpec{Name: filepath.Base(a), Kind: kind, Path: a}, nil
+		}
+	}
+	return nbd.ParseExportSpec(a)
 }
 
 // listeners opens the --listen addresses or takes the sockets systemd
