@@ -178,20 +178,26 @@ func newFlagSet(name, usage string, out io.Writer) *flag.FlagSet {
 	}
 	fs.Usage = func() {
 		fmt.Fprintf(out, "usage: nbdlab %s %s\n", name, usage)
-		shown, n := flag.NewFlagSet(name, flag.ContinueOnError), 0
-		shown.SetOutput(out)
-		fs.VisitAll(func(f *flag.Flag) {
-			if !strings.HasPrefix(f.Usage, internalFlag) {
-				shown.Var(f.Value, f.Name, f.Usage)
-				n++
-			}
-		})
-		if n > 0 {
-			fmt.Fprint(out, "\nflags:\n")
-			shown.PrintDefaults()
-		}
+		printFlags(fs, out, "\nflags:\n")
 	}
 	return fs
+}
+
+// printFlags prints the flags help shows (not the internal ones) after
+// heading, or nothing when there are none.
+func printFlags(fs *flag.FlagSet, out io.Writer, heading string) {
+	shown, n := flag.NewFlagSet(fs.Name(), flag.ContinueOnError), 0
+	shown.SetOutput(out)
+	fs.VisitAll(func(f *flag.Flag) {
+		if !strings.HasPrefix(f.Usage, internalFlag) {
+			shown.Var(f.Value, f.Name, f.Usage)
+			n++
+		}
+	})
+	if n > 0 {
+		fmt.Fprint(out, heading)
+		shown.PrintDefaults()
+	}
 }
 
 // internalFlag starts the usage of a flag nbdlab passes to itself (in a

@@ -60,12 +60,12 @@ Serve one or more exports over NBD (fixed newstyle, structured replies,
 base:allocation block status, TLS). SPEC is file:PATH (a regular file or a
 block device), qcow2:PATH (a qcow2 image and its backing chain) or mem:SIZE
 (sparse, in memory), followed by ,ro for read-only, ,cow to keep writes
-aside and never modify the base, or, for tests, ,eio=OFF+LEN (that range
-fails with EIO). The first export also answers the empty export name.
-
-flags:
+aside and never modify the base, ,offset=N and ,length=N to serve part of
+it, or, for tests, ,eio=OFF+LEN (that range fails with EIO). A bare path
+to a file is an export named after it, as qemu-nbd takes one. The first
+export also answers the empty export name.
 `, serveUsage)
-		fs.PrintDefaults()
+		printFlags(fs, stderr, "\nflags:\n")
 	}
 	specs, err := parseFlags(fs, args)
 	if err != nil {
@@ -239,7 +239,11 @@ flags:
 // empty name too when it comes first), qcow2 by its header, else raw.
 func parseServeArg(a string) (nbd.ExportSpec, error) {
 	if !strings.Contains(a, "=") {
-		if fi, err := os.Stat(a); err == nil && !fi.IsDir() {
+		fi, err := os.Stat(a)
+		if err != nil {
+			return nbd.ExportSpec{}, fmt.Errorf("export %q: %w: give the path of an image, or NAME=file:PATH, NAME=qcow2:PATH or NAME=mem:SIZE", a, err)
+		}
+		if !fi.IsDir() {
 			kind := "file"
 			if ok, _ := qcow2.IsImage(a); ok {
 				kind = "qcow2"
