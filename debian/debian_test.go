@@ -311,6 +311,15 @@ func TestArchiveWarnsOfExpiredRelease(t *testing.T) {
 	}
 }
 
+// A suite the archive does not have is named, with the suites there are.
+func TestArchiveUnknownSuite(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.archive(t).Release(context.Background(), "nonexistent")
+	if err == nil || !strings.Contains(err.Error(), `has no suite "nonexistent"`) || !strings.Contains(err.Error(), "trixie-backports") {
+		t.Fatalf("err = %v, want one naming the suite and listing Debian's", err)
+	}
+}
+
 // TestRealArchive reads sid's index from Debian's archive through the
 // same checks.
 func TestRealArchive(t *testing.T) {

@@ -3,6 +3,7 @@ package debian
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -105,6 +106,9 @@ func (a *Archive) Release(ctx context.Context, suite string) (*Release, error) {
 	}
 	url := a.mirror() + "/dists/" + suite + "/InRelease"
 	body, err := a.get(ctx, url, maxInRelease)
+	if errors.Is(err, errNotFound) {
+		return nil, fmt.Errorf("debian: the archive %s has no suite %q (%w): Debian's are bookworm, bookworm-backports, trixie, trixie-backports, forky and sid (a code name, or stable, testing, unstable); %s/dists/ lists them", a.mirror(), suite, err, a.mirror())
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -124,6 +128,9 @@ func (a *Archive) Release(ctx context.Context, suite string) (*Release, error) {
 	return r, nil
 }
 
+// errNotFound is get's error for a file the mirror does not have.
+var errNotFound = errors.New("not found")
+
 // get fetches url whole, at most limit bytes.
 func (a *Archive) get(ctx context.Context, url string, limit int64) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -135,6 +142,9 @@ func (a *Archive) get(ctx context.Context, url string, limit int64) ([]byte, err
 		return nil, fmt.Errorf("debian: fetch %s: %w", url, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, fmt.Errorf("fetch %s: %s: %w", url, resp.Status, errNotFound)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("debian: fetch %s: %s", url, resp.Status)
 	}
