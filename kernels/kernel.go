@@ -3,6 +3,7 @@ package kernels
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -153,4 +154,17 @@ func Installed(root string) ([]Kernel, error) {
 	}
 	sortNewestFirst(ks)
 	return ks, nil
+}
+
+// InstalledVersion is the version of the Debian package an installed
+// kernel came from (linux-image-RELEASE, or its -unsigned twin), as
+// dpkg knows it; "" where dpkg does not.
+func InstalledVersion(release string) string {
+	for _, pkg := range []string{"linux-image-" + release, "linux-image-" + release + "-unsigned"} {
+		out, err := exec.Command("dpkg-query", "-W", "-f", "${Version}", pkg).Output()
+		if v := strings.TrimSpace(string(out)); err == nil && v != "" {
+			return v
+		}
+	}
+	return ""
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -83,12 +84,22 @@ func runKernelList(args []string, stdout, stderr io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "RELEASE\tORIGIN\tVERSION\tSIZE\tNBD.KO\tWHERE")
 	for _, k := range ks {
-		size, where := "-", k.Image
+		where, v := k.Image, k.Version
+		var bytes int64
 		if k.IsFetched() {
 			where = kernels.Store{}.KernelDir(k.Release)
-			size = debian.Size(kernels.DiskUsage(where) + kmod.CacheUsage(k.Release))
+			bytes = kernels.DiskUsage(where) + kmod.CacheUsage(k.Release)
+		} else {
+			// The image and its modules; the package manager owns them.
+			if fi, err := os.Stat(k.Image); err == nil {
+				bytes = fi.Size()
+			}
+			bytes += kernels.DiskUsage(k.Modules) + kmod.CacheUsage(k.Release)
+			if v == "" {
+				v = kernels.InstalledVersion(k.Release)
+			}
 		}
-		v := k.Version
+		size := debian.Size(bytes)
 		if v == "" {
 			v = "-"
 		}
