@@ -75,7 +75,11 @@ func (b *builder) step(name string, fn func() error) error {
 // runLogged runs a command with its output in the build log.
 func (b *builder) runLogged(ctx context.Context, dir, name string, args ...string) error {
 	fmt.Fprintf(b.log, "\n$ (cd %s && %s %s)\n", dir, name, strings.Join(args, " "))
-	if err := b.o.Run(ctx, dir, b.log, b.log, name, args...); err != nil {
+	var w io.Writer = b.log
+	if name == "make" && len(args) > 0 {
+		w = newMakeProgress(b.log, b.o.Out, "make "+args[len(args)-1])
+	}
+	if err := b.o.Run(ctx, dir, w, w, name, args...); err != nil {
 		return fmt.Errorf("%w (full log: %s)", err, b.log.Name())
 	}
 	return nil
