@@ -217,3 +217,57 @@ func TestServeQemuNbdSpellings(t *testing.T) {
 		}
 	}
 }
+
+// --config: the exports of a file, read again on SIGHUP. New exports
+// appear, removed ones refuse new clients while a connection to one goes
+// on, and a config that does not parse changes nothing.
+func TestConfigReload(t *testing.T) {
+	testenv.Need(t, "nbdinfo")
+	conf := filepath.Join(t.TempDir(), "exports")
+	write := func(body string) {
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("# the first\na=mem:1M\n")
+	s := harness.Serve(t, "--listen", "127.0.0.1:0", "--config", conf)
+	list := func() string { return harness.Run(t, "nbdinfo", "--list", "--json", "nbd://"+s.TCP) }
+	if l := list(); !strings.Contains(l, `"export-name": "a"`) {
+		t.Fatalf("before the reload:\n%s", l)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	old, err := nbd.Dial(ctx, s.TCP, &nbd.ClientConfig{Export: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	hup := func(want func(string) bool) string {
+		t.Helper()
+		s.Cmd.Process.Signal(syscall.SIGHUP)
+		var l string
+		for i := 0; i < 100; i++ {
+			if l = list(); want(l) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return l
+	}
+	write("b=mem:2M\n")
+	l := hup(func(l string) bool { return strings.Contains(l, `"export-name": "b"`) })
+	if !strings.Contains(l, `"export-name": "b"`) || strings.Contains(l, `"export-name": "a"`) {
+		t.Fatalf("after the reload:\n%s", l)
+	}
+	if _, err := old.WriteAt([]byte("still served"), 0); err != nil {
+		t.Errorf("the connection to the removed export: %v", err)
+	}
+	write("c=nosuch:1M\n")
+	hup(func(string) bool { return strings.Contains(s.Output(), "config not reloaded") })
+	if l := list(); !strings.Contains(l, `"export-name": "b"`) {
+		t.Errorf("a bad config changed the exports:\n%s", l)
+	}
+	if !strings.Contains(s.Output(), "config not reloaded") {
+		t.Errorf("the bad config was not reported:\n%s", s.Output())
+	}
+}

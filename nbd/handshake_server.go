@@ -142,7 +142,7 @@ func (s *session) option(ctx context.Context, opt Option, data []byte) (done boo
 		if len(data) != 0 {
 			return false, s.replyErr(opt, RepErrInvalid, "NBD_OPT_LIST takes no data")
 		}
-		for _, e := range s.srv.Exports {
+		for _, e := range s.srv.exports() {
 			b := binary.BigEndian.AppendUint32(nil, uint32(len(e.Name)))
 			s.reply(opt, RepServer, append(b, e.Name...))
 		}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,7 +22,8 @@ var ErrServerClosed = errors.New("nbd: server closed")
 var ErrTooManyConnections = errors.New("nbd: too many connections")
 
 // Server serves Exports over the NBD protocol. Set the fields before the
-// first call to Serve and do not change them afterwards.
+// first call to Serve and do not change them afterwards; SetExports
+// changes the exports while serving.
 type Server struct {
 	// Exports are the exports served. The first one also answers the empty
 	// export name.
@@ -69,6 +71,10 @@ type Server struct {
 	// it is checked or answered): how a test sees what a client (the
 	// kernel) sends. It must be safe for concurrent use.
 	Record func(Recorded)
+
+	exportsMu sync.RWMutex
+	current   []*Export // set by SetExports; nil means Exports
+	retired   []*Export // taken out by SetExports: flushed at Shutdown
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -131,15 +137,45 @@ func (s *Server) logger() *slog.Logger {
 
 func (s *Server) shuttingDown() bool { return s.closing.Load() }
 
+// exports are the exports served now.
+func (s *Server) exports() []*Export {
+	s.exportsMu.RLock()
+	defer s.exportsMu.RUnlock()
+	return s.exportsLocked()
+}
+
+func (s *Server) exportsLocked() []*Export {
+	if s.current != nil {
+		return s.current
+	}
+	return s.Exports
+}
+
+// SetExports replaces the exports while serving: new clients see the new
+// set (the first answers the empty name), while connections that chose
+// an export go on with it. An export taken out is flushed at Shutdown,
+// not closed: a connection may still be using it.
+func (s *Server) SetExports(exports []*Export) {
+	s.exportsMu.Lock()
+	defer s.exportsMu.Unlock()
+	for _, e := range s.exportsLocked() {
+		if !slices.Contains(exports, e) && !slices.Contains(s.retired, e) {
+			s.retired = append(s.retired, e)
+		}
+	}
+	s.current = append([]*Export{}, exports...)
+}
+
 // lookup finds an export by name; the empty name is the first export.
 func (s *Server) lookup(name string) *Export {
-	for _, e := range s.Exports {
+	exports := s.exports()
+	for _, e := range exports {
 		if e.Name == name {
 			return e
 		}
 	}
-	if name == "" && len(s.Exports) > 0 {
-		return s.Exports[0]
+	if name == "" && len(exports) > 0 {
+		return exports[0]
 	}
 	return nil
 }
@@ -207,7 +243,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	s.pipes.closeAll()
-	for _, e := range s.Exports {
+	s.exportsMu.RLock()
+	all := append(slices.Clone(s.retired), s.exportsLocked()...)
+	s.exportsMu.RUnlock()
+	for _, e := range all {
 		if serr := e.Backend.Sync(); serr != nil && err == nil {
 			err = fmt.Errorf("nbd: flush export %q: %w", e.Name, serr)
 		}

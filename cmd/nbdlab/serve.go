@@ -9,11 +9,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nbdlab/nbdlab/internal/ready"
@@ -41,6 +44,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rer
 	fs.StringVar(bind, "b", "127.0.0.1", internalFlag+"qemu-nbd's spelling of --bind")
 	allRO := fs.Bool("read-only", false, "serve every export read-only, as if each had ,ro (also -r)")
 	fs.BoolVar(allRO, "r", false, internalFlag+"qemu-nbd's spelling of --read-only")
+	config := fs.String("config", "", "read more exports from `FILE`, one NAME=SPEC a line (# comments); SIGHUP reads it again: new exports appear, removed ones refuse new clients")
 	pidFile := fs.String("pid-file", "", "write the server's pid to `FILE` once it listens, and remove it on exit")
 	grace := fs.Duration("shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long to wait for requests in flight")
 	maxConns := fs.Int("max-connections", nbd.DefaultMaxConnections, "connections served at once; more are closed at once (-1: no limit)")
@@ -71,7 +75,7 @@ export also answers the empty export name.
 	if err != nil {
 		return err
 	}
-	if len(specs) == 0 {
+	if len(specs) == 0 && *config == "" {
 		return usagef("no exports given")
 	}
 	if *port != 0 {
@@ -97,24 +101,11 @@ export also answers the empty export name.
 		defer f.Close()
 		defer pprof.StopCPUProfile()
 	}
-	var exports []*nbd.Export
-	seen := map[string]bool{}
-	for _, a := range specs {
-		spec, err := parseServeArg(a)
-		if err != nil {
-			return usageError{err.Error()}
-		}
-		spec.ReadOnly = spec.ReadOnly || *allRO
-		if seen[spec.Name] {
-			return usagef("export name %q given twice", spec.Name)
-		}
-		seen[spec.Name] = true
-		e, closer, err := spec.Open()
-		if err != nil {
-			return err
-		}
-		defer closer.Close()
-		exports = append(exports, e)
+	set := &exportSet{readOnly: *allRO, open: map[string]openExport{}}
+	defer set.close()
+	exports, err := set.load(specs, *config)
+	if err != nil {
+		return err
 	}
 	if (*cert != "" || *key != "" || *ca != "") && (*cert == "" || *key == "") {
 		return usagef("--tls-cert and --tls-key go together")
@@ -205,23 +196,33 @@ export also answers the empty export name.
 	for _, e := range exports {
 		log.Info("export", "name", e.Name, "size", e.Backend.Size(), "read_only", e.ReadOnly)
 	}
-	select {
-	case err := <-errc:
-		if *inetd {
-			// The one connection ended: flush the exports and go.
-			sctx, cancel := context.WithTimeout(context.Background(), *grace)
-			defer cancel()
-			if serr := srv.Shutdown(sctx); serr != nil && !errors.Is(serr, context.DeadlineExceeded) {
-				return serr
+	hup := make(chan os.Signal, 1)
+	if *config != "" {
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
+	for stopping := false; !stopping; {
+		select {
+		case <-hup:
+			set.reload(srv, specs, *config, log)
+		case err := <-errc:
+			if *inetd {
+				// The one connection ended: flush the exports and go.
+				sctx, cancel := context.WithTimeout(context.Background(), *grace)
+				defer cancel()
+				if serr := srv.Shutdown(sctx); serr != nil && !errors.Is(serr, context.DeadlineExceeded) {
+					return serr
+				}
+				if err != nil {
+					return fmt.Errorf("inetd connection: %w", err)
+				}
+				return nil
 			}
-			if err != nil {
-				return fmt.Errorf("inetd connection: %w", err)
-			}
-			return nil
+			srv.Close()
+			return err
+		case <-ctx.Done():
+			stopping = true
 		}
-		srv.Close()
-		return err
-	case <-ctx.Done():
 	}
 	service.Notify("STOPPING=1")
 	log.Info("shutting down: finishing requests in flight")
@@ -232,6 +233,120 @@ export also answers the empty export name.
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// openExport is an export opened from its argument.
+type openExport struct {
+	arg    string
+	export *nbd.Export
+	closer io.Closer
+}
+
+// exportSet is what the command line and --config export, kept open by
+// name so that a reload opens only what changed.
+type exportSet struct {
+	readOnly bool
+	open     map[string]openExport
+	retired  []io.Closer // taken out by a reload: closed at exit
+}
+
+// load opens the exports of args and of the config file, in that order,
+// reusing the open ones whose argument did not change.
+func (s *exportSet) load(args []string, config string) ([]*nbd.Export, error) {
+	all := slices.Clone(args)
+	if config != "" {
+		lines, err := readConfig(config)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, lines...)
+	}
+	var exports []*nbd.Export
+	next := map[string]openExport{}
+	for _, a := range all {
+		spec, err := parseServeArg(a)
+		if err != nil {
+			return nil, usageError{err.Error()}
+		}
+		spec.ReadOnly = spec.ReadOnly || s.readOnly
+		if _, dup := next[spec.Name]; dup {
+			return nil, usagef("export name %q given twice", spec.Name)
+		}
+		if cur, ok := s.open[spec.Name]; ok && cur.arg == a {
+			next[spec.Name] = cur
+			exports = append(exports, cur.export)
+			continue
+		}
+		e, closer, err := spec.Open()
+		if err != nil {
+			for name, o := range next {
+				if s.open[name].export != o.export {
+					o.closer.Close() // opened for this load only
+				}
+			}
+			return nil, err
+		}
+		next[spec.Name] = openExport{a, e, closer}
+		exports = append(exports, e)
+	}
+	for name, o := range s.open {
+		if next[name].export != o.export {
+			s.retired = append(s.retired, o.closer)
+		}
+	}
+	s.open = next
+	return exports, nil
+}
+
+// reload reads the config again and serves what it says; on any error
+// the exports stay as they were.
+func (s *exportSet) reload(srv *nbd.Server, args []string, config string, log *slog.Logger) {
+	before := map[string]bool{}
+	for name := range s.open {
+		before[name] = true
+	}
+	exports, err := s.load(args, config)
+	if err != nil {
+		log.Error("SIGHUP: config not reloaded; the exports stay as they were", "config", config, "err", err)
+		return
+	}
+	srv.SetExports(exports)
+	var added, removed []string
+	for name := range s.open {
+		if !before[name] {
+			added = append(added, name)
+		}
+		delete(before, name)
+	}
+	for name := range before {
+		removed = append(removed, name)
+	}
+	log.Info("SIGHUP: config reloaded", "config", config, "exports", len(exports), "added", strings.Join(added, ","), "removed", strings.Join(removed, ","))
+}
+
+func (s *exportSet) close() {
+	for _, o := range s.open {
+		o.closer.Close()
+	}
+	for _, c := range s.retired {
+		c.Close()
+	}
+}
+
+// readConfig reads one export argument a line; blank lines and lines
+// starting with # are skipped.
+func readConfig(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--config: %w", err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			out = append(out, line)
+		}
+	}
+	return out, nil
 }
 
 // parseServeArg parses NAME=SPEC; a bare path to an existing file, as
