@@ -271,3 +271,31 @@ func TestConfigReload(t *testing.T) {
 		t.Errorf("the bad config was not reported:\n%s", s.Output())
 	}
 }
+
+// --fork returns once the background server listens; its pid file names
+// it; a server that cannot start makes --fork fail with why.
+func TestServeFork(t *testing.T) {
+	testenv.Need(t, "nbdinfo")
+	addr, pid := freePort(t), filepath.Join(t.TempDir(), "pid")
+	harness.Run(t, testenv.Nbdlab(t), "serve", "--fork", "--listen", addr, "--pid-file", pid, "d=mem:1M")
+	b, err := os.ReadFile(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	t.Cleanup(func() { syscall.Kill(n, syscall.SIGTERM) })
+	if got := strings.TrimSpace(harness.Run(t, "nbdinfo", "--size", "nbd://"+addr+"/d")); got != "1048576" {
+		t.Errorf("the forked server: size %q", got)
+	}
+	out, err := harness.RunErr(testenv.Nbdlab(t), "serve", "--fork", "--listen", addr, "d=mem:1M")
+	if err == nil || !strings.Contains(out, "did not start") {
+		t.Errorf("--fork on an address in use: %v\n%s", err, out)
+	}
+	syscall.Kill(n, syscall.SIGTERM)
+	for i := 0; i < 100 && syscall.Kill(n, 0) == nil; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := os.Stat(pid); !os.IsNotExist(err) {
+		t.Errorf("pid file left after SIGTERM: %v", err)
+	}
+}

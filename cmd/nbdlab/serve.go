@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
@@ -23,6 +24,7 @@ import (
 	"github.com/nbdlab/nbdlab/internal/service"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/qcow2"
+	"golang.org/x/sys/unix"
 )
 
 const serveUsage = "[--listen ADDR]... [--inetd] [--tls-cert FILE --tls-key FILE [--tls-ca FILE]] [--pid-file FILE] [-v|-q] NAME=SPEC..."
@@ -44,6 +46,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rer
 	fs.StringVar(bind, "b", "127.0.0.1", internalFlag+"qemu-nbd's spelling of --bind")
 	allRO := fs.Bool("read-only", false, "serve every export read-only, as if each had ,ro (also -r)")
 	fs.BoolVar(allRO, "r", false, internalFlag+"qemu-nbd's spelling of --read-only")
+	fork := fs.Bool("fork", false, "go to the background once every listener is up (as qemu-nbd --fork); with --pid-file, the background process's pid")
 	config := fs.String("config", "", "read more exports from `FILE`, one NAME=SPEC a line (# comments); SIGHUP reads it again: new exports appear, removed ones refuse new clients")
 	pidFile := fs.String("pid-file", "", "write the server's pid to `FILE` once it listens, and remove it on exit")
 	grace := fs.Duration("shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long to wait for requests in flight")
@@ -86,6 +89,12 @@ export also answers the empty export name.
 	}
 	if *verbose && *quiet {
 		return usagef("-v and -q contradict each other")
+	}
+	if *fork {
+		if *inetd || *readyFD >= 0 {
+			return usagef("--fork goes with neither --inetd nor --ready-fd")
+		}
+		return forkServe(ctx, args, stderr)
 	}
 	if *inetd && len(listen) > 0 {
 		return usagef("--inetd serves standard input: it takes no --listen")
@@ -189,6 +198,10 @@ export also answers the empty export name.
 		if err := sig.OK(strings.Join(addrs, " ")); err != nil {
 			log.Warn("cannot report readiness", "fd", *readyFD, "err", err)
 		}
+	}
+	if os.Getenv(forkedEnv) == "1" {
+		os.Unsetenv(forkedEnv)
+		detachOutput()
 	}
 	if err := service.Notify("READY=1"); err != nil {
 		log.Warn("cannot tell the service manager we are ready", "err", err)
@@ -367,6 +380,56 @@ func parseServeArg(a string) (nbd.ExportSpec, error) {
 		}
 	}
 	return nbd.ParseExportSpec(a)
+}
+
+// forkedEnv marks the background copy --fork starts: once it listens it
+// lets go of the caller's output, as a daemon does.
+const forkedEnv = "NBDLAB_SERVE_FORKED"
+
+// detachOutput points standard output and error at /dev/null.
+func detachOutput() {
+	if null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0); err == nil {
+		unix.Dup2(int(null.Fd()), 1)
+		unix.Dup2(int(null.Fd()), 2)
+		null.Close()
+	}
+}
+
+// forkServe runs this serve again without --fork, in a session of its
+// own, and returns once it says every listener is up, or with why it
+// could not start.
+func forkServe(ctx context.Context, args []string, stderr io.Writer) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("--fork: %w", err)
+	}
+	var rest []string
+	for _, a := range args {
+		if a != "--fork" && a != "-fork" && a != "--fork=true" && a != "-fork=true" {
+			rest = append(rest, a)
+		}
+	}
+	rp, err := ready.NewPipe()
+	if err != nil {
+		return fmt.Errorf("--fork: %w", err)
+	}
+	defer rp.Close()
+	cmd := exec.Command(exe, append([]string{"serve", "--ready-fd", "3"}, rest...)...)
+	cmd.ExtraFiles = []*os.File{rp.Child()}
+	cmd.Stderr = stderr
+	cmd.Env = append(os.Environ(), forkedEnv+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("--fork: %w", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if _, err := rp.Wait(wctx); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return fmt.Errorf("--fork: the background server did not start: %w", err)
+	}
+	return cmd.Process.Release()
 }
 
 // listeners opens the --listen addresses or takes the sockets systemd

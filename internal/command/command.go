@@ -10,6 +10,7 @@ import (
 	"io"
 	"os/exec"
 	"strings"
+	"time"
 )
 
 // Runner runs name with args in dir (the current directory when empty),
@@ -26,6 +27,9 @@ func Exec(ctx context.Context, dir string, stdout, stderr io.Writer, name string
 	cmd := exec.CommandContext(ctx, name, args...)
 	var errb strings.Builder
 	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, stdout, stderr
+	// A child it left behind may hold the output pipes open: once the
+	// command is gone (or ctx ended it), wait for them only so long.
+	cmd.WaitDelay = 10 * time.Second
 	if stderr == nil {
 		cmd.Stderr = &errb
 	}
