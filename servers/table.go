@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/nbdlab/nbdlab/nbd"
 )
@@ -62,7 +63,13 @@ func TCP() []Spec {
 			return []string{"nbdkit", "-f", "-i", a.IP, "-p", strconv.Itoa(a.Port), "file", a.Img}, nil
 		}},
 		{"qemu-nbd", "qemu-nbd -f raw --shared=32 --cache=none IMG", func(a Args) ([]string, error) {
-			return []string{"qemu-nbd", "-t", "--shared=32", "-f", "raw", "-x", "d", "-b", a.IP, "-p", strconv.Itoa(a.Port), "--cache=none", "--aio=threads", a.Img}, nil
+			argv := []string{"qemu-nbd", "-t", "--shared=32", "-f", "raw", "-x", "d", "-b", a.IP, "-p", strconv.Itoa(a.Port)}
+			if directIO(a.Img) {
+				// Where the filesystem has O_DIRECT (tmpfs only since
+				// Linux 6.6): qemu-nbd refuses --cache=none without it.
+				argv = append(argv, "--cache=none", "--aio=threads")
+			}
+			return append(argv, a.Img), nil
 		}},
 	}
 }
@@ -108,4 +115,14 @@ trap 'kill $(cat "$2"); exit 0' TERM INT
 while kill -0 $(cat "$2") 2>/dev/null; do sleep 1; done
 exit 1`
 	return []string{"sh", "-c", script, "nbd-server", conf, pid}, nil
+}
+
+// directIO reports whether path can be opened with O_DIRECT.
+func directIO(path string) bool {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
 }
