@@ -62,7 +62,7 @@ func TCP() []Spec {
 		{"nbdkit-file", "nbdkit file IMG", func(a Args) ([]string, error) {
 			return []string{"nbdkit", "-f", "-i", a.IP, "-p", strconv.Itoa(a.Port), "file", a.Img}, nil
 		}},
-		{"qemu-nbd", "qemu-nbd -f raw --shared=32 --cache=none IMG", func(a Args) ([]string, error) {
+		{"qemu-nbd", "qemu-nbd -f raw --shared=32 --cache=none IMG (no --cache=none without O_DIRECT)", func(a Args) ([]string, error) {
 			argv := []string{"qemu-nbd", "-t", "--shared=32", "-f", "raw", "-x", "d", "-b", a.IP, "-p", strconv.Itoa(a.Port)}
 			if directIO(a.Img) {
 				// Where the filesystem has O_DIRECT (tmpfs only since
