@@ -38,6 +38,8 @@ func Packages() []string {
 		"nfs-kernel-server", "rpcbind", "nfs-common", "tar",
 		// Service integration: socket activation and unit checks.
 		"systemd",
+		// Checking the generated man page (nbdlab docs man).
+		"groff-base",
 		// Load beside the kernel suite (conformStress).
 		"stress-ng",
 	}
