@@ -28,10 +28,18 @@ func (r *Results) plot(dir string) error {
 			}
 		}
 		relative := func(wl, tg string) float64 { return relativeToNBD(t, s, wl, tg) }
+		reference := func(wl string) *cell { return t.cell(s, wl, nbdTarget) }
 		p.Title.Text = fmt.Sprintf("NFS against NBD: %s, link %s", s.Topology, desc)
 		p.Y.Label.Text = "speed relative to NBD (x; above 1: faster than NBD)"
 		if r.Kind == "kernel" {
 			relative = func(wl, tg string) float64 { return relativeToBestPeer(t, s, wl, tg) }
+			reference = func(wl string) *cell {
+				_, peer, ok := nbdlabAgainstPeers(t, s, wl)
+				if !ok {
+					return nil
+				}
+				return peer
+			}
 			p.Title.Text = fmt.Sprintf("fio through /dev/nbdN, kernel %s", r.Figures[0].Kernel)
 			p.Y.Label.Text = "IOPS or MiB/s relative to the best peer (x)"
 			p.X.Label.Text = "job"
@@ -60,6 +68,23 @@ func (r *Results) plot(dir string) error {
 			bars.Offset = width * vg.Length(float64(i)-float64(len(t.targets)-1)/2)
 			p.Add(bars)
 			p.Legend.Add(targetLabel(t, s, tg), bars)
+			// Each bar's 95% interval, from its rounds and the reference's.
+			var errs []errorBar
+			for j, wl := range t.workloads {
+				c, ref := t.cell(s, wl, tg), reference(wl)
+				if vals[j] == 0 || c == nil || ref == nil || c == ref || len(c.vals) < 2 || len(ref.vals) < 2 {
+					continue
+				}
+				cmp := compare(c.vals, ref.vals, higherIsBetter(c.unit))
+				errs = append(errs, errorBar{x: float64(j), y: vals[j], lo: vals[j] - cmp.Lo, hi: cmp.Hi - vals[j]})
+			}
+			if len(errs) > 0 {
+				eb, err := plotter.NewYErrorBars(errorBars(errs))
+				if err != nil {
+					return fmt.Errorf("bench: plot %s %s intervals: %w", s, tg, err)
+				}
+				p.Add(shifted{eb, bars.Offset})
+			}
 		}
 		one := plotter.NewFunction(func(float64) float64 { return 1 })
 		one.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
@@ -74,6 +99,32 @@ func (r *Results) plot(dir string) error {
 		}
 	}
 	return nil
+}
+
+// shifted draws error bars moved sideways by off, onto the bar of a
+// group that they belong to.
+type shifted struct {
+	*plotter.YErrorBars
+	off vg.Length
+}
+
+func (s shifted) Plot(c draw.Canvas, p *plot.Plot) {
+	c.Push()
+	defer c.Pop()
+	c.Translate(vg.Point{X: s.off})
+	s.YErrorBars.Plot(c, p)
+}
+
+// errorBar is one bar's interval: from y-lo to y+hi at x.
+type errorBar struct{ x, y, lo, hi float64 }
+
+// errorBars are plotter.XYer and plotter.YErrorer.
+type errorBars []errorBar
+
+func (e errorBars) Len() int                    { return len(e) }
+func (e errorBars) XY(i int) (float64, float64) { return e[i].x, e[i].y }
+func (e errorBars) YError(i int) (float64, float64) {
+	return max(e[i].lo, 0), max(e[i].hi, 0)
 }
 
 // relativeToNBD is target tg's speed on workload wl divided by NBD's: for
