@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -28,12 +29,18 @@ type KernelOptions struct {
 	Conns   []int    // connections per device; default 1 and 4
 	Time    time.Duration
 	Rounds  int
-	Quick   bool
-	Host    bool   // run on this kernel (needs nbd); what the VM runs
-	JSON    string // with Host: write the figures here only
-	Dir     string
-	Nbdlab  string
-	Out     io.Writer
+	// TargetCI, when set, runs more rounds after Rounds, up to MaxRounds
+	// (default three times Rounds), until every figure's 95% interval is
+	// within ±TargetCI of its median (0.1: ±10%); the run says which
+	// never got there.
+	TargetCI  float64
+	MaxRounds int
+	Quick     bool
+	Host      bool   // run on this kernel (needs nbd); what the VM runs
+	JSON      string // with Host: write the figures here only
+	Dir       string
+	Nbdlab    string
+	Out       io.Writer
 }
 
 // KernelJobs are the fio jobs run on /dev/nbdN, writes before the reads
@@ -85,6 +92,15 @@ func (o *KernelOptions) defaults() error {
 		o.Time = 3 * time.Second
 	}
 	o.Rounds = orInt(o.Rounds, 5)
+	if o.TargetCI < 0 || o.TargetCI >= 1 {
+		return fmt.Errorf("bench: --target-ci %g: want a fraction of the median such as 0.1 (±10%%)", o.TargetCI)
+	}
+	if o.TargetCI > 0 {
+		o.MaxRounds = orInt(o.MaxRounds, 3*o.Rounds)
+		if o.MaxRounds < o.Rounds {
+			return fmt.Errorf("bench: --max-rounds %d is fewer than --rounds %d", o.MaxRounds, o.Rounds)
+		}
+	}
 	if o.Nbdlab == "" {
 		exe, err := selfExe()
 		if err != nil {
@@ -115,6 +131,9 @@ func RunKernel(ctx context.Context, o KernelOptions) (*Results, error) {
 	out := filepath.Join(work, "kernel.json")
 	argv := []string{vm.InitExe, "bench", "kernel", "--host", "--json", out,
 		"--time", o.Time.String(), "--rounds", strconv.Itoa(o.Rounds)}
+	if o.TargetCI > 0 {
+		argv = append(argv, "--target-ci", strconv.FormatFloat(o.TargetCI, 'g', -1, 64), "--max-rounds", strconv.Itoa(o.MaxRounds))
+	}
 	for _, s := range o.Servers {
 		argv = append(argv, "--server", s)
 	}
@@ -164,7 +183,19 @@ func runKernelHost(ctx context.Context, o KernelOptions) (*Results, error) {
 	defer os.RemoveAll(work)
 	base := Figure{Topology: "netns", Link: "none", LinkDesc: labnet.Profile{Name: "none"}.String(),
 		Kernel: strings.TrimSpace(string(rel)), CPUs: runtime.NumCPU(), Durable: true}
-	for round := 1; round <= o.Rounds; round++ {
+	last := o.Rounds
+	if o.TargetCI > 0 {
+		last = o.MaxRounds
+	}
+	for round := 1; round <= last; round++ {
+		if round > o.Rounds {
+			wide := wideFigures(res.Figures, o.TargetCI)
+			if len(wide) == 0 {
+				fmt.Fprintf(o.Out, "every interval is within ±%.0f%% after %d rounds: done\n", 100*o.TargetCI, round-1)
+				break
+			}
+			fmt.Fprintf(o.Out, "round %d: %d intervals still wider than ±%.0f%% (%s)\n", round, len(wide), 100*o.TargetCI, wide[0])
+		}
 		for _, name := range o.Servers {
 			figs, err := benchServer(ctx, o, pair, work, name, base, round)
 			res.Figures = append(res.Figures, figs...)
@@ -176,7 +207,36 @@ func runKernelHost(ctx context.Context, o KernelOptions) (*Results, error) {
 			}
 		}
 	}
+	if o.TargetCI > 0 {
+		if wide := wideFigures(res.Figures, o.TargetCI); len(wide) > 0 {
+			fmt.Fprintf(o.Out, "after %d rounds (--max-rounds), %d intervals never got within ±%.0f%%: %s\n",
+				o.MaxRounds, len(wide), 100*o.TargetCI, strings.Join(wide, "; "))
+		}
+	}
 	return res, nil
+}
+
+// wideFigures names the figures (target and job, over their rounds) whose
+// median's 95% interval is wider than ±target of the median, or that have
+// too few rounds for a 90% interval.
+func wideFigures(figs []Figure, target float64) []string {
+	rounds := map[string][]float64{}
+	var keys []string
+	for _, f := range figs {
+		k := f.Target + " " + f.Workload
+		if _, ok := rounds[k]; !ok {
+			keys = append(keys, k)
+		}
+		rounds[k] = append(rounds[k], f.Value)
+	}
+	var wide []string
+	for _, k := range keys {
+		iv := medianInterval(rounds[k])
+		if iv.Level < minLevel || iv.Median <= 0 || (iv.Hi-iv.Lo)/2 > target*iv.Median {
+			wide = append(wide, fmt.Sprintf("%s ±%.0f%%", k, 100*(iv.Hi-iv.Lo)/2/math.Max(iv.Median, 1e-9)))
+		}
+	}
+	return wide
 }
 
 // benchServer starts one server in the namespace and runs every job

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"math"
+	"strings"
 	"testing"
 )
 
@@ -54,5 +55,24 @@ func TestCompare(t *testing.T) {
 		if c.Lo > c.Ratio || c.Ratio > c.Hi {
 			t.Errorf("%s: ratio %g outside its interval [%g, %g]", tc.name, c.Ratio, c.Lo, c.Hi)
 		}
+	}
+}
+
+func TestWideFigures(t *testing.T) {
+	var figs []Figure
+	add := func(target string, vals ...float64) {
+		for i, v := range vals {
+			figs = append(figs, Figure{Target: target, Workload: "4k", Value: v, Round: i + 1})
+		}
+	}
+	add("tight", 100, 101, 99, 100, 102)
+	add("loose", 100, 60, 140, 100, 90)
+	add("short", 100, 100)
+	wide := wideFigures(figs, 0.1)
+	if len(wide) != 2 || !strings.HasPrefix(wide[0], "loose 4k") || !strings.HasPrefix(wide[1], "short 4k") {
+		t.Errorf("wide = %q, want loose and short (too few rounds)", wide)
+	}
+	if w := wideFigures(figs[:5], 0.1); len(w) != 0 {
+		t.Errorf("tight alone: %q", w)
 	}
 }
