@@ -16,7 +16,7 @@ import (
 
 const benchNFSUsage = "nfs [--setup TOPOLOGY/LINK]... [--target T]... [--kernel K] [--server S] [--quick] [--out DIR]"
 
-const benchKernelUsage = "kernel [--server S]... [--connections N]... [--time D] [--rounds N] [--kernel K] [--quick] [--out DIR]"
+const benchKernelUsage = "kernel [--server S]... [--connections N]... [--time D] [--rounds N] [--target-ci F [--max-rounds N]] [--kernel K] [--quick] [--out DIR]"
 
 const benchUsage = benchKernelUsage + "\n       nbdlab bench " + benchNFSUsage
 
