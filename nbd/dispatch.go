@@ -94,12 +94,18 @@ func (t *transmission) weight(r request) int64 { return min(max(int64(r.length),
 // nothing, when the session broke meanwhile.
 func (t *transmission) reserve(r request) bool {
 	w := t.weight(r)
-	if !t.budget.TryAcquire(w) && t.budget.Acquire(t.ctx, w) != nil {
-		return false
+	if !t.budget.TryAcquire(w) {
+		t.unhold() // about to wait: what is held goes out first
+		if t.budget.Acquire(t.ctx, w) != nil {
+			return false
+		}
 	}
-	if t.shared != nil && !t.shared.TryAcquire(w) && t.shared.Acquire(t.ctx, w) != nil {
-		t.budget.Release(w)
-		return false
+	if t.shared != nil && !t.shared.TryAcquire(w) {
+		t.unhold()
+		if t.shared.Acquire(t.ctx, w) != nil {
+			t.budget.Release(w)
+			return false
+		}
 	}
 	return true
 }

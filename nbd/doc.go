@@ -41,8 +41,10 @@
 // lock: as nbdkit's threads do, with no timing in any decision. A worker
 // that reads a request while no other waits to read starts one, so a slow
 // request never holds up the ones behind it; one that finishes while
-// another already waits ends. A reply is held back only while another
-// waits for the write lock, and goes out with it. Reads and writes of
+// another already waits ends. A reply is held back only while more are
+// sure to follow without the client: while another waits for the write
+// lock (and goes out with it), or while the reader has requests in hand,
+// which sends what is held before any read that may block. Reads and writes of
 // memory (a memory export, or a file export on tmpfs or ramfs, which never
 // waits for a device) run on the worker that read them, holding the read
 // side: the copy takes less than waking another worker would.

@@ -26,7 +26,9 @@ func (t *transmission) next(counted bool) (work, bool) {
 	}
 	t.rmu.Lock()
 	t.readers.Add(-1)
+	t.holding.Store(true)
 	defer t.rmu.Unlock()
+	defer t.unhold() // the next reader may be a while: nothing stays held
 	for !t.readDone {
 		if t.ctx.Err() != nil {
 			t.readDone = true
@@ -68,9 +70,12 @@ const (
 func (t *transmission) readRequest() (w work, got readResult, err error) {
 	var hdr [requestHeaderLen]byte
 	if t.br.Buffered() < requestHeaderLen {
+		t.unhold() // the read may block: the held replies go first
 		t.armIdle()
 	}
-	if _, err := io.ReadFull(t.br, hdr[:]); err != nil {
+	_, err = io.ReadFull(t.br, hdr[:])
+	t.holding.Store(true)
+	if err != nil {
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded) && t.idle > 0 && !t.srv.shuttingDown():
 			t.log.Info("client idle; closing the connection", "idle_timeout", t.idle)
@@ -104,6 +109,7 @@ func (t *transmission) readRequest() (w work, got readResult, err error) {
 		t.traceReq(r, errno, 0)
 		t.send(func(w *replyWriter) { t.writeError(w, r, errno, "") })
 		if r.cmd == CmdWrite {
+			t.unhold()
 			if _, err := io.CopyN(io.Discard, t.br, int64(r.length)); err != nil {
 				return work{}, readEnd, fmt.Errorf("read %d-byte write payload: %w", r.length, err)
 			}
@@ -125,7 +131,12 @@ func (t *transmission) readRequest() (w work, got readResult, err error) {
 	w = work{r: r}
 	if r.cmd == CmdWrite {
 		w.payload = t.srv.bufs.get(int(r.length))
-		if _, err := io.ReadFull(t.br, w.payload); err != nil {
+		if t.br.Buffered() < int(r.length) {
+			t.unhold()
+		}
+		_, err := io.ReadFull(t.br, w.payload)
+		t.holding.Store(true)
+		if err != nil {
 			t.srv.bufs.put(w.payload)
 			t.finish(r)
 			return work{}, readEnd, fmt.Errorf("read %d-byte write payload: %w", r.length, err)
@@ -144,6 +155,7 @@ const memDirectMin = 64 << 10
 // memory and answers it.
 func (t *transmission) receive(r request) error {
 	start := t.clock()
+	t.unhold()
 	fill := func(p []byte) error { _, err := io.ReadFull(t.br, p); return err }
 	if err := t.mem.receive(int64(r.off), int64(r.length), fill); err != nil {
 		return fmt.Errorf("read %d-byte write payload: %w", r.length, err)

@@ -10,19 +10,36 @@ import (
 const replyBufferMax = 256 << 10
 
 // send writes one reply under the connection's write lock. Replies are
-// batched only when more are queued: a reply goes out at once unless
-// another is waiting for the lock, whose writer then sends both.
+// batched only while more are sure to follow without waiting on the
+// client: while another reply waits for the lock (its writer sends
+// both), and while the reader holds requests it read and has not run,
+// before it reads again: it sends what is held before any read that may
+// block (unhold). No timing decides either.
 func (t *transmission) send(fn func(w *replyWriter)) {
 	t.sendNow(func(w *replyWriter) error {
 		fn(w)
 		if w.err != nil {
 			return w.err // a large reply went straight out, and failed
 		}
-		if t.waiting.Load() > 0 && w.Buffered() < replyBufferMax {
-			return nil // the next writer sends this one too
+		if (t.waiting.Load() > 0 || t.holding.Load()) && w.Buffered() < replyBufferMax {
+			return nil // the next writer, or the reader, sends this one too
 		}
 		return t.flushLocked()
 	})
+}
+
+// unhold ends the reader's hold on replies: it is about to block (on the
+// client, or on the in-flight budget) or to give up the read side, so
+// the replies held for it go out now. The hold is taken again once the
+// read returns. A sender that saw the hold appended its reply under wmu
+// before this takes wmu, so nothing is left behind.
+func (t *transmission) unhold() {
+	if !t.holding.Swap(false) {
+		return
+	}
+	t.wmu.Lock()
+	t.flushLocked()
+	t.wmu.Unlock()
 }
 
 // sendNow writes one reply under the write lock with fn, which sends what

@@ -64,6 +64,7 @@ type transmission struct {
 	wdl     time.Time    // the write deadline set last, under wmu
 	wtime   time.Duration
 	waiting atomic.Int32 // replies waiting for wmu
+	holding atomic.Bool  // the reader has requests in hand and will send the held replies before it blocks (unhold)
 
 	// ctx ends when the session breaks (no reply can reach the client,
 	// or a worker crashed): requests not yet run are dropped.
