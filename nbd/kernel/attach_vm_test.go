@@ -28,6 +28,18 @@ serve() {
   for i in $(seq 200); do grep -q 'msg=listening' "$log" 2>/dev/null && return 0; sleep 0.05; done
   cat "$log"; return 1
 }
+# waitpart PART [DISK] waits up to 20 s for a partition's device node. With
+# DISK it also asks the kernel to reread DISK's partition table each second:
+# for qemu-nbd, which leaves the scan to the next open of the device (udev's
+# job, and there is no udev in the guest). nbdlab's attach scans itself.
+waitpart() {
+  for i in $(seq 400); do
+    test -b $1 && return 0
+    if [ $# -gt 1 ] && [ $((i % 20)) = 0 ]; then blockdev --rereadpt $2 2>/dev/null || true; fi
+    sleep 0.05
+  done
+  echo "$1 did not appear"; return 1
+}
 rw_check() {
   dd if=/tmp/data of=$1 bs=1M oflag=direct status=none
   dd if=$1 of=/tmp/back bs=1M count=8 iflag=direct status=none
@@ -164,7 +176,7 @@ $N disconnect $dev || true`,
 		script: `truncate -s 64M /tmp/a.img
 printf 'label: dos\n,16M,L\n,,L\n' | sfdisk -q /tmp/a.img
 dev=$($N attach /tmp/a.img)
-for i in $(seq 100); do test -b ${dev}p2 && break; sleep 0.05; done
+waitpart ${dev}p2
 test -b ${dev}p1 && test -b ${dev}p2 && echo "OK partitions ${dev}p1 ${dev}p2"
 $N list | grep -E "^$dev +connected .*/tmp/a.img"
 pid=$($N list $dev | awk 'NR==2 {print $(NF-1)}')
@@ -174,7 +186,7 @@ mkfs.ext4 -q ${dev}p2 && mount ${dev}p2 /mnt && echo hello > /mnt/f && umount /m
 $N detach $dev
 $N list | grep -E "^$dev +disconnected"
 dev=$($N attach --read-only /tmp/a.img)
-for i in $(seq 100); do test -b ${dev}p2 && break; sleep 0.05; done
+waitpart ${dev}p2
 mount -o ro ${dev}p2 /mnt && grep -q hello /mnt/f && umount /mnt && echo OK reattached
 $N detach $dev
 echo OK attach`,
@@ -185,13 +197,13 @@ echo OK attach`,
 		script: `qemu-img create -q -f qcow2 /tmp/c.qcow2 64M
 dev=$($N attach /tmp/c.qcow2)
 printf 'label: dos\n,16M,L\n,,L\n' | sfdisk -q $dev
-for i in $(seq 100); do test -b ${dev}p2 && break; sleep 0.05; done
+waitpart ${dev}p2
 fdisk -l $dev | grep -q "^${dev}p2 " && echo "OK fdisk lists ${dev}p1 ${dev}p2"
 mkfs.ext4 -q ${dev}p1 && mount ${dev}p1 /mnt && cp /tmp/data /mnt/f && umount /mnt
 $N detach ${dev}p1
 qemu-img check /tmp/c.qcow2 && echo OK check after detach
 dev=$($N attach /tmp/c.qcow2)
-for i in $(seq 100); do test -b ${dev}p1 && break; sleep 0.05; done
+waitpart ${dev}p1
 mount ${dev}p1 /mnt && cmp /tmp/data /mnt/f && umount /mnt && echo OK reattached
 $N detach ${dev}p1
 qemu-img check /tmp/c.qcow2 && echo OK qcow2`,
@@ -202,7 +214,7 @@ qemu-img check /tmp/c.qcow2 && echo OK qcow2`,
 		script: `truncate -s 64M /tmp/m.img
 dev=$($N attach /tmp/m.img)
 printf 'label: dos\n,,L\n' | sfdisk -q $dev
-for i in $(seq 100); do test -b ${dev}p1 && break; sleep 0.05; done
+waitpart ${dev}p1
 mkfs.ext4 -q ${dev}p1 && mount ${dev}p1 /mnt
 start=$(date +%s)
 if $N detach ${dev}p1 2>/tmp/err; then echo "detach of a mounted partition succeeded"; exit 1; fi
@@ -212,7 +224,7 @@ grep -q "${dev}p1 on /mnt: unmount it first" /tmp/err && [ $((end-start)) -lt 5 
 umount /mnt
 $N detach ${dev}p1 && echo OK detached after umount
 qemu-nbd -c /dev/nbd5 -f raw /tmp/m.img
-for i in $(seq 100); do test -b /dev/nbd5p1 && break; sleep 0.05; done
+waitpart /dev/nbd5p1 /dev/nbd5
 mount /dev/nbd5p1 /mnt && umount /mnt && echo OK qemu-nbd -c
 qemu-nbd -d /dev/nbd5`,
 		wantMarkers: []string{"OK refused at once", "OK detached after umount", "OK qemu-nbd -c"},
