@@ -87,6 +87,10 @@ type guestConfig struct {
 	// Release and Modules: when the kernel's modules are not the host's
 	// /lib/modules/Release (a fetched kernel), the guest mounts Modules there.
 	Release, Modules string
+	// Merged: the host's stdout and stderr are one file, so the command
+	// gets one pipe for both and its output keeps the order it was written
+	// in, as on a terminal. Two pipes, read apart, cannot keep that order.
+	Merged bool
 }
 
 type guestShare struct {

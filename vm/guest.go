@@ -310,6 +310,9 @@ func (g *guest) runCommand(cfg guestConfig) (int, error) {
 	}
 	cmd.Stdout = streamWriter{g.fw, frameStdout}
 	cmd.Stderr = streamWriter{g.fw, frameStderr}
+	if cfg.Merged {
+		cmd.Stderr = cmd.Stdout // one pipe: os/exec shares it when the writers are equal
+	}
 	stdin, err := os.Open(os.DevNull)
 	if err == nil {
 		cmd.Stdin = stdin

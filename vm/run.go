@@ -273,7 +273,7 @@ func boot(ctx context.Context, cfg Config, k kernels.Kernel, initrd, accel strin
 	}
 	defer conn.Close()
 
-	cfgJSON, _ := json.Marshal(guestConfig{Args: argv, Env: cfg.Env, Dir: cfg.Dir, Shares: guestShares(cfg.Shares), Release: k.Release, Modules: k.Modules})
+	cfgJSON, _ := json.Marshal(guestConfig{Args: argv, Env: cfg.Env, Dir: cfg.Dir, Shares: guestShares(cfg.Shares), Release: k.Release, Modules: k.Modules, Merged: sameOutput(cfg.Stdout, cfg.Stderr)})
 	fw := &frameWriter{w: conn}
 	type outcome struct {
 		code    int
@@ -407,4 +407,21 @@ func accelOpt(accel string) string {
 		return "tcg,thread=single"
 	}
 	return accel
+}
+
+// sameOutput tells whether stdout and stderr are one destination: the same
+// writer, or files that are the same open file or the same terminal, pipe
+// or file (as after 2>&1).
+func sameOutput(stdout, stderr io.Writer) bool {
+	if stdout == stderr {
+		return true
+	}
+	f1, ok1 := stdout.(*os.File)
+	f2, ok2 := stderr.(*os.File)
+	if !ok1 || !ok2 {
+		return false
+	}
+	s1, err1 := f1.Stat()
+	s2, err2 := f2.Stat()
+	return err1 == nil && err2 == nil && os.SameFile(s1, s2)
 }

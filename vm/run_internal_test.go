@@ -1,6 +1,10 @@
 package vm
 
 import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -37,5 +41,41 @@ func TestQemuArgsNIC(t *testing.T) {
 	}
 	if n, d := count(Config{CPUs: 1, Memory: "1G"}); n != 0 || d != 0 {
 		t.Errorf("without a NIC: %d netdevs, %d NICs; want none", n, d)
+	}
+}
+
+func TestSameOutput(t *testing.T) {
+	dir := t.TempDir()
+	a, err := os.Create(filepath.Join(dir, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a2, err := os.OpenFile(a.Name(), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a2.Close()
+	b, err := os.Create(filepath.Join(dir, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var buf1, buf2 bytes.Buffer
+	for _, tc := range []struct {
+		name           string
+		stdout, stderr io.Writer
+		want           bool
+	}{
+		{"one buffer", &buf1, &buf1, true},
+		{"two buffers", &buf1, &buf2, false},
+		{"one open file", a, a, true},
+		{"the file opened twice", a, a2, true},
+		{"two files", a, b, false},
+		{"a file and a buffer", a, &buf1, false},
+	} {
+		if got := sameOutput(tc.stdout, tc.stderr); got != tc.want {
+			t.Errorf("%s: sameOutput = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -3,6 +3,7 @@
 package vm_test
 
 import (
+	"bytes"
 	"debug/elf"
 	"errors"
 	"fmt"
@@ -43,6 +44,29 @@ func TestIntegrationCommandStreamsAndStatus(t *testing.T) {
 			t.Errorf("stderr %q, want %q", got, "err\n")
 		}
 	})
+}
+
+// When stdout and stderr are one destination (2>&1, a terminal), the
+// guest command's output arrives in the order it was written.
+func TestIntegrationOneOutputKeepsOrder(t *testing.T) {
+	k := vmtest.Kernels(t)[0]
+	var buf bytes.Buffer
+	script := "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done; ls /nonexistent; echo after"
+	res, _, err := vmtest.Run(t, vm.Config{Kernel: k.Release, Stdout: &buf, Stderr: &buf}, "sh", "-c", script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode != 0 {
+		t.Fatalf("exit code %d", res.ExitCode)
+	}
+	var want strings.Builder
+	for i := 1; i <= 5; i++ {
+		fmt.Fprintf(&want, "out%d\nerr%d\n", i, i)
+	}
+	want.WriteString("ls: cannot access '/nonexistent': No such file or directory\nafter\n")
+	if buf.String() != want.String() {
+		t.Errorf("output:\n%s\nwant:\n%s", buf.String(), want.String())
+	}
 }
 
 func TestIntegrationWritesStayInGuestUnlessShared(t *testing.T) {
