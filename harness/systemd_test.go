@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -273,11 +274,15 @@ func TestConfigReload(t *testing.T) {
 }
 
 // --fork returns once the background server listens; its pid file names
-// it; a server that cannot start makes --fork fail with why.
+// it; its log goes on into --log-file after it lets go of the terminal,
+// and without one the caller is told the log is discarded; a server that
+// cannot start makes --fork fail with why.
 func TestServeFork(t *testing.T) {
 	testenv.Need(t, "nbdinfo")
-	addr, pid := freePort(t), filepath.Join(t.TempDir(), "pid")
-	harness.Run(t, testenv.Nbdlab(t), "serve", "--fork", "--listen", addr, "--pid-file", pid, "d=mem:1M")
+	addr, pid, logPath := freePort(t), filepath.Join(t.TempDir(), "pid"), filepath.Join(t.TempDir(), "log")
+	if out := harness.Run(t, testenv.Nbdlab(t), "serve", "--fork", "--listen", addr, "--pid-file", pid, "--log-file", logPath, "d=mem:1M"); out != "" {
+		t.Errorf("--fork with --log-file printed %q", out)
+	}
 	b, err := os.ReadFile(pid)
 	if err != nil {
 		t.Fatal(err)
@@ -287,9 +292,25 @@ func TestServeFork(t *testing.T) {
 	if got := strings.TrimSpace(harness.Run(t, "nbdinfo", "--size", "nbd://"+addr+"/d")); got != "1048576" {
 		t.Errorf("the forked server: size %q", got)
 	}
+	// The export is logged after the server is ready, when the terminal
+	// is no longer its output; each client's connection after that.
+	for _, want := range []string{"msg=listening", "msg=export name=d"} {
+		if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), want) {
+			t.Errorf("the forked server's log lacks %q:\n%s", want, b)
+		}
+	}
 	out, err := harness.RunErr(testenv.Nbdlab(t), "serve", "--fork", "--listen", addr, "d=mem:1M")
 	if err == nil || !strings.Contains(out, "did not start") {
 		t.Errorf("--fork on an address in use: %v\n%s", err, out)
+	}
+	other := freePort(t)
+	out, err = harness.RunErr(testenv.Nbdlab(t), "serve", "--fork", "--listen", other, "d=mem:1M")
+	if err != nil || !strings.Contains(out, "its log is discarded (--log-file FILE keeps it") {
+		t.Errorf("--fork without --log-file: %v\n%s", err, out)
+	}
+	if m := regexp.MustCompile(`pid (\d+)`).FindStringSubmatch(out); m != nil {
+		n2, _ := strconv.Atoi(m[1])
+		syscall.Kill(n2, syscall.SIGTERM)
 	}
 	syscall.Kill(n, syscall.SIGTERM)
 	for i := 0; i < 100 && syscall.Kill(n, 0) == nil; i++ {

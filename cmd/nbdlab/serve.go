@@ -39,6 +39,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rer
 	verbose := fs.Bool("v", false, "trace every request")
 	quiet := fs.Bool("q", false, "log only warnings and errors")
 	logFormat := fs.String("log-format", "text", "log as `text` (key=value lines) or json, on standard error")
+	logFile := fs.String("log-file", "", "append the log to `FILE` instead of standard error; with --fork the only place the background server's log (and a crash's) goes")
 	inetd := fs.Bool("inetd", false, "serve the one connection on standard input, then exit (inetd; systemd Accept=yes); logs are dropped when standard error is that socket")
 	port := fs.Int("port", 0, "listen on `PORT` of --bind's address: qemu-nbd's spelling, the same as --listen ADDR:PORT (also -p)")
 	fs.IntVar(port, "p", 0, internalFlag+"qemu-nbd's spelling of --port")
@@ -46,7 +47,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rer
 	fs.StringVar(bind, "b", "127.0.0.1", internalFlag+"qemu-nbd's spelling of --bind")
 	allRO := fs.Bool("read-only", false, "serve every export read-only, as if each had ,ro (also -r)")
 	fs.BoolVar(allRO, "r", false, internalFlag+"qemu-nbd's spelling of --read-only")
-	fork := fs.Bool("fork", false, "go to the background once every listener is up (as qemu-nbd --fork); with --pid-file, the background process's pid")
+	fork := fs.Bool("fork", false, "go to the background once every listener is up (as qemu-nbd --fork); with --pid-file, the background process's pid; its log goes to --log-file, or nowhere")
 	config := fs.String("config", "", "read more exports from `FILE`, one NAME=SPEC a line (# comments); SIGHUP reads it again: new exports appear, removed ones refuse new clients")
 	pidFile := fs.String("pid-file", "", "write the server's pid to `FILE` once it listens, and remove it on exit")
 	grace := fs.Duration("shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long to wait for requests in flight")
@@ -94,7 +95,7 @@ export also answers the empty export name.
 		if *inetd || *readyFD >= 0 {
 			return usagef("--fork goes with neither --inetd nor --ready-fd")
 		}
-		return forkServe(ctx, args, stderr)
+		return forkServe(ctx, args, stderr, *logFile == "" && !*quiet)
 	}
 	if *inetd && len(listen) > 0 {
 		return usagef("--inetd serves standard input: it takes no --listen")
@@ -123,7 +124,17 @@ export also answers the empty export name.
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, *logFormat, *verbose, *quiet, *inetd)
+	logOut := stderr
+	var logf *os.File
+	if *logFile != "" {
+		logf, err = os.OpenFile(*logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return fmt.Errorf("--log-file: %w", err)
+		}
+		defer logf.Close()
+		logOut = logf
+	}
+	log, err := newLogger(logOut, *logFormat, *verbose, *quiet, *inetd)
 	if err != nil {
 		return err
 	}
@@ -201,7 +212,7 @@ export also answers the empty export name.
 	}
 	if os.Getenv(forkedEnv) == "1" {
 		os.Unsetenv(forkedEnv)
-		detachOutput()
+		detachOutput(logf)
 	}
 	if err := service.Notify("READY=1"); err != nil {
 		log.Warn("cannot tell the service manager we are ready", "err", err)
@@ -386,19 +397,26 @@ func parseServeArg(a string) (nbd.ExportSpec, error) {
 // lets go of the caller's output, as a daemon does.
 const forkedEnv = "NBDLAB_SERVE_FORKED"
 
-// detachOutput points standard output and error at /dev/null.
-func detachOutput() {
-	if null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0); err == nil {
-		unix.Dup2(int(null.Fd()), 1)
+// detachOutput points standard output at /dev/null and standard error at
+// the log file, so that even a crash's trace is kept, or at /dev/null.
+func detachOutput(logf *os.File) {
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return
+	}
+	defer null.Close()
+	unix.Dup2(int(null.Fd()), 1)
+	if logf != nil {
+		unix.Dup2(int(logf.Fd()), 2)
+	} else {
 		unix.Dup2(int(null.Fd()), 2)
-		null.Close()
 	}
 }
 
 // forkServe runs this serve again without --fork, in a session of its
 // own, and returns once it says every listener is up, or with why it
 // could not start.
-func forkServe(ctx context.Context, args []string, stderr io.Writer) error {
+func forkServe(ctx context.Context, args []string, stderr io.Writer, logLost bool) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("--fork: %w", err)
@@ -428,6 +446,9 @@ func forkServe(ctx context.Context, args []string, stderr io.Writer) error {
 		cmd.Process.Kill()
 		cmd.Wait()
 		return fmt.Errorf("--fork: the background server did not start: %w", err)
+	}
+	if logLost {
+		fmt.Fprintf(stderr, "nbdlab serve: in the background as pid %d; its log is discarded (--log-file FILE keeps it, -q quiets this)\n", cmd.Process.Pid)
 	}
 	return cmd.Process.Release()
 }
