@@ -2,6 +2,7 @@ package harness_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -221,16 +222,20 @@ func TestServeQemuNbdSpellings(t *testing.T) {
 
 // --config: the exports of a file, read again on SIGHUP. New exports
 // appear, removed ones refuse new clients while a connection to one goes
-// on, and a config that does not parse changes nothing.
+// on, and their files are closed once that connection ends; a config
+// that does not parse changes nothing.
 func TestConfigReload(t *testing.T) {
 	testenv.Need(t, "nbdinfo")
-	conf := filepath.Join(t.TempDir(), "exports")
+	conf, img := filepath.Join(t.TempDir(), "exports"), filepath.Join(t.TempDir(), "a.img")
 	write := func(body string) {
 		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write("# the first\na=mem:1M\n")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	write("# the first\na=file:" + img + "\n")
 	s := harness.Serve(t, "--listen", "127.0.0.1:0", "--config", conf)
 	list := func() string { return harness.Run(t, "nbdinfo", "--list", "--json", "nbd://"+s.TCP) }
 	if l := list(); !strings.Contains(l, `"export-name": "a"`) {
@@ -262,6 +267,16 @@ func TestConfigReload(t *testing.T) {
 	}
 	if _, err := old.WriteAt([]byte("still served"), 0); err != nil {
 		t.Errorf("the connection to the removed export: %v", err)
+	}
+	if !holdsOpen(s.Cmd.Process.Pid, img) {
+		t.Errorf("the removed export's file was closed while a connection used it")
+	}
+	old.Close()
+	for i := 0; i < 100 && holdsOpen(s.Cmd.Process.Pid, img); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if holdsOpen(s.Cmd.Process.Pid, img) {
+		t.Errorf("the removed export's file is still open after its last connection ended")
 	}
 	write("c=nosuch:1M\n")
 	hup(func(string) bool { return strings.Contains(s.Output(), "config not reloaded") })
@@ -319,4 +334,16 @@ func TestServeFork(t *testing.T) {
 	if _, err := os.Stat(pid); !os.IsNotExist(err) {
 		t.Errorf("pid file left after SIGTERM: %v", err)
 	}
+}
+
+// holdsOpen tells whether process pid has path open.
+func holdsOpen(pid int, path string) bool {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	fds, _ := os.ReadDir(dir)
+	for _, fd := range fds {
+		if target, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && target == path {
+			return true
+		}
+	}
+	return false
 }

@@ -82,6 +82,11 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
 	sess.conn.SetDeadline(time.Time{})
 	sc.conn, sc.transmitting = sess.conn, true
 	sc.mu.Unlock()
+	if !s.use(sess.export) {
+		log.Info("export taken out by a reload during the handshake; closing connection", "export", sess.export.Name)
+		return fmt.Errorf("nbd: export %q was taken out", sess.export.Name)
+	}
+	defer s.done(sess.export)
 	return newTransmission(sess, log).run()
 }
 

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nbdlab/nbdlab/nbd"
 )
@@ -56,5 +57,53 @@ func TestSetExports(t *testing.T) {
 	}
 	if a.n.Load() == 0 || b.n.Load() == 0 {
 		t.Errorf("Shutdown flushed a %d and b %d times; want both", a.n.Load(), b.n.Load())
+	}
+}
+
+// An export SetExports takes out is flushed and handed to Retired once no
+// connection uses it: at once when none does, else when the last of its
+// connections ends; never while one still does.
+func TestSetExportsRetired(t *testing.T) {
+	busy, idle := &syncs{Mem: nbd.NewMem(1 << 20)}, &syncs{Mem: nbd.NewMem(1 << 20)}
+	srv := newServer(&nbd.Export{Name: "busy", Backend: busy}, &nbd.Export{Name: "idle", Backend: idle})
+	retired := make(chan string, 4)
+	srv.Retired = func(e *nbd.Export) { retired <- e.Name }
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	defer srv.Close()
+	addr := "unix:" + l.Addr().String()
+	var conns []*nbd.Client
+	for range 2 {
+		c, err := nbd.Dial(ctx(t), addr, &nbd.ClientConfig{Export: "busy"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	srv.SetExports([]*nbd.Export{{Name: "new", Backend: nbd.NewMem(1 << 20)}})
+	if got := <-retired; got != "idle" || idle.n.Load() == 0 {
+		t.Errorf("retired %q first (idle flushed %d times); want the unused export, flushed", got, idle.n.Load())
+	}
+	for i, c := range conns {
+		if _, err := c.WriteAt([]byte("x"), 0); err != nil {
+			t.Fatalf("connection %d to the removed export: %v", i, err)
+		}
+		select {
+		case got := <-retired:
+			t.Fatalf("%q retired while connection %d still used it", got, i)
+		default:
+		}
+		c.Close()
+	}
+	select {
+	case got := <-retired:
+		if got != "busy" || busy.n.Load() == 0 {
+			t.Errorf("retired %q (busy flushed %d times); want busy, flushed", got, busy.n.Load())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the export was not retired after its last connection closed")
 	}
 }

@@ -72,9 +72,17 @@ type Server struct {
 	// kernel) sends. It must be safe for concurrent use.
 	Record func(Recorded)
 
+	// Retired, when set, is called once an export SetExports took out is
+	// no longer used by any connection, after it has been flushed: where
+	// its files can be closed. It is called at most once per export, from
+	// SetExports or from the goroutine of the connection that used it last.
+	Retired func(*Export)
+
 	exportsMu sync.RWMutex
 	current   []*Export // set by SetExports; nil means Exports
-	retired   []*Export // taken out by SetExports: flushed at Shutdown
+	retired   []*Export // taken out by SetExports, still in use: flushed at Shutdown
+	users     map[*Export]int
+	released  map[*Export]bool // retired and let go of: no connection may take it up again
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -153,17 +161,83 @@ func (s *Server) exportsLocked() []*Export {
 
 // SetExports replaces the exports while serving: new clients see the new
 // set (the first answers the empty name), while connections that chose
-// an export go on with it. An export taken out is flushed at Shutdown,
-// not closed: a connection may still be using it.
+// an export go on with it. An export taken out is flushed and handed to
+// Retired once its last connection ends (at once when it has none). An
+// export taken out and still in use may come back; one already handed to
+// Retired must not.
 func (s *Server) SetExports(exports []*Export) {
 	s.exportsMu.Lock()
-	defer s.exportsMu.Unlock()
+	s.retired = slices.DeleteFunc(s.retired, func(e *Export) bool { return slices.Contains(exports, e) })
+	var idle []*Export
 	for _, e := range s.exportsLocked() {
-		if !slices.Contains(exports, e) && !slices.Contains(s.retired, e) {
+		if slices.Contains(exports, e) || slices.Contains(s.retired, e) {
+			continue
+		}
+		if s.users[e] == 0 {
+			idle = append(idle, e)
+			s.markReleased(e)
+		} else {
 			s.retired = append(s.retired, e)
 		}
 	}
 	s.current = append([]*Export{}, exports...)
+	s.exportsMu.Unlock()
+	for _, e := range idle {
+		s.release(e)
+	}
+}
+
+// use counts a connection that entered transmission with e, and tells
+// whether e may still be used: false when SetExports took it out and its
+// last user let go of it between the handshake's lookup and now.
+func (s *Server) use(e *Export) bool {
+	s.exportsMu.Lock()
+	defer s.exportsMu.Unlock()
+	if s.released[e] {
+		return false
+	}
+	if s.users == nil {
+		s.users = map[*Export]int{}
+	}
+	s.users[e]++
+	return true
+}
+
+// done uncounts a connection that used e; the last user of a retired
+// export releases it.
+func (s *Server) done(e *Export) {
+	s.exportsMu.Lock()
+	s.users[e]--
+	last := s.users[e] == 0
+	if last {
+		delete(s.users, e)
+	}
+	if !last || !slices.Contains(s.retired, e) {
+		s.exportsMu.Unlock()
+		return
+	}
+	s.retired = slices.DeleteFunc(s.retired, func(r *Export) bool { return r == e })
+	s.markReleased(e)
+	s.exportsMu.Unlock()
+	s.release(e)
+}
+
+func (s *Server) markReleased(e *Export) {
+	if s.released == nil {
+		s.released = map[*Export]bool{}
+	}
+	s.released[e] = true
+}
+
+// release flushes a retired export that no connection uses and hands it
+// to Retired.
+func (s *Server) release(e *Export) {
+	if err := e.Backend.Sync(); err != nil {
+		s.logger().Error("flush of a retired export failed", "export", e.Name, "err", err)
+	}
+	if s.Retired != nil {
+		s.Retired(e)
+	}
 }
 
 // lookup finds an export by name; the empty name is the first export.

@@ -111,7 +111,7 @@ export also answers the empty export name.
 		defer f.Close()
 		defer pprof.StopCPUProfile()
 	}
-	set := &exportSet{readOnly: *allRO, open: map[string]openExport{}}
+	set := &exportSet{readOnly: *allRO, open: map[string]openExport{}, retired: map[*nbd.Export]io.Closer{}}
 	defer set.close()
 	exports, err := set.load(specs, *config)
 	if err != nil {
@@ -151,7 +151,8 @@ export also answers the empty export name.
 	}
 	srv := &nbd.Server{Exports: exports, TLSConfig: tlsConfig, Logger: log,
 		MaxConnections: *maxConns, HandshakeTimeout: *hsTimeout, IdleTimeout: *idleTimeout,
-		WriteTimeout: *writeTimeout, MaxInflight: inflight, MaxPayload: payload, Workers: *workers}
+		WriteTimeout: *writeTimeout, MaxInflight: inflight, MaxPayload: payload, Workers: *workers,
+		Retired: set.release}
 	if *record != "" {
 		rec, finish, err := recorder(*record, log)
 		if err != nil {
@@ -271,7 +272,9 @@ type openExport struct {
 type exportSet struct {
 	readOnly bool
 	open     map[string]openExport
-	retired  []io.Closer // taken out by a reload: closed at exit
+
+	mu      sync.Mutex
+	retired map[*nbd.Export]io.Closer // taken out by a reload: closed once unused (nbd.Server.Retired), or at exit
 }
 
 // load opens the exports of args and of the config file, in that order,
@@ -313,11 +316,13 @@ func (s *exportSet) load(args []string, config string) ([]*nbd.Export, error) {
 		next[spec.Name] = openExport{a, e, closer}
 		exports = append(exports, e)
 	}
+	s.mu.Lock()
 	for name, o := range s.open {
 		if next[name].export != o.export {
-			s.retired = append(s.retired, o.closer)
+			s.retired[o.export] = o.closer
 		}
 	}
+	s.mu.Unlock()
 	s.open = next
 	return exports, nil
 }
@@ -348,12 +353,27 @@ func (s *exportSet) reload(srv *nbd.Server, args []string, config string, log *s
 	log.Info("SIGHUP: config reloaded", "config", config, "exports", len(exports), "added", strings.Join(added, ","), "removed", strings.Join(removed, ","))
 }
 
+// release closes an export a reload took out, once the server says no
+// connection uses it any more.
+func (s *exportSet) release(e *nbd.Export) {
+	s.mu.Lock()
+	c := s.retired[e]
+	delete(s.retired, e)
+	s.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
 func (s *exportSet) close() {
 	for _, o := range s.open {
 		o.closer.Close()
 	}
-	for _, c := range s.retired {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for e, c := range s.retired {
 		c.Close()
+		delete(s.retired, e)
 	}
 }
 
