@@ -281,14 +281,16 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 			if job.BS == "1M" {
 				f.Unit = "MiB/s"
 			}
-			c0 := serverCPU(p, dir)
+			c0, sw0 := serverUsage(p, dir)
 			dev := strings.TrimPrefix(a.Path, "/dev/")
 			d0, _ := readDiskStat(dev)
 			start := time.Now()
 			r, err := fioJSON(ctx, filepath.Join(work, "fio.json"), []string{"--name=" + job.RW, "--filename=" + a.Path,
 				"--rw=" + job.RW, "--bs=" + job.BS, "--iodepth=" + strconv.Itoa(job.Depth), "--ioengine=libaio", "--direct=1",
 				"--time_based=1", "--runtime=" + strconv.Itoa(int(o.Time.Seconds())), "--ramp_time=1", "--size=" + strconv.Itoa(kernelExport)})
-			f.Wall, f.ServerCPU = time.Since(start).Seconds(), (serverCPU(p, dir) - c0).Seconds()
+			c1, sw1 := serverUsage(p, dir)
+			f.Wall, f.ServerCPU = time.Since(start).Seconds(), (c1 - c0).Seconds()
+			f.ServerVoluntary, f.ServerInvoluntary = sw1.Voluntary-sw0.Voluntary, sw1.Involuntary-sw0.Involuntary
 			if d1, err := readDiskStat(dev); err == nil {
 				d := d1.sub(d0)
 				f.DevRequests = d.reads + d.writes + d.discards + d.flushes
@@ -301,8 +303,9 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 				if f.Unit == "MiB/s" {
 					f.Value = r.MiBps()
 				}
-				fmt.Fprintf(o.Out, "round %d %-13s %-26s %8.1f %s (server CPU %.2fs, %.0f µs a request)\n", round, name, f.Workload, f.Value, f.Unit, f.ServerCPU,
-					f.ServerCPU*1e6/float64(max(f.DevRequests, 1)))
+				n := float64(max(f.DevRequests, 1))
+				fmt.Fprintf(o.Out, "round %d %-13s %-26s %8.1f %s (server CPU %.2fs, %.0f µs and %.2f+%.2f switches a request)\n", round, name, f.Workload, f.Value, f.Unit, f.ServerCPU,
+					f.ServerCPU*1e6/n, float64(f.ServerVoluntary)/n, float64(f.ServerInvoluntary)/n)
 			}
 			figs = append(figs, f)
 		}
@@ -313,11 +316,13 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 	return figs, nil
 }
 
-// serverCPU is the CPU time of the server's process tree under p (ip
-// netns exec has exec'd the server), and under the daemon whose pid file
-// is in dir (nbd-server detaches from the shell that holds its place).
-func serverCPU(p *servers.Proc, dir string) time.Duration {
+// serverUsage is the CPU time and context switches of the server's
+// process tree under p (ip netns exec has exec'd the server), and under
+// the daemon whose pid file is in dir (nbd-server detaches from the shell
+// that holds its place).
+func serverUsage(p *servers.Proc, dir string) (time.Duration, procfs.Switches) {
 	var sum time.Duration
+	var sw procfs.Switches
 	pids := []int{p.Cmd.Process.Pid}
 	if b, err := os.ReadFile(filepath.Join(dir, "nbd-server.pid")); err == nil {
 		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
@@ -330,6 +335,10 @@ func serverCPU(p *servers.Proc, dir string) time.Duration {
 		if st, err := procfs.ReadStat(pid); err == nil {
 			sum += st.CPU
 		}
+		if s, err := procfs.ReadSwitches(pid); err == nil {
+			sw.Voluntary += s.Voluntary
+			sw.Involuntary += s.Involuntary
+		}
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 		for _, f := range strings.Fields(string(b)) {
 			if c, err := strconv.Atoi(f); err == nil {
@@ -337,7 +346,7 @@ func serverCPU(p *servers.Proc, dir string) time.Duration {
 			}
 		}
 	}
-	return sum
+	return sum, sw
 }
 
 // fillImage writes size bytes of non-zero data, so that reads move data
@@ -390,11 +399,28 @@ func (r *Results) WriteKernelReport(w io.Writer) error {
 	return err
 }
 
-// writeCPUPerRequest writes each server's CPU time per request the
-// device completed, the median of the rounds: under emulation it is
-// steadier than throughput.
+// writeCPUPerRequest writes each server's CPU time and context switches
+// per request the device completed, the medians of the rounds: under
+// emulation they are steadier than throughput.
 func writeCPUPerRequest(b *strings.Builder, t *table, s setup) {
-	b.WriteString("\nServer CPU µs per request (median of the rounds):\n\n| job |")
+	writePerRequest(b, t, s, "Server CPU µs per request (median of the rounds)", "%.0f",
+		func(c *cell) []float64 { return scaled(c.perRequest, 1e6) })
+	writePerRequest(b, t, s, "Server context switches per request, voluntary and involuntary, over the threads alive at the end of each job (median of the rounds)", "%.2f",
+		func(c *cell) []float64 { return c.switches })
+}
+
+func scaled(v []float64, k float64) []float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = x * k
+	}
+	return out
+}
+
+// writePerRequest writes a table of one per-request median per job and
+// server.
+func writePerRequest(b *strings.Builder, t *table, s setup, title, format string, values func(*cell) []float64) {
+	fmt.Fprintf(b, "\n%s:\n\n| job |", title)
 	for _, tg := range t.targets {
 		fmt.Fprintf(b, " %s |", tg)
 	}
@@ -406,8 +432,8 @@ func writeCPUPerRequest(b *strings.Builder, t *table, s setup) {
 	for _, wl := range t.workloads {
 		fmt.Fprintf(b, "| %s |", wl)
 		for _, tg := range t.targets {
-			if c := t.cell(s, wl, tg); c != nil && len(c.perRequest) > 0 {
-				fmt.Fprintf(b, " %.0f |", medianOf(c.perRequest)*1e6)
+			if c := t.cell(s, wl, tg); c != nil && len(values(c)) > 0 {
+				fmt.Fprintf(b, " "+format+" |", medianOf(values(c)))
 			} else {
 				b.WriteString(" - |")
 			}

@@ -48,6 +48,11 @@ type Figure struct {
 	// CPU seconds spent while the workload ran, on each side.
 	ClientCPU float64 `json:"client_cpu_s"`
 	ServerCPU float64 `json:"server_cpu_s"`
+	// The server's context switches while the workload ran, voluntary
+	// (it blocked) and involuntary (it was preempted), summed over its
+	// threads alive at the end (the kernel benchmark).
+	ServerVoluntary   int64 `json:"server_voluntary_switches,omitempty"`
+	ServerInvoluntary int64 `json:"server_involuntary_switches,omitempty"`
 	// Requests is what the kernel sent the NBD device while the workload
 	// ran, from /sys/block/nbdN/stat (the nbd target only).
 	Requests string `json:"requests,omitempty"`
@@ -99,6 +104,7 @@ type cell struct {
 	client     []float64
 	server     []float64
 	perRequest []float64 // server CPU seconds per device request, where counted
+	switches   []float64 // server context switches per device request, where counted
 	err        string
 	durable    bool
 	unit, desc string
@@ -158,6 +164,7 @@ func (r *Results) table() *table {
 		c.server = append(c.server, f.ServerCPU)
 		if f.DevRequests > 0 {
 			c.perRequest = append(c.perRequest, f.ServerCPU/float64(f.DevRequests))
+			c.switches = append(c.switches, float64(f.ServerVoluntary+f.ServerInvoluntary)/float64(f.DevRequests))
 		}
 	}
 	return t

@@ -191,3 +191,63 @@ func CommandCPU(comm string) (time.Duration, error) {
 	}
 	return sum, nil
 }
+
+// Switches are a process's context switches, summed over its threads.
+type Switches struct {
+	Voluntary   int64 // the thread blocked (a read with nothing to read, a lock, a sleep)
+	Involuntary int64 // the scheduler took the CPU away
+}
+
+// ReadSwitches sums voluntary_ctxt_switches and nonvoluntary_ctxt_switches
+// over the threads of pid (/proc/PID/status counts the first thread's
+// alone). Threads that have exited are not counted.
+func ReadSwitches(pid int) (Switches, error) {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	if err != nil || len(tasks) == 0 {
+		return Switches{}, fmt.Errorf("procfs: no threads of process %d", pid)
+	}
+	var sum Switches
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // the thread exited
+		}
+		s, err := parseSwitches(t, string(b))
+		if err != nil {
+			return Switches{}, err
+		}
+		sum.Voluntary += s.Voluntary
+		sum.Involuntary += s.Involuntary
+	}
+	return sum, nil
+}
+
+func parseSwitches(path, s string) (Switches, error) {
+	var out Switches
+	var seen int
+	for _, line := range strings.Split(s, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		var dst *int64
+		switch k {
+		case "voluntary_ctxt_switches":
+			dst = &out.Voluntary
+		case "nonvoluntary_ctxt_switches":
+			dst = &out.Involuntary
+		default:
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			return Switches{}, fmt.Errorf("procfs: %s: %s %q: %w", path, k, v, err)
+		}
+		*dst = n
+		seen++
+	}
+	if seen != 2 {
+		return Switches{}, fmt.Errorf("procfs: %s: no context switch counts", path)
+	}
+	return out, nil
+}

@@ -143,3 +143,42 @@ func TestParseSystemCPU(t *testing.T) {
 		}
 	}
 }
+
+func TestParseSwitches(t *testing.T) {
+	for _, tt := range []struct {
+		name, in string
+		want     Switches
+		wantErr  bool
+	}{
+		{"both", "Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n", Switches{120, 7}, false},
+		{"one missing", "voluntary_ctxt_switches:\t120\n", Switches{}, true},
+		{"not a number", "voluntary_ctxt_switches:\tmany\nnonvoluntary_ctxt_switches:\t7\n", Switches{}, true},
+	} {
+		got, err := parseSwitches("status", tt.in)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("%s: got %+v, %v; want %+v (error: %v)", tt.name, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+// A process that sleeps in a loop blocks each time: its voluntary
+// switches grow, summed over every thread it has.
+func TestReadSwitches(t *testing.T) {
+	before, err := ReadSwitches(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		time.Sleep(time.Millisecond)
+	}
+	after, err := ReadSwitches(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after.Voluntary - before.Voluntary; d < 10 {
+		t.Errorf("20 sleeps made %d voluntary switches, want at least 10", d)
+	}
+	if _, err := ReadSwitches(1 << 30); err == nil {
+		t.Error("no error for a process that does not exist")
+	}
+}
