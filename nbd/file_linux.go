@@ -22,6 +22,13 @@ type File struct {
 	blockDev bool
 	noSplice atomic.Bool // splice(2) failed with EINVAL: copy instead
 	memory   bool        // the file lives in memory (tmpfs, ramfs)
+	// unsynced is set after every change (a write, trim or zeroing, done
+	// or failed) and cleared by the Sync that covers it: a FLUSH with
+	// nothing written since the last one costs no fdatasync. Set only once
+	// the change is made, so a Sync that clears it first still syncs,
+	// and the next one sees it. It starts set: the first Sync covers
+	// whatever was in the page cache when the file was opened.
+	unsynced atomic.Bool
 }
 
 // OpenFile opens path, a regular file or a block device, as a backend.
@@ -50,6 +57,7 @@ func newFile(f *os.File) (*File, error) {
 	// Fd puts the descriptor in blocking mode, which is what regular files
 	// and block devices are in anyway.
 	b := &File{f: f, fd: int(f.Fd())}
+	b.unsynced.Store(true)
 	switch {
 	case fi.Mode().IsRegular():
 		b.size = fi.Size()
@@ -81,7 +89,10 @@ func (b *File) Size() int64 { return b.size }
 func (b *File) ReadAt(p []byte, off int64) (int, error) { return b.f.ReadAt(p, off) }
 
 // WriteAt implements io.WriterAt.
-func (b *File) WriteAt(p []byte, off int64) (int, error) { return b.f.WriteAt(p, off) }
+func (b *File) WriteAt(p []byte, off int64) (int, error) {
+	defer b.unsynced.Store(true)
+	return b.f.WriteAt(p, off)
+}
 
 // WriteAtFUA implements FUAWriter with a single RWF_DSYNC write.
 func (b *File) WriteAtFUA(p []byte, off int64) (int, error) {
@@ -106,8 +117,21 @@ func (b *File) WriteAtFUA(p []byte, off int64) (int, error) {
 	return done, nil
 }
 
+// fdatasync is unix.Fdatasync; a test counts the calls.
+var fdatasync, realFdatasync = unix.Fdatasync, unix.Fdatasync
+
 // Sync implements Backend with fdatasync.
-func (b *File) Sync() error { return unix.Fdatasync(b.fd) }
+// It is skipped when nothing changed since the last one.
+func (b *File) Sync() error {
+	if !b.unsynced.Swap(false) {
+		return nil
+	}
+	if err := fdatasync(b.fd); err != nil {
+		b.unsynced.Store(true)
+		return err
+	}
+	return nil
+}
 
 // Close closes the file.
 func (b *File) Close() error { return b.f.Close() }
@@ -118,6 +142,7 @@ func (b *File) Trim(off, n int64) error {
 	if n == 0 {
 		return nil
 	}
+	defer b.unsynced.Store(true)
 	var err error
 	if b.blockDev {
 		r := [2]uint64{uint64(off), uint64(n)}
@@ -142,6 +167,7 @@ func (b *File) Zero(off, n int64, flags ZeroFlags) error {
 	if n == 0 {
 		return nil
 	}
+	defer b.unsynced.Store(true)
 	if b.blockDev {
 		if err := b.fallocate(unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, n); err == nil {
 			return nil

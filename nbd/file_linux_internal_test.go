@@ -1,0 +1,64 @@
+package nbd
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// Sync calls fdatasync only when something changed since the last Sync
+// that succeeded: the first one always (the page cache may hold what
+// others wrote before the file was opened), one after a write, trim or
+// zeroing, again after one that failed, and never for two in a row.
+func TestFileSyncSkipsWhenNothingChanged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	calls, fail := 0, false
+	fdatasync = func(fd int) error {
+		calls++
+		if fail {
+			return errors.New("injected")
+		}
+		return nil
+	}
+	t.Cleanup(func() { fdatasync = realFdatasync })
+	steps := []struct {
+		name      string
+		change    func() error
+		fail      bool
+		wantCalls int
+	}{
+		{"first sync", nil, false, 1},
+		{"nothing written", nil, false, 1},
+		{"after a write", func() error { _, err := b.WriteAt([]byte("x"), 0); return err }, false, 2},
+		{"nothing written again", nil, false, 2},
+		{"after a trim", func() error { return b.Trim(0, 4096) }, false, 3},
+		{"after a zeroing", func() error { return b.Zero(0, 4096, ZeroFlags{}) }, false, 4},
+		{"a write, then a failing sync", func() error { _, err := b.WriteAt([]byte("y"), 0); return err }, true, 5},
+		{"retried after the failure", nil, false, 6},
+		{"and then skipped", nil, false, 6},
+	}
+	for _, s := range steps {
+		if s.change != nil {
+			if err := s.change(); err != nil {
+				t.Fatalf("%s: %v", s.name, err)
+			}
+		}
+		fail = s.fail
+		err := b.Sync()
+		if (err != nil) != s.fail {
+			t.Errorf("%s: Sync error %v", s.name, err)
+		}
+		if calls != s.wantCalls {
+			t.Errorf("%s: %d fdatasync calls, want %d", s.name, calls, s.wantCalls)
+		}
+	}
+}
