@@ -24,7 +24,7 @@ func newServer(exports ...*nbd.Export) *nbd.Server {
 	return &nbd.Server{Exports: exports, Logger: quietLogger()}
 }
 
-func ctx(t *testing.T) context.Context {
+func ctx(t testing.TB) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
 	return c
