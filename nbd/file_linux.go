@@ -86,11 +86,26 @@ func (b *File) inMemory() bool { return b.memory }
 func (b *File) Size() int64 { return b.size }
 
 // ReadAt implements io.ReaderAt.
-func (b *File) ReadAt(p []byte, off int64) (int, error) { return b.f.ReadAt(p, off) }
+func (b *File) ReadAt(p []byte, off int64) (int, error) {
+	if b.raw(p) {
+		return rawPread(b.fd, p, off)
+	}
+	return b.f.ReadAt(p, off)
+}
+
+// raw reports whether a read or write of p is made with a raw system
+// call (rawio_linux.go): a file in memory, a copy of at most
+// rawPreadMax, and an offset that fits one register.
+func (b *File) raw(p []byte) bool {
+	return b.memory && len(p) > 0 && len(p) <= rawPreadMax && unsafe.Sizeof(uintptr(0)) == 8
+}
 
 // WriteAt implements io.WriterAt.
 func (b *File) WriteAt(p []byte, off int64) (int, error) {
 	defer b.unsynced.Store(true)
+	if b.raw(p) {
+		return rawPwrite(b.fd, p, off)
+	}
 	return b.f.WriteAt(p, off)
 }
 

@@ -1,7 +1,9 @@
 package nbd
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -60,5 +62,43 @@ func TestFileSyncSkipsWhenNothingChanged(t *testing.T) {
 		if calls != s.wantCalls {
 			t.Errorf("%s: %d fdatasync calls, want %d", s.name, calls, s.wantCalls)
 		}
+	}
+}
+
+// A file in memory is read and written with raw system calls
+// (rawio_linux.go): what is written reads back, a read past the end
+// stops with io.EOF as os.File's does, and copies larger than
+// rawPreadMax take the ordinary path with the same result.
+func TestFileInMemoryRaw(t *testing.T) {
+	dir, err := os.MkdirTemp("/dev/shm", "nbdlab-raw-")
+	if err != nil {
+		t.Fatal("no /dev/shm:", err)
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "img")
+	if err := os.WriteFile(path, make([]byte, 4<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if !b.memory {
+		t.Fatal("a file on /dev/shm is not seen as in memory")
+	}
+	for _, n := range []int{1, 4096, rawPreadMax, rawPreadMax + 4096} {
+		p := bytes.Repeat([]byte{byte(n)}, n)
+		if w, err := b.WriteAt(p, 100); err != nil || w != n {
+			t.Fatalf("write %d: %d, %v", n, w, err)
+		}
+		back := make([]byte, n)
+		if r, err := b.ReadAt(back, 100); err != nil || r != n || !bytes.Equal(back, p) {
+			t.Fatalf("read %d: %d, %v, same %v", n, r, err, bytes.Equal(back, p))
+		}
+	}
+	tail := make([]byte, 8192)
+	if n, err := b.ReadAt(tail, 4<<20-4096); n != 4096 || err != io.EOF {
+		t.Errorf("read across the end: %d, %v; want 4096, io.EOF", n, err)
 	}
 }

@@ -31,8 +31,15 @@ func (rw *replyWriter) Write(p []byte) (int, error) {
 		rw.buf = append(rw.buf, p...)
 		return len(p), nil
 	}
-	bufs := net.Buffers{rw.buf, p}
-	_, err := bufs.WriteTo(rw.w) // writev(2) on sockets
+	var err error
+	if v, ok := rw.w.(interface {
+		writev(a, b []byte) (int64, error)
+	}); ok {
+		_, err = v.writev(rw.buf, p)
+	} else {
+		bufs := net.Buffers{rw.buf, p}
+		_, err = bufs.WriteTo(rw.w) // writev(2) on sockets
+	}
 	rw.buf = rw.buf[:0]
 	if err != nil && rw.err == nil {
 		rw.err = err
