@@ -290,7 +290,11 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 				"--time_based=1", "--runtime=" + strconv.Itoa(int(o.Time.Seconds())), "--ramp_time=1", "--size=" + strconv.Itoa(kernelExport)})
 			c1, sw1 := serverUsage(p, dir)
 			f.Wall, f.ServerCPU = time.Since(start).Seconds(), (c1 - c0).Seconds()
-			f.ServerVoluntary, f.ServerInvoluntary = sw1.Voluntary-sw0.Voluntary, sw1.Involuntary-sw0.Involuntary
+			if v, i := sw1.Voluntary-sw0.Voluntary, sw1.Involuntary-sw0.Involuntary; v >= 0 && i >= 0 {
+				// Negative where a process counted at the start (nbd-server's
+				// child of the last device) has exited since: not measured.
+				f.ServerVoluntary, f.ServerInvoluntary = v, i
+			}
 			if d1, err := readDiskStat(dev); err == nil {
 				d := d1.sub(d0)
 				f.DevRequests = d.reads + d.writes + d.discards + d.flushes

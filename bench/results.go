@@ -164,7 +164,9 @@ func (r *Results) table() *table {
 		c.server = append(c.server, f.ServerCPU)
 		if f.DevRequests > 0 {
 			c.perRequest = append(c.perRequest, f.ServerCPU/float64(f.DevRequests))
-			c.switches = append(c.switches, float64(f.ServerVoluntary+f.ServerInvoluntary)/float64(f.DevRequests))
+			if sw := f.ServerVoluntary + f.ServerInvoluntary; sw > 0 {
+				c.switches = append(c.switches, float64(sw)/float64(f.DevRequests))
+			}
 		}
 	}
 	return t
