@@ -22,6 +22,15 @@ import (
 // block (EAGAIN), the goroutine waits in the runtime's poller as any
 // network read does (syscall.RawConn), deadlines included.
 
+// useRawIO makes the session's reads (through in, under its buffered
+// reader, which keeps what it holds) and replies use raw system calls,
+// where the connection has a descriptor (no TLS).
+func (t *transmission) useRawIO(in *connReader) {
+	if t.raw != nil {
+		in.r, t.bw.w = newRawReader(t.raw), newRawWriter(t.raw)
+	}
+}
+
 // rawReader reads a socket with raw system calls. One goroutine at a
 // time reads (the transmission's read side); the state of the call in
 // progress lives here, so a read allocates nothing.

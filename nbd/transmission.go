@@ -110,10 +110,7 @@ func newTransmission(s *session, log *slog.Logger) *transmission {
 	if sc, ok := s.conn.(syscall.Conn); ok && !s.tls {
 		t.raw, _ = sc.SyscallConn()
 	}
-	if t.raw != nil {
-		// The buffered reader keeps what it holds; only its source changes.
-		s.in.r, t.bw.w = newRawReader(t.raw), newRawWriter(t.raw)
-	}
+	t.useRawIO(s.in)
 	return t
 }
 

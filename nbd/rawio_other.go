@@ -1,0 +1,7 @@
+//go:build !linux
+
+package nbd
+
+// useRawIO keeps the ordinary reads and writes: raw system calls are
+// Linux's (rawio_linux.go).
+func (t *transmission) useRawIO(in *connReader) {}
