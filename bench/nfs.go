@@ -27,7 +27,7 @@ type NFSOptions struct {
 	// Setups are TOPOLOGY/LINK pairs: netns or vms, and a labnet profile.
 	// Default netns/none, netns/wan, vms/none.
 	Setups  []string
-	Targets []string // default nbd, nfs4.2-sync, nfs4.2-async, nfs3-sync
+	Targets []string // default nbd, nfs4.2-sync, nfs3-sync
 	Kernel  string   // for the VMs; default the newest installed
 	// Server is the NBD server under ext4, one of servers.TCP;
 	// default nbdlab-file.
@@ -37,16 +37,18 @@ type NFSOptions struct {
 	// RTT or more, and between two VMs, the file counts are a fifth and
 	// the file half, so that a run stays within its time (every NFS
 	// metadata operation waits a round trip).
-	Files   int   // files in the untarred tree; default 1000
-	Small   int   // files created and fsynced; default 100
-	FioSize int64 // bytes of the sequential file; default 48 MiB
-	FioTime time.Duration
-	Rounds  int  // default 1
-	Quick   bool // a small subset, for smoke tests
-	Host    bool // run here: netns setups only, needs nbd and nfsd
-	Agent   string
-	NIC     string // with Host in a VM of the vms topology: this VM's address
-	Source  string // the tree's files come from here; default GOROOT/src
+	Files   int           // files in the untarred tree; default 400
+	Small   int           // files created and fsynced; default 50
+	FioSize int64         // bytes of the sequential file; default 16 MiB
+	FioTime time.Duration // each random I/O job; default 1s
+	// Rounds, each visiting every target in turn; default 5, the fewest
+	// that give the median a 95% interval and so a verdict.
+	Rounds int
+	Quick  bool // a small subset, for smoke tests
+	Host   bool // run here: netns setups only, needs nbd and nfsd
+	Agent  string
+	NIC    string // with Host in a VM of the vms topology: this VM's address
+	Source string // the tree's files come from here; default GOROOT/src
 	// Backing, with Host, is a directory on disk for the exports (the
 	// image file and the NFS export) instead of a tmpfs.
 	Backing string
@@ -80,22 +82,23 @@ func (o *NFSOptions) defaults() error {
 		if o.FioTime == 0 {
 			o.FioTime = time.Second
 		}
+		o.Rounds = orInt(o.Rounds, 1)
 	}
 	if len(o.Setups) == 0 {
 		o.Setups = []string{"netns/none", "netns/wan", "vms/none"}
 	}
 	if len(o.Targets) == 0 {
-		o.Targets = []string{nbdTarget, "nfs4.2-sync", "nfs4.2-async", "nfs3-sync"}
+		o.Targets = []string{nbdTarget, "nfs4.2-sync", "nfs3-sync"}
 	}
-	o.Files = orInt(o.Files, 800)
-	o.Small = orInt(o.Small, 100)
+	o.Files = orInt(o.Files, 400)
+	o.Small = orInt(o.Small, 50)
 	o.Connections = orInt(o.Connections, 1)
-	o.Rounds = orInt(o.Rounds, 1)
+	o.Rounds = orInt(o.Rounds, 5)
 	if o.FioSize == 0 {
-		o.FioSize = 32 << 20
+		o.FioSize = 16 << 20
 	}
 	if o.FioTime == 0 {
-		o.FioTime = 2 * time.Second
+		o.FioTime = time.Second
 	}
 	if o.Server == "" {
 		o.Server = "nbdlab-file"
