@@ -95,9 +95,9 @@ func (b *File) ReadAt(p []byte, off int64) (int, error) {
 
 // raw reports whether a read or write of p is made with a raw system
 // call (rawio_linux.go): a file in memory, a copy of at most
-// rawPreadMax, and an offset that fits one register.
+// rawFileMax, and an offset that fits one register.
 func (b *File) raw(p []byte) bool {
-	return b.memory && len(p) > 0 && len(p) <= rawPreadMax && unsafe.Sizeof(uintptr(0)) == 8
+	return b.memory && len(p) > 0 && len(p) <= rawFileMax && unsafe.Sizeof(uintptr(0)) == 8
 }
 
 // WriteAt implements io.WriterAt.

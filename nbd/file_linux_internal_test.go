@@ -9,20 +9,28 @@ import (
 	"testing"
 )
 
-// Sync calls fdatasync only when something changed since the last Sync
-// that succeeded: the first one always (the page cache may hold what
-// others wrote before the file was opened), one after a write, trim or
-// zeroing, again after one that failed, and never for two in a row.
-func TestFileSyncSkipsWhenNothingChanged(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "img")
-	if err := os.WriteFile(path, make([]byte, 1<<20), 0o644); err != nil {
+// openTestFile opens a file export of size zero bytes made in dir; it is
+// closed when the test ends.
+func openTestFile(t *testing.T, dir string, size int) *File {
+	t.Helper()
+	path := filepath.Join(dir, "img")
+	if err := os.WriteFile(path, make([]byte, size), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	b, err := OpenFile(path, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// Sync calls fdatasync only when something changed since the last Sync
+// that succeeded: the first one always (the page cache may hold what
+// others wrote before the file was opened), one after a write, trim or
+// zeroing, again after one that failed, and never for two in a row.
+func TestFileSyncSkipsWhenNothingChanged(t *testing.T) {
+	b := openTestFile(t, t.TempDir(), 1<<20)
 	calls, fail := 0, false
 	fdatasync = func(fd int) error {
 		calls++
@@ -68,26 +76,18 @@ func TestFileSyncSkipsWhenNothingChanged(t *testing.T) {
 // A file in memory is read and written with raw system calls
 // (rawio_linux.go): what is written reads back, a read past the end
 // stops with io.EOF as os.File's does, and copies larger than
-// rawPreadMax take the ordinary path with the same result.
+// rawFileMax take the ordinary path with the same result.
 func TestFileInMemoryRaw(t *testing.T) {
 	dir, err := os.MkdirTemp("/dev/shm", "nbdlab-raw-")
 	if err != nil {
 		t.Fatal("no /dev/shm:", err)
 	}
 	defer os.RemoveAll(dir)
-	path := filepath.Join(dir, "img")
-	if err := os.WriteFile(path, make([]byte, 4<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	b, err := OpenFile(path, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := openTestFile(t, dir, 4<<20)
 	if !b.memory {
 		t.Fatal("a file on /dev/shm is not seen as in memory")
 	}
-	for _, n := range []int{1, 4096, rawPreadMax, rawPreadMax + 4096} {
+	for _, n := range []int{1, 4096, rawFileMax, rawFileMax + 4096} {
 		p := bytes.Repeat([]byte{byte(n)}, n)
 		if w, err := b.WriteAt(p, 100); err != nil || w != n {
 			t.Fatalf("write %d: %d, %v", n, w, err)
