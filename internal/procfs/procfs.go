@@ -3,10 +3,10 @@
 package procfs
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -91,26 +91,43 @@ func PeakRSS(pid int) (int64, error) {
 // kB for the memory fields (VmRSS, VmHWM), a count for Threads.
 func Status(pid int, field string) (int64, error) {
 	path := fmt.Sprintf("/proc/%d/status", pid)
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			fs := strings.Fields(v)
-			if len(fs) == 0 {
-				return 0, fmt.Errorf("procfs: %s: %s is empty", path, field)
-			}
-			n, err := strconv.ParseInt(fs[0], 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("procfs: %s: %s %q: %w", path, field, v, err)
-			}
-			return n, nil
-		}
+	n, err := parseStatus(path, string(b), field)
+	if err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("procfs: no %s in %s", field, path)
+	return n[0], nil
+}
+
+// parseStatus returns the number each of fields starts with in a status
+// file's text, in the order asked.
+func parseStatus(path, text string, fields ...string) ([]int64, error) {
+	out := make([]int64, len(fields))
+	found := 0
+	for _, line := range strings.Split(text, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		i := slices.Index(fields, k)
+		if !ok || i < 0 {
+			continue
+		}
+		fs := strings.Fields(v)
+		if len(fs) == 0 {
+			return nil, fmt.Errorf("procfs: %s: %s is empty", path, k)
+		}
+		n, err := strconv.ParseInt(fs[0], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("procfs: %s: %s %q: %w", path, k, v, err)
+		}
+		out[i] = n
+		found++
+	}
+	if found != len(fields) {
+		return nil, fmt.Errorf("procfs: %s: want %s, found %d of them", path, strings.Join(fields, ", "), found)
+	}
+	return out, nil
 }
 
 // SystemCPU is the CPU time the whole machine has spent busy (everything
@@ -212,42 +229,12 @@ func ReadSwitches(pid int) (Switches, error) {
 		if err != nil {
 			continue // the thread exited
 		}
-		s, err := parseSwitches(t, string(b))
+		n, err := parseStatus(t, string(b), "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
 		if err != nil {
 			return Switches{}, err
 		}
-		sum.Voluntary += s.Voluntary
-		sum.Involuntary += s.Involuntary
+		sum.Voluntary += n[0]
+		sum.Involuntary += n[1]
 	}
 	return sum, nil
-}
-
-func parseSwitches(path, s string) (Switches, error) {
-	var out Switches
-	var seen int
-	for _, line := range strings.Split(s, "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		var dst *int64
-		switch k {
-		case "voluntary_ctxt_switches":
-			dst = &out.Voluntary
-		case "nonvoluntary_ctxt_switches":
-			dst = &out.Involuntary
-		default:
-			continue
-		}
-		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil {
-			return Switches{}, fmt.Errorf("procfs: %s: %s %q: %w", path, k, v, err)
-		}
-		*dst = n
-		seen++
-	}
-	if seen != 2 {
-		return Switches{}, fmt.Errorf("procfs: %s: no context switch counts", path)
-	}
-	return out, nil
 }

@@ -3,6 +3,7 @@ package procfs
 import (
 	"os"
 	"os/exec"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -144,19 +145,22 @@ func TestParseSystemCPU(t *testing.T) {
 	}
 }
 
-func TestParseSwitches(t *testing.T) {
+func TestParseStatus(t *testing.T) {
+	fields := []string{"voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"}
 	for _, tt := range []struct {
 		name, in string
-		want     Switches
+		want     []int64
 		wantErr  bool
 	}{
-		{"both", "Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n", Switches{120, 7}, false},
-		{"one missing", "voluntary_ctxt_switches:\t120\n", Switches{}, true},
-		{"not a number", "voluntary_ctxt_switches:\tmany\nnonvoluntary_ctxt_switches:\t7\n", Switches{}, true},
+		{"both", "Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n", []int64{120, 7}, false},
+		{"in the other order", "nonvoluntary_ctxt_switches:\t7\nvoluntary_ctxt_switches:\t120\n", []int64{120, 7}, false},
+		{"one missing", "voluntary_ctxt_switches:\t120\n", nil, true},
+		{"not a number", "voluntary_ctxt_switches:\tmany\nnonvoluntary_ctxt_switches:\t7\n", nil, true},
+		{"empty", "voluntary_ctxt_switches:\nnonvoluntary_ctxt_switches:\t7\n", nil, true},
 	} {
-		got, err := parseSwitches("status", tt.in)
-		if (err != nil) != tt.wantErr || got != tt.want {
-			t.Errorf("%s: got %+v, %v; want %+v (error: %v)", tt.name, got, err, tt.want, tt.wantErr)
+		got, err := parseStatus("status", tt.in, fields...)
+		if (err != nil) != tt.wantErr || !slices.Equal(got, tt.want) {
+			t.Errorf("%s: got %v, %v; want %v (error: %v)", tt.name, got, err, tt.want, tt.wantErr)
 		}
 	}
 }
