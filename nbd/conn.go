@@ -59,6 +59,11 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
 	if d := limit(s.HandshakeTimeout, DefaultHandshakeTimeout); d > 0 {
 		c.SetDeadline(time.Now().Add(d))
 	}
+	defer func() {
+		if sess.export != nil {
+			s.done(sess.export)
+		}
+	}()
 	if err := sess.negotiate(ctx); err != nil {
 		switch {
 		case errors.Is(err, errAbort):
@@ -82,11 +87,6 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
 	sess.conn.SetDeadline(time.Time{})
 	sc.conn, sc.transmitting = sess.conn, true
 	sc.mu.Unlock()
-	if !s.use(sess.export) {
-		log.Info("export taken out by a reload during the handshake; closing connection", "export", sess.export.Name)
-		return fmt.Errorf("nbd: export %q was taken out", sess.export.Name)
-	}
-	defer s.done(sess.export)
 	return newTransmission(sess, log).run()
 }
 

@@ -124,7 +124,9 @@ func (s *session) option(ctx context.Context, opt Option, data []byte) (done boo
 		if e == nil {
 			return false, handshakeErr("%v: no export named %q", opt, data)
 		}
-		s.selectExport(e)
+		if !s.selectExport(e) {
+			return false, handshakeErr("%v: export %q was taken out by a reload", opt, data)
+		}
 		var b [exportNameReplyLen + exportNamePadLen]byte
 		binary.BigEndian.PutUint64(b[0:], uint64(e.Backend.Size()))
 		binary.BigEndian.PutUint16(b[8:], uint16(e.flags(s.structured)))
@@ -164,11 +166,19 @@ func (s *session) option(ctx context.Context, opt Option, data []byte) (done boo
 	}
 }
 
-func (s *session) selectExport(e *Export) {
+// selectExport makes e the session's export for transmission. It counts
+// the connection as e's user before the reply that starts transmission
+// is written, so a reload that takes e out after the client saw that
+// reply finds e in use; false when a reload let go of e already.
+func (s *session) selectExport(e *Export) bool {
+	if !s.srv.use(e) {
+		return false
+	}
 	s.export = e
 	if s.metaExport != e {
 		s.metaAlloc = false
 	}
+	return true
 }
 
 func (s *session) startTLS(ctx context.Context, data []byte) error {
@@ -214,6 +224,9 @@ func (s *session) info(opt Option, data []byte) (bool, error) {
 	if e == nil {
 		return false, s.replyErr(opt, RepErrUnknown, fmt.Sprintf("no export named %q", name))
 	}
+	if opt == OptGo && !s.selectExport(e) {
+		return false, s.replyErr(opt, RepErrUnknown, fmt.Sprintf("export %q was taken out by a reload", name))
+	}
 	want := map[InfoType]bool{}
 	for i := 0; i < nreq; i++ {
 		want[InfoType(binary.BigEndian.Uint16(rest[2*i:]))] = true
@@ -233,14 +246,7 @@ func (s *session) info(opt Option, data []byte) (bool, error) {
 	b = binary.BigEndian.AppendUint32(b, preferredBlock)
 	b = binary.BigEndian.AppendUint32(b, s.srv.maxPayload())
 	s.reply(opt, RepInfo, b)
-	if err := s.reply(opt, RepAck, nil); err != nil {
-		return false, err
-	}
-	if opt == OptGo {
-		s.selectExport(e)
-		return true, nil
-	}
-	return false, nil
+	return opt == OptGo, s.reply(opt, RepAck, nil)
 }
 
 func (s *session) metaContext(opt Option, data []byte) error {
