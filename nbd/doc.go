@@ -46,10 +46,12 @@
 // another already waits ends. A reply is held back only while more are
 // sure to follow without the client: while another waits for the write
 // lock (and goes out with it), or while the reader has requests in hand,
-// which sends what is held before any read that may block. Reads and writes of
-// memory (a memory export, or a file export on tmpfs or ramfs, which never
-// waits for a device) run on the worker that read them, holding the read
-// side: the copy takes less than waking another worker would.
+// which sends what is held before any read that may block; and never
+// more than eight, so a client that sends more only as replies come back
+// is not kept waiting for a whole burst. Reads and writes of memory (a
+// memory export, or a file export on tmpfs or ramfs, which never waits
+// for a device) of up to 64 KiB run on the worker that read them, holding
+// the read side: the copy takes less than waking another worker would.
 //
 // On Linux the socket is read and written with raw system calls, which
 // never block (the socket is non-blocking; a call that would waits in the

@@ -42,7 +42,7 @@ func (t *transmission) next(counted bool) (work, bool) {
 		if got == readAnswered {
 			continue
 		}
-		if t.inline && (w.r.cmd == CmdRead || w.r.cmd == CmdWrite) && w.r.flags&CmdFlagFUA == 0 {
+		if t.inline && (w.r.cmd == CmdRead || w.r.cmd == CmdWrite) && w.r.flags&CmdFlagFUA == 0 && w.r.length <= inlineMax {
 			// Memory (inline): the copy is done here.
 			t.handle(w.r, w.payload)()
 			t.finish(w.r)
@@ -56,6 +56,13 @@ func (t *transmission) next(counted bool) (work, bool) {
 	}
 	return work{}, false
 }
+
+// inlineMax is the largest read or write of memory run on the worker that
+// read it. A larger copy is worth a hand-off: run inline, a 1 MiB write
+// held the read side through its copy, so the next request's payload
+// waited behind it (fio, 1M writes at QD4 to a tmpfs file: 1,670 IOPS
+// inline, 2,040-2,360 handed off; nbdkit's file plugin ~2,000).
+const inlineMax = 64 << 10
 
 // What readRequest got.
 type readResult int

@@ -9,19 +9,31 @@ import (
 // replyBufferMax bounds the replies a connection keeps buffered.
 const replyBufferMax = 256 << 10
 
+// replyHoldMax bounds the replies held back for the ones sure to follow.
+// Holding them all until the reader's buffer is empty made the server and
+// a pipelining client take turns: fio's nbd engine at QD16 waits for its
+// replies while the server reads the 16 requests it sent, and sends more
+// only once they all arrive. With 8 at most, 4k random writes to a memory
+// export over a unix socket went from 165k to 211-219k IOPS natively
+// (nbdkit's memory plugin: 214-225k), to a tmpfs file from 163k to 204k
+// (nbdkit's file plugin 206-209k); reads did not change.
+const replyHoldMax = 8
+
 // send writes one reply under the connection's write lock. Replies are
 // batched only while more are sure to follow without waiting on the
 // client: while another reply waits for the lock (its writer sends
 // both), and while the reader holds requests it read and has not run,
 // before it reads again: it sends what is held before any read that may
-// block (unhold). No timing decides either.
+// block (unhold). No timing decides either; at most replyHoldMax replies
+// or replyBufferMax bytes are held.
 func (t *transmission) send(fn func(w *replyWriter)) {
 	t.sendNow(func(w *replyWriter) error {
 		fn(w)
 		if w.err != nil {
 			return w.err // a large reply went straight out, and failed
 		}
-		if (t.waiting.Load() > 0 || t.holding.Load()) && w.Buffered() < replyBufferMax {
+		t.held++
+		if (t.waiting.Load() > 0 || t.holding.Load()) && w.Buffered() < replyBufferMax && t.held < replyHoldMax {
 			return nil // the next writer, or the reader, sends this one too
 		}
 		return t.flushLocked()
@@ -103,6 +115,7 @@ func (t *transmission) flushLocked() error {
 		return nil
 	}
 	t.armWrite()
+	t.held = 0
 	err := t.bw.Flush()
 	t.writeFailed(err)
 	return err
