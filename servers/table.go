@@ -90,7 +90,9 @@ func Find(name string) (Spec, error) {
 // addr (TCP or a unix socket) and exporting img as "d" with flush, FUA
 // and trim, and returns the command that runs it as the daemon it must
 // be to serve more than one client (-d serves one): a shell holds its
-// place, so that stopping the shell stops the daemon.
+// place, so that stopping the shell stops the daemon. nbd-server's
+// parent returns before its daemon writes the pid file (on a loaded
+// host, long before), so the shell waits up to 10 s for the file.
 func NBDServer(dir string, addr nbd.Addr, img string) ([]string, error) {
 	var listen string
 	switch addr.Network {
@@ -111,6 +113,11 @@ func NBDServer(dir string, addr nbd.Addr, img string) ([]string, error) {
 		return nil, fmt.Errorf("servers: nbd-server configuration: %w", err)
 	}
 	const script = `nbd-server -C "$1" -p "$2" || exit 1
+i=0
+while [ ! -s "$2" ]; do
+	i=$((i+1)); [ $i -le 100 ] || { echo "nbd-server wrote no pid file $2 in 10 s" >&2; exit 1; }
+	sleep 0.1
+done
 trap 'kill $(cat "$2"); exit 0' TERM INT
 while kill -0 $(cat "$2") 2>/dev/null; do sleep 1; done
 exit 1`

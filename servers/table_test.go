@@ -2,9 +2,11 @@ package servers
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nbdlab/nbdlab/nbd"
 )
@@ -60,5 +62,55 @@ func TestFind(t *testing.T) {
 	}
 	if _, err := Find("nosuch"); err == nil || !strings.Contains(err.Error(), "nbdlab-mem") {
 		t.Errorf("Find(nosuch) = %v, want an error listing the known servers", err)
+	}
+}
+
+// The shell that holds nbd-server's place lives as long as the daemon,
+// also when the daemon writes its pid file well after its parent
+// returned (as on a loaded host), and goes when the daemon does.
+func TestNBDServerWaitsForPidFile(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	if err := os.Mkdir(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A stand-in daemon: the parent returns at once, the child writes
+	// its pid 0.5 s later and lives until its stop file appears.
+	fake := `#!/bin/sh
+sh -c 'sleep 0.5; echo $$ > "$1"; while [ ! -e "$1.stop" ]; do sleep 0.1; done' daemon "$4" >/dev/null 2>&1 &
+exit 0
+`
+	if err := os.WriteFile(filepath.Join(bin, "nbd-server"), []byte(fake), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	argv, err := NBDServer(dir, nbd.Addr{Network: "unix", Address: filepath.Join(dir, "s")}, "IMG")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		t.Fatalf("the holding shell ended before the daemon did: %v %s", err, stderr.String())
+	case <-time.After(1200 * time.Millisecond):
+	}
+	if err := os.WriteFile(filepath.Join(dir, "nbd-server.pid.stop"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err == nil {
+			t.Fatal("the holding shell exited 0 after its daemon died, want 1")
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("the holding shell outlived its daemon by 10 s")
 	}
 }
