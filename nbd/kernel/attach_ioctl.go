@@ -34,7 +34,7 @@ func (a *Attachment) attachIoctl(cfg Config) error {
 	for {
 		a.ioctlc = make(chan error, 1)
 		go func() { a.ioctlc <- IoctlConnect(path, cfg) }()
-		err := waitStarted(cfg.Index, a.ioctlc)
+		err := waitStarted(cfg.Index, ioctlSize(cfg), a.ioctlc)
 		if err == nil {
 			return nil
 		}
@@ -46,10 +46,13 @@ func (a *Attachment) attachIoctl(cfg Config) error {
 	}
 }
 
-// waitStarted waits until device n has started under NBD_DO_IT (the
-// kernel then shows the pid of the task serving it in sysfs), or until
-// NBD_DO_IT returns, whose result done carries.
-func waitStarted(n int, done <-chan error) error {
+// waitStarted waits until device n has started under NBD_DO_IT with
+// size bytes, or until NBD_DO_IT returns, whose result done carries.
+// The kernel shows the pid of the task serving the device in sysfs
+// before it sets the device's size: a device taken as started at its
+// pid alone was, on a loaded host, still 0 bytes long when mkfs opened
+// it ("Device size reported to be zero").
+func waitStarted(n int, size int64, done <-chan error) error {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -60,9 +63,16 @@ func waitStarted(n int, done <-chan error) error {
 			}
 			return err
 		case <-tick.C:
-			if DeviceInfo(n).Connected {
+			if d := DeviceInfo(n); d.Connected && d.Size == size {
 				return nil
 			}
 		}
 	}
+}
+
+// ioctlSize is the size in bytes that IoctlConnect gives the device, as
+// sysfs shows it: whole blocks, in 512-byte sectors.
+func ioctlSize(cfg Config) int64 {
+	bs := ioctlBlockSize(cfg)
+	return int64(cfg.Size/bs*bs) &^ 511
 }

@@ -32,6 +32,15 @@ func ioctl(f *os.File, req, arg uintptr) error {
 	return nil
 }
 
+// ioctlBlockSize is the block size IoctlConnect sets: the configured one,
+// or 512 bytes.
+func ioctlBlockSize(cfg Config) uint64 {
+	if cfg.BlockSize == 0 {
+		return 512
+	}
+	return cfg.BlockSize
+}
+
 // IoctlConnect configures device path with the ioctl interface and then
 // serves it: it blocks inside NBD_DO_IT until the device is disconnected.
 func IoctlConnect(path string, cfg Config) error {
@@ -45,10 +54,7 @@ func IoctlConnect(path string, cfg Config) error {
 		return fmt.Errorf("kernel: open %s: %w", path, err)
 	}
 	defer f.Close()
-	bs := cfg.BlockSize
-	if bs == 0 {
-		bs = 512
-	}
+	bs := ioctlBlockSize(cfg)
 	steps := []struct {
 		name     string
 		req, arg uintptr
