@@ -32,8 +32,12 @@ func (t *transmission) send(fn func(w *replyWriter)) {
 		if w.err != nil {
 			return w.err // a large reply went straight out, and failed
 		}
-		t.held++
-		if (t.waiting.Load() > 0 || t.holding.Load()) && w.Buffered() < replyBufferMax && t.held < replyHoldMax {
+		// A reply left in the buffer is held; a large one went out
+		// at once, with whatever was held before it.
+		if w.Buffered() > 0 {
+			w.held++
+		}
+		if (t.waiting.Load() > 0 || t.holding.Load()) && w.Buffered() < replyBufferMax && w.held < replyHoldMax {
 			return nil // the next writer, or the reader, sends this one too
 		}
 		return t.flushLocked()
@@ -115,7 +119,6 @@ func (t *transmission) flushLocked() error {
 		return nil
 	}
 	t.armWrite()
-	t.held = 0
 	err := t.bw.Flush()
 	t.writeFailed(err)
 	return err

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 
@@ -34,70 +35,61 @@ func (c *writeLog) take() []int {
 
 // Replies to a pipelined burst are batched, but never more than eight to
 // a write: a client that sends its next requests only once replies come
-// back (fio's nbd engine) must not wait for the whole burst.
+// back (fio's nbd engine) must not wait for the whole burst. A large
+// reply goes out at once with what was held before it, and the count of
+// held replies starts again from there.
 func TestRepliesHeldAtMostEight(t *testing.T) {
-	const burst, size = 16, 512
-	mem := nbd.NewMem(1 << 20)
-	srv := newServer(&nbd.Export{Name: "m", Backend: mem})
-	cside, sside := net.Pipe()
-	logged := &writeLog{Conn: sside}
-	done := make(chan error, 1)
-	go func() { done <- srv.ServeConn(ctx(t), logged) }()
-	defer func() {
-		cside.Close()
-		<-done
-	}()
+	const small, large = 512, 32 << 10
+	for _, tc := range []struct {
+		name   string
+		sizes  []uint32 // reads sent in one write, answered in order
+		writes int      // writes that carry their replies
+	}{
+		{"16 small", slices.Repeat([]uint32{small}, 16), 2},
+		// 3 small and the large one leave in one vectored write, two
+		// writes on a net.Pipe; the next 8 in one more.
+		{"large in between", slices.Concat(slices.Repeat([]uint32{small}, 3), []uint32{large}, slices.Repeat([]uint32{small}, 8)), 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(&nbd.Export{Name: "m", Backend: nbd.NewMem(1 << 20)})
+			cside, sside := net.Pipe()
+			logged := &writeLog{Conn: sside}
+			done := make(chan error, 1)
+			go func() { done <- srv.ServeConn(ctx(t), logged) }()
+			defer func() {
+				cside.Close()
+				<-done
+			}()
+			if _, _, err := nbd.Negotiate(ctx(t), cside, &nbd.ClientConfig{Export: "m", NoStructuredReplies: true}); err != nil {
+				t.Fatalf("handshake: %v", err)
+			}
+			logged.take()
 
-	// Fixed newstyle, NBD_OPT_EXPORT_NAME: simple replies.
-	greeting := make([]byte, 18)
-	if _, err := io.ReadFull(cside, greeting); err != nil {
-		t.Fatalf("greeting: %v", err)
-	}
-	var hs []byte
-	hs = binary.BigEndian.AppendUint32(hs, uint32(nbd.FlagCFixedNewstyle|nbd.FlagCNoZeroes))
-	hs = binary.BigEndian.AppendUint64(hs, nbd.MagicOpt)
-	hs = binary.BigEndian.AppendUint32(hs, uint32(nbd.OptExportName))
-	hs = binary.BigEndian.AppendUint32(hs, 1)
-	hs = append(hs, 'm')
-	if _, err := cside.Write(hs); err != nil {
-		t.Fatalf("handshake: %v", err)
-	}
-	if _, err := io.ReadFull(cside, make([]byte, 10)); err != nil {
-		t.Fatalf("export size and flags: %v", err)
-	}
-	logged.take()
-
-	var reqs []byte
-	for i := range burst {
-		reqs = nbd.AppendRequestHeader(reqs, nbd.Request{Cmd: nbd.CmdRead, Offset: uint64(i * size), Length: size}, uint64(i+1))
-	}
-	errc := make(chan error, 1)
-	go func() { _, err := cside.Write(reqs); errc <- err }()
-	const replyLen = 16 + size
-	seen := map[uint64]bool{}
-	for range burst {
-		reply := make([]byte, replyLen)
-		if _, err := io.ReadFull(cside, reply); err != nil {
-			t.Fatalf("reply %d: %v", len(seen)+1, err)
-		}
-		if errno := binary.BigEndian.Uint32(reply[4:]); errno != 0 {
-			t.Fatalf("reply %d: errno %d", len(seen)+1, errno)
-		}
-		seen[binary.BigEndian.Uint64(reply[8:])] = true
-	}
-	if err := <-errc; err != nil {
-		t.Fatalf("sending %d requests: %v", burst, err)
-	}
-	if len(seen) != burst {
-		t.Fatalf("%d distinct cookies answered, want %d", len(seen), burst)
-	}
-	writes := logged.take()
-	for _, n := range writes {
-		if n > 8*replyLen {
-			t.Fatalf("a write carried %d replies (writes of %v bytes), want at most 8", n/replyLen, writes)
-		}
-	}
-	if len(writes) >= burst {
-		t.Fatalf("%d writes for %d replies read in one go: not batched", len(writes), burst)
+			var reqs []byte
+			for i, n := range tc.sizes {
+				reqs = nbd.AppendRequestHeader(reqs, nbd.Request{Cmd: nbd.CmdRead, Offset: uint64(i) * large, Length: n}, uint64(i))
+			}
+			errc := make(chan error, 1)
+			go func() { _, err := cside.Write(reqs); errc <- err }()
+			for i := range tc.sizes {
+				var hdr [16]byte
+				if _, err := io.ReadFull(cside, hdr[:]); err != nil {
+					t.Fatalf("reply %d: %v", i+1, err)
+				}
+				cookie := binary.BigEndian.Uint64(hdr[8:])
+				if errno := binary.BigEndian.Uint32(hdr[4:]); errno != 0 || cookie >= uint64(len(tc.sizes)) {
+					t.Fatalf("reply %d: errno %d, cookie %d", i+1, errno, cookie)
+				}
+				if _, err := io.ReadFull(cside, make([]byte, tc.sizes[cookie])); err != nil {
+					t.Fatalf("reply %d's data: %v", i+1, err)
+				}
+			}
+			if err := <-errc; err != nil {
+				t.Fatalf("sending %d requests: %v", len(tc.sizes), err)
+			}
+			if writes := logged.take(); len(writes) != tc.writes {
+				t.Fatalf("%d replies in %d writes (of %v bytes), want %d writes", len(tc.sizes), len(writes), writes, tc.writes)
+			}
+		})
 	}
 }

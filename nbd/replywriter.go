@@ -13,16 +13,17 @@ const largeWrite = 32 << 10
 // copying them: pending bytes and the payload leave together in one
 // writev on sockets.
 type replyWriter struct {
-	w   io.Writer
-	buf []byte
-	err error // the first failed write; every later Flush returns it
+	w    io.Writer
+	buf  []byte
+	held int   // replies in buf (the server's sender counts them); 0 whenever buf is sent
+	err  error // the first failed write; every later Flush returns it
 }
 
 func newReplyWriter(w io.Writer) *replyWriter {
 	return &replyWriter{w: w, buf: make([]byte, 0, 64<<10)}
 }
 
-func (rw *replyWriter) Reset(w io.Writer) { rw.w, rw.buf, rw.err = w, rw.buf[:0], nil }
+func (rw *replyWriter) Reset(w io.Writer) { rw.w, rw.buf, rw.held, rw.err = w, rw.buf[:0], 0, nil }
 
 // Write buffers p, or sends it at once with whatever is buffered if it is
 // large. Errors surface from Flush or from the large write.
@@ -40,7 +41,7 @@ func (rw *replyWriter) Write(p []byte) (int, error) {
 		bufs := net.Buffers{rw.buf, p}
 		_, err = bufs.WriteTo(rw.w) // writev(2) on sockets
 	}
-	rw.buf = rw.buf[:0]
+	rw.buf, rw.held = rw.buf[:0], 0
 	if err != nil && rw.err == nil {
 		rw.err = err
 	}
@@ -61,7 +62,7 @@ func (rw *replyWriter) Flush() error {
 		return rw.err
 	}
 	_, err := rw.w.Write(rw.buf)
-	rw.buf = rw.buf[:0]
+	rw.buf, rw.held = rw.buf[:0], 0
 	rw.err = err
 	return err
 }

@@ -63,7 +63,6 @@ type transmission struct {
 	werr    error        // first write error, under wmu
 	wdl     time.Time    // the write deadline set last, under wmu
 	wtime   time.Duration
-	held    int          // replies buffered since the last flush, under wmu
 	waiting atomic.Int32 // replies waiting for wmu
 	holding atomic.Bool  // the reader has requests in hand and will send the held replies before it blocks (unhold)
 
