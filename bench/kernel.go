@@ -384,7 +384,7 @@ func (r *Results) WriteKernelReport(w io.Writer) error {
 		f := r.Figures[0]
 		fmt.Fprintf(&b, "Started %s. Kernel %s, %d CPUs, %s; each server in a network namespace over a veth pair; fio libaio, O_DIRECT, on the whole device. "+
 			"Median of the rounds (its 95%% confidence interval in brackets: from order statistics, the whole range for up to 8 rounds). "+
-			"**nbdlab / best peer** is nbdlab's better server against the best of the others, with the ratio's interval: "+
+			"**nbdlab / best peer** is nbdlab's better server against the best of the others, the median of the ratios of each of its rounds to each of the peer's, with that ratio's 95%% interval (Moses's, from the Mann-Whitney rank-sum test): "+
 			"*faster* or *slower* where the interval excludes 1.00, *within noise* where it does not, *too few rounds* under 5 rounds. "+
 			"**server CPU µs/request** is the CPU time of each server's process over the job's requests.\n\n",
 			r.Started.UTC().Format("2006-01-02 15:04 UTC"), f.Kernel, f.CPUs, orUnknown(f.Accel))

@@ -76,7 +76,9 @@ func (r *Results) plot(dir string) error {
 					continue
 				}
 				cmp := compare(c.vals, ref.vals, higherIsBetter(c.unit))
-				errs = append(errs, errorBar{x: float64(j), y: vals[j], lo: vals[j] - cmp.Lo, hi: cmp.Hi - vals[j]})
+				// The bar is the ratio of medians; the interval is the rank-sum
+				// one, which need not hold it at its centre.
+				errs = append(errs, errorBar{x: float64(j), y: vals[j], lo: max(0, vals[j]-cmp.Lo), hi: max(0, cmp.Hi-vals[j])})
 			}
 			if len(errs) > 0 {
 				eb, err := plotter.NewYErrorBars(errorBars(errs))

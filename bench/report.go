@@ -25,7 +25,7 @@ func (r *Results) WriteNFSReport(w io.Writer) error {
 	}
 	fmt.Fprintf(&b, "Times are seconds (lower is better), rates MiB/s or IOPS (higher is better); the median of the rounds. "+
 		"**NBD vs NFS** compares NBD with the fastest NFS target that stores what it acknowledges (sync exports): "+
-		"above 1.00x NBD is faster; the bracket is the ratio's 95%% interval from the two medians' order-statistics intervals, "+
+		"above 1.00x NBD is faster; the ratio is the median of the ratios of every NBD round to every NFS round, the bracket its 95%% interval (Moses's, from the Mann-Whitney rank-sum test), "+
 		"and the verdict is *faster* or *slower* only where it excludes 1.00 (*within noise* otherwise, *too few rounds* under 5 rounds). Targets marked * are `async` exports: nfsd acknowledges writes it has not "+
 		"stored, and a server crash loses them; they are shown, never counted as the best NFS.\n\n")
 	for _, s := range t.setups {

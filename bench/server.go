@@ -267,7 +267,7 @@ func report(w io.Writer, runs map[string]map[string][]Result) {
 		}
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\nnbdlab / best peer (IOPS; the ratio of medians, its 95% interval from the rounds' and the verdict):")
+	fmt.Fprintln(w, "\nnbdlab / best peer (IOPS; the median of the round-to-round ratios, its 95% rank-sum interval and the verdict):")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "job\tnbdlab best\tbest peer\tnbdlab / best peer\tmem vs memory peers\tfile vs file peers\tqcow2 vs qemu-nbd qcow2")
 	for _, j := range jobs {

@@ -47,6 +47,11 @@ func TestCompare(t *testing.T) {
 		{"seconds: more is slower", []float64{2.0, 2.1, 2.2, 2.05, 2.15}, []float64{1.0, 1.1, 1.2, 1.05, 1.15}, false, Slower},
 		{"two rounds each, far apart", []float64{200, 210}, []float64{100, 110}, true, TooFewRounds},
 		{"equal", []float64{1, 2, 3, 4, 5}, []float64{1, 2, 3, 4, 5}, true, WithinNoise},
+		// One round of a under one of b's and 24 of 25 pairs above: a
+		// 95% interval excludes 1 (bounds from the two medians' intervals,
+		// 118/120, did not).
+		{"one pair of rounds overlaps", []float64{118, 150, 160, 170, 155}, []float64{100, 110, 120, 108, 115}, true, Faster},
+		{"three rounds each", []float64{200, 210, 220}, []float64{100, 110, 120}, true, TooFewRounds},
 	} {
 		c := compare(tc.a, tc.b, tc.higher)
 		if c.Verdict != tc.want {
@@ -74,5 +79,51 @@ func TestWideFigures(t *testing.T) {
 	}
 	if w := wideFigures(figs[:5], 0.1); len(w) != 0 {
 		t.Errorf("tight alone: %q", w)
+	}
+}
+
+// mosesRank gives the ranks of the published two-sided 5% critical values
+// of the Mann-Whitney U (reject at U <= crit, so the interval's rank is
+// crit+1), with the coverage the exact distribution gives.
+func TestMosesRank(t *testing.T) {
+	for _, tc := range []struct {
+		n, m, crit int
+	}{
+		{5, 5, 2}, {6, 6, 5}, {7, 7, 8}, {8, 8, 13}, {10, 10, 23}, {5, 8, 6}, {20, 20, 127},
+	} {
+		k, level := mosesRank(tc.n, tc.m)
+		if k != tc.crit+1 {
+			t.Errorf("mosesRank(%d, %d) = rank %d, want %d", tc.n, tc.m, k, tc.crit+1)
+		}
+		if level < 0.95 || level > 0.99 {
+			t.Errorf("mosesRank(%d, %d): coverage %.4f, want 95%% to 99%%", tc.n, tc.m, level)
+		}
+	}
+	// Five and five: P(U <= 2) = 4/252.
+	if _, level := mosesRank(5, 5); math.Abs(level-(1-8.0/252)) > 1e-12 {
+		t.Errorf("mosesRank(5, 5) coverage %.6f, want %.6f", level, 1-8.0/252)
+	}
+	// Three and three cannot reach 95%: the extremes, at 90%.
+	if k, level := mosesRank(3, 3); k != 1 || math.Abs(level-0.9) > 1e-12 {
+		t.Errorf("mosesRank(3, 3) = %d at %.4f, want 1 at 0.9", k, level)
+	}
+}
+
+func TestMannWhitneySums(t *testing.T) {
+	for _, nm := range [][2]int{{1, 1}, {2, 3}, {5, 5}, {7, 4}} {
+		d := mannWhitney(nm[0], nm[1])
+		if len(d) != nm[0]*nm[1]+1 {
+			t.Fatalf("mannWhitney(%d, %d): %d values", nm[0], nm[1], len(d))
+		}
+		sum := 0.0
+		for u, p := range d {
+			sum += p
+			if q := d[len(d)-1-u]; math.Abs(p-q) > 1e-12 {
+				t.Errorf("mannWhitney(%d, %d): P(U=%d) %g, P(U=%d) %g: not symmetric", nm[0], nm[1], u, p, len(d)-1-u, q)
+			}
+		}
+		if math.Abs(sum-1) > 1e-12 {
+			t.Errorf("mannWhitney(%d, %d) sums to %g", nm[0], nm[1], sum)
+		}
 	}
 }
