@@ -430,6 +430,21 @@ func kernelLog() string {
 	return string(out)
 }
 
+// nbdLogLines bounds the kernel log lines a failed case's detail quotes.
+const nbdLogLines = 12
+
+// nbdLogTail returns the last n lines of log that name an nbd device,
+// indented: what the kernel said about the devices while a case ran.
+func nbdLogTail(log string, n int) string {
+	var lines []string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "nbd") {
+			lines = append(lines, "  "+strings.TrimSpace(l))
+		}
+	}
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
 var oops = regexp.MustCompile(`(?m)^.*(BUG:|WARNING:|Oops|general protection fault|Call Trace:|hung_task|blocked for more than).*$`)
 
 // runCase runs one case with a deadline, restarts the server if the case
@@ -454,9 +469,15 @@ func runCase(ctx context.Context, c kernelCase, srv *runningServer, o Options, r
 		res.Status = report.Pass
 	}
 	if after := kernelLog(); len(after) >= len(before) {
-		if m := oops.FindString(after[len(before):]); m != "" && res.Status != report.NA {
+		caseLog := after[len(before):]
+		if m := oops.FindString(caseLog); m != "" && res.Status != report.NA {
 			res.Status = report.Fail
 			res.Detail = strings.TrimSpace(res.Detail + "\nkernel log: " + strings.TrimSpace(m))
+		}
+		if res.Status == report.Fail {
+			if lines := nbdLogTail(caseLog, nbdLogLines); lines != "" {
+				res.Detail += "\nthe case's last nbd lines in the kernel log:\n" + lines
+			}
 		}
 	}
 	e.cleanup()

@@ -290,7 +290,8 @@ func caseClearSock(e *kenv) error {
 		}
 		if round == 1 {
 			if _, err := run(e.ctx, "mkfs.ext4", "-q", "-F", a.Path); err != nil {
-				return err
+				d := kernel.DeviceInfo(a.Index)
+				return fmt.Errorf("%w (sysfs now: pid %d, %d bytes)", err, d.PID, d.Size)
 			}
 		}
 		if _, err := run(e.ctx, "mount", a.Path, mnt); err != nil {
