@@ -190,7 +190,7 @@ func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 // AttachCases selects the cases that attach and detach devices most
 // (connect and disconnect over netlink and ioctl, umount racing
 // NBD_CLEAR_SOCK, concurrent connects to any): the stress run's.
-const AttachCases = `^(nbd001-size/(netlink|ioctl)|nbd003-mount-clear-sock|devices/any-8-concurrent)$`
+const AttachCases = `^(nbd001-size/(netlink|ioctl)|attach/ioctl-signals|nbd003-mount-clear-sock|devices/any-8-concurrent)$`
 
 func kernelCases() []kernelCase {
 	var cs []kernelCase
@@ -206,6 +206,7 @@ func kernelCases() []kernelCase {
 		)
 	}
 	cs = append(cs,
+		kernelCase{id: "attach/ioctl-signals", what: "the task inside NBD_DO_IT is sent SIGURG (the Go runtime's preemption signal) 50 times: the device stays connected and sized, and I/O works", run: caseIoctlSignals, once: ofKernel},
 		kernelCase{id: "nbd003-mount-clear-sock", what: "blktests nbd/003: umount racing NBD_CLEAR_SOCK on a mounted ext4, 5 rounds: no hang, no oops", run: caseClearSock, timeout: 4 * time.Minute, once: ofKernel},
 		kernelCase{id: "data/verify-1conn-direct", what: "fio crc32c verify through /dev/nbdN, 1 connection, O_DIRECT", run: func(e *kenv) error { return caseFio(e, 1, true) }, timeout: 5 * time.Minute},
 		kernelCase{id: "data/verify-4conn-direct", what: "fio crc32c verify through /dev/nbdN, 4 connections (where the server advertises multi-conn), O_DIRECT", run: func(e *kenv) error { return caseFio(e, 4, true) }, timeout: 5 * time.Minute},
@@ -319,6 +320,33 @@ func caseClearSock(e *kenv) error {
 		}
 	}
 	return nil
+}
+
+// caseIoctlSignals signals the thread serving an ioctl-attached device.
+// NBD_DO_IT sleeps interruptibly, and a signal there shuts the device's
+// sockets down: a client whose thread can be signalled (a Go program's
+// can, by its runtime's preemption) loses the device at random.
+func caseIoctlSignals(e *kenv) error {
+	a, err := e.attach(kernel.AttachOptions{Interface: kernel.InterfaceIoctl})
+	if err != nil {
+		return err
+	}
+	// sysfs's pid is the thread that called NBD_DO_IT.
+	tid := kernel.DeviceInfo(a.Index).PID
+	for i := 0; i < 50; i++ {
+		if err := unix.Tgkill(os.Getpid(), tid, unix.SIGURG); err != nil {
+			return fmt.Errorf("tgkill %d SIGURG: %w", tid, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if d := kernel.DeviceInfo(a.Index); !d.Connected || d.Size != kernelExportSize {
+		return fmt.Errorf("%s after 50 signals to the thread in NBD_DO_IT (tid %d): connected %v, %d bytes; want %d", a.Path, tid, d.Connected, d.Size, kernelExportSize)
+	}
+	if err := roundTrip(e.ctx, a.Path, 3); err != nil {
+		return fmt.Errorf("after 50 signals to the thread in NBD_DO_IT: %w", err)
+	}
+	return e.detach(a)
 }
 
 func isMounted(dir string) bool {

@@ -81,13 +81,34 @@ func IoctlConnect(path string, cfg Config) error {
 			return fmt.Errorf("kernel: %s on %s: %w", s.name, path, err)
 		}
 	}
-	err = ioctl(f, ioctlDoIt, 0)
+	err = doIt(f)
 	ioctl(f, ioctlClearQue, 0)
 	ioctl(f, ioctlClearSock, 0)
 	if err != nil && err != unix.EPIPE && err != unix.ECONNRESET {
 		return fmt.Errorf("kernel: NBD_DO_IT on %s: %w", path, err)
 	}
 	return nil
+}
+
+// doIt calls NBD_DO_IT on f with every signal blocked on this thread,
+// which the caller has locked. NBD_DO_IT sleeps interruptibly until the
+// device is disconnected, and a signal there ends it: the kernel shuts
+// the device's sockets down and sets its size to 0. The Go runtime
+// signals its own threads (SIGURG, to preempt a goroutine), and one sent
+// as this thread entered the ioctl lands inside it: the device was lost a
+// few milliseconds after it started (a kernel case sends it 50 signals).
+// A thread with every signal blocked still dies with its process: exit
+// and SIGKILL are not signals it can block.
+func doIt(f *os.File) error {
+	var all, old unix.Sigset_t
+	for i := range all.Val {
+		all.Val[i] = ^all.Val[i] // every bit of a zero word
+	}
+	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &all, &old); err != nil {
+		return fmt.Errorf("kernel: blocking signals for NBD_DO_IT: %w", err)
+	}
+	defer unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+	return ioctl(f, ioctlDoIt, 0)
 }
 
 // IoctlDisconnect asks the process inside NBD_DO_IT on path to stop.
