@@ -47,7 +47,7 @@ func Conform(ctx context.Context) error {
 	return kernelsuite.RunReports(ctx, o, filepath.Join("conform-report", "kernel"))
 }
 
-// ConformStress repeats the attach cases (nbd001 over netlink and ioctl, nbd003, 8 concurrent connects to any) 20 times with nbdlab-file on every kernel of the matrix, stress-ng --cpu 2 beside the VMs (KERNELS=, ROUNDS= to change).
+// ConformStress repeats the attach cases (nbd001 over netlink and ioctl, signals to the ioctl client, nbd003, 8 concurrent connects to any) 20 times with nbdlab-file on every kernel of the matrix, stress-ng --cpu 2 beside the VMs (KERNELS=, ROUNDS= to change).
 func ConformStress(ctx context.Context) error {
 	mg.CtxDeps(ctx, Deps, Build, Kernels)
 	bin, err := filepath.Abs(binary)
