@@ -66,7 +66,6 @@ const minLevel = 0.9
 // with its 95% interval, and the verdict it gives.
 type comparison struct {
 	Ratio, Lo, Hi float64
-	Level         float64 // the interval's coverage, 0 to 1
 	Verdict       string
 }
 
@@ -104,9 +103,9 @@ func compare(a, b []float64, higher bool) comparison {
 		k, level = 1, 0
 	}
 	c.Ratio = math.Exp(medianOf(logs))
-	c.Lo, c.Hi, c.Level = math.Exp(logs[k-1]), math.Exp(logs[len(logs)-k]), level
+	c.Lo, c.Hi = math.Exp(logs[k-1]), math.Exp(logs[len(logs)-k])
 	switch {
-	case medianInterval(a).Level < minLevel || medianInterval(b).Level < minLevel || c.Level < 0.95:
+	case medianInterval(a).Level < minLevel || medianInterval(b).Level < minLevel || level < 0.95:
 		c.Verdict = TooFewRounds
 	case c.Lo > 1:
 		c.Verdict = Faster
