@@ -154,6 +154,9 @@ func (a *agent) do(ctx context.Context, req agentRequest, rep *agentReply) error
 		}
 		return os.RemoveAll(dir)
 	case "drop-caches":
+		if !a.o.OnDisk {
+			return nil // a tmpfs: nothing of the exports' can be dropped
+		}
 		return dropCaches()
 	case "cpu":
 		cpu, err := a.cpu()

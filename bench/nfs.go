@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nbdlab/nbdlab/internal/command"
 	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/labnet"
@@ -280,10 +282,13 @@ func (h *hostRun) withAgent(ctx context.Context, topo string, links []string) er
 func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg string, round int) error {
 	base := Figure{Topology: s.Topology, Link: s.Link, LinkDesc: p.String(), Kernel: h.kernel, CPUs: runtime.NumCPU(),
 		Target: tg, Round: round, Durable: !strings.HasSuffix(tg, "-async")}
+	var t visitTimes
+	t0 := time.Now()
 	unmount, err := h.mount(ctx, tg, &base)
 	if err != nil {
 		return fmt.Errorf("bench: %s %s: %w", s, tg, err)
 	}
+	t.mount = time.Since(t0)
 	w := h.o.sized(s, p)
 	w.ctx, w.dir = ctx, h.mnt
 	if w.tarball, err = h.tree(w.files); err != nil {
@@ -293,10 +298,13 @@ func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg stri
 	base.Files, base.SmallFiles, base.FileBytes = w.files, w.small, w.fioSize
 	for _, wl := range Workloads() {
 		if wl.Cold {
+			t1 := time.Now()
 			if err := h.cool(ctx); err != nil {
 				unmount()
 				return err
 			}
+			t.cool += time.Since(t1)
+			t.cools++
 		}
 		f := base
 		f.Workload, f.Unit = wl.Name, wl.Unit
@@ -306,6 +314,7 @@ func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg stri
 		start := time.Now()
 		v, err := wl.run(w)
 		f.Wall = time.Since(start).Seconds()
+		t.work += time.Since(start)
 		c1, _ := procfs.SystemCPU()
 		s1, _ := h.agent.cpu()
 		f.Value, f.ServerCPU, f.ClientCPU = v, (s1 - s0).Seconds(), (c1 - c0).Seconds()
@@ -329,24 +338,62 @@ func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg stri
 		fmt.Fprintln(h.o.Out, line)
 		h.res.Figures = append(h.res.Figures, f)
 	}
-	return unmount()
+	t1 := time.Now()
+	err = unmount()
+	t.unmount = time.Since(t1)
+	fmt.Fprintf(h.o.Out, "%s %s round %d: %s\n", s, tg, round, t.String(time.Since(t0)))
+	return err
 }
 
-// cool makes the client's caches cold: the target is unmounted, caches
-// are dropped on both sides, and the target mounted again. Dropping alone
-// leaves a journaling filesystem's metadata cached while it waits to be
-// checkpointed (dirty, so not dropped).
+// visitTimes are where one target's visit spent its time: a run's wall
+// clock is mostly not the workloads' own.
+type visitTimes struct {
+	mount, cool, work, unmount time.Duration
+	cools                      int
+}
+
+func (t visitTimes) String(total time.Duration) string {
+	r := func(d time.Duration) string { return d.Round(100 * time.Millisecond).String() }
+	return fmt.Sprintf("%s in all: mount %s, %d remounts %s, workloads %s (tools and probes included), unmount %s",
+		r(total), r(t.mount), t.cools, r(t.cool), r(t.work), r(t.unmount))
+}
+
+// cool makes the target's caches cold: it is unmounted, which takes the
+// filesystem's pages, inodes and dentries with it (NFS keeps none once
+// its superblock is gone); for NBD the device's own cache, where ext4's
+// metadata lives, is invalidated; and the target is mounted again. The
+// server drops its caches only where they hold something (an export on
+// disk: a tmpfs's pages cannot be dropped). Dropping every cache of the
+// machine instead would also drop the tools' own files (fio and its 64
+// libraries, read again from the VM's 9p root at some seconds a time
+// under emulation) and time nothing that belongs to the target.
 func (h *hostRun) cool(ctx context.Context) error {
 	if err := command.Exec(ctx, "", nil, nil, "umount", h.mnt); err != nil {
 		return err
 	}
-	if err := dropCaches(); err != nil {
-		return err
+	if h.dev != "" {
+		if err := flushBuffers("/dev/" + h.dev); err != nil {
+			return err
+		}
 	}
 	if _, err := h.agent.call(agentRequest{Op: "drop-caches"}); err != nil {
 		return err
 	}
 	return command.Exec(ctx, "", nil, nil, "mount", h.mountArgs...)
+}
+
+// flushBuffers writes back and invalidates a block device's cache
+// (BLKFLSBUF).
+func flushBuffers(dev string) error {
+	f, err := os.Open(dev)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	defer f.Close()
+	if err := unix.IoctlSetInt(int(f.Fd()), unix.BLKFLSBUF, 0); err != nil {
+		return fmt.Errorf("bench: BLKFLSBUF on %s: %w", dev, err)
+	}
+	return nil
 }
 
 // sized is the workloads' environment sized for setup s on link p: on a

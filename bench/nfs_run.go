@@ -56,7 +56,9 @@ func RunNFS(ctx context.Context, o NFSOptions) (*Results, error) {
 		out := filepath.Join(work, name+".json")
 		argv := append([]string{vm.InitExe, "bench", "nfs", "--host", "--json", out}, o.guestArgs(setups)...)
 		fmt.Fprintf(o.Out, "== %s: %s on %s\n", name, strings.Join(setups, ", "), k.Release)
+		start := time.Now()
 		res, err := fn(argv)
+		fmt.Fprintf(o.Out, "== %s: done in %s\n", name, time.Since(start).Round(time.Second))
 		if err != nil {
 			return err
 		}

@@ -22,8 +22,8 @@ type Workload struct {
 	Name string
 	What string
 	Unit string // "s", "MiB/s" or "IOPS"
-	// Cold: the target is mounted afresh and caches are dropped on both
-	// sides before it runs.
+	// Cold: the target is mounted afresh, with its caches dropped
+	// (hostRun.cool), before it runs.
 	Cold bool
 	run  func(w *wenv) (float64, error)
 }
@@ -80,7 +80,7 @@ func Workloads() []Workload {
 				return w.syncfs()
 			})
 		}},
-		{Name: "find-cold", What: "find over the tree, remounted and caches dropped on both sides", Unit: "s", Cold: true, run: func(w *wenv) (float64, error) {
+		{Name: "find-cold", What: "find over the tree, remounted with its caches dropped", Unit: "s", Cold: true, run: func(w *wenv) (float64, error) {
 			return w.timed(func() error {
 				out, err := exec.CommandContext(w.ctx, "find", filepath.Join(w.dir, "tree"), "-type", "f").Output()
 				if err != nil {
@@ -92,7 +92,7 @@ func Workloads() []Workload {
 				return nil
 			})
 		}},
-		{Name: "ls-lR-cold", What: "ls -lR of the tree, remounted and caches dropped on both sides", Unit: "s", Cold: true, run: func(w *wenv) (float64, error) {
+		{Name: "ls-lR-cold", What: "ls -lR of the tree, remounted with its caches dropped", Unit: "s", Cold: true, run: func(w *wenv) (float64, error) {
 			return w.timed(func() error { return command.Exec(w.ctx, "", nil, nil, "ls", "-lR", filepath.Join(w.dir, "tree")) })
 		}},
 		{Name: "small-files-fsync", What: "create 4 KiB files, each written and fsynced", Unit: "s", run: func(w *wenv) (float64, error) {
