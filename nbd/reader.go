@@ -42,8 +42,8 @@ func (t *transmission) next(counted bool) (work, bool) {
 		if got == readAnswered {
 			continue
 		}
-		if t.inline && (w.r.cmd == CmdRead || w.r.cmd == CmdWrite) && w.r.flags&CmdFlagFUA == 0 && w.r.length <= inlineMax {
-			// Memory (inline): the copy is done here.
+		if t.inline && runsInline(w.r) {
+			// Memory (inline): done here.
 			t.handle(w.r, w.payload)()
 			t.finish(w.r)
 			continue
@@ -55,6 +55,22 @@ func (t *transmission) next(counted bool) (work, bool) {
 		return w, true
 	}
 	return work{}, false
+}
+
+// runsInline reports whether a request to a memory export is run on the
+// worker that read it: reads and writes up to inlineMax, FUA writes
+// included, and FLUSH. On memory none of them waits for a device (a
+// tmpfs's fdatasync and RWF_DSYNC return at once, Mem's Sync is nothing),
+// and a hand-off to another worker costs more than the request: ext4 on
+// a tmpfs file export sends a FLUSH and a FUA write for every fsync.
+func runsInline(r request) bool {
+	switch r.cmd {
+	case CmdRead, CmdWrite:
+		return r.length <= inlineMax
+	case CmdFlush:
+		return true
+	}
+	return false
 }
 
 // inlineMax is the largest read or write of memory run on the worker that

@@ -41,7 +41,7 @@ type transmission struct {
 	trace      bool
 	idle       time.Duration // Server.IdleTimeout; 0 for none
 	maxPayload uint32
-	inline     bool // the backend is memory: reads and writes run where they are read
+	inline     bool // the backend is memory: small reads and writes, and flushes, run where they are read (runsInline)
 	start      time.Time
 
 	// The read side: one worker at a time holds rmu and reads.
