@@ -313,8 +313,8 @@ func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg stri
 		d0, _ := readDiskStat(h.dev)
 		start := time.Now()
 		v, err := wl.run(w)
-		f.Wall = time.Since(start).Seconds()
-		t.work += time.Since(start)
+		took := time.Since(start)
+		f.Wall, t.work = took.Seconds(), t.work+took
 		c1, _ := procfs.SystemCPU()
 		s1, _ := h.agent.cpu()
 		f.Value, f.ServerCPU, f.ClientCPU = v, (s1 - s0).Seconds(), (c1 - c0).Seconds()
@@ -341,7 +341,7 @@ func (h *hostRun) target(ctx context.Context, s setup, p labnet.Profile, tg stri
 	t1 := time.Now()
 	err = unmount()
 	t.unmount = time.Since(t1)
-	fmt.Fprintf(h.o.Out, "%s %s round %d: %s\n", s, tg, round, t.String(time.Since(t0)))
+	fmt.Fprintf(h.o.Out, "%s %s round %d: %s\n", s, tg, round, t.summary(time.Since(t0)))
 	return err
 }
 
@@ -352,7 +352,8 @@ type visitTimes struct {
 	cools                      int
 }
 
-func (t visitTimes) String(total time.Duration) string {
+// summary is the visit's line, given its whole time.
+func (t visitTimes) summary(total time.Duration) string {
 	r := func(d time.Duration) string { return d.Round(100 * time.Millisecond).String() }
 	return fmt.Sprintf("%s in all: mount %s, %d remounts %s, workloads %s (tools and probes included), unmount %s",
 		r(total), r(t.mount), t.cools, r(t.cool), r(t.work), r(t.unmount))
