@@ -69,6 +69,31 @@ func TestIntegrationOneOutputKeepsOrder(t *testing.T) {
 	}
 }
 
+// PID 1 collects orphans: three children of a shell that exits before
+// they end are adopted by init, end, and must leave no zombie behind; the
+// command's own exit status still reaches the host.
+func TestIntegrationOrphansAreReaped(t *testing.T) {
+	k := vmtest.Kernels(t)[0]
+	script := `sh -c 'for i in 1 2 3; do sleep 0.$i & done; exit 0'
+sleep 2
+for s in /proc/[0-9]*/stat; do
+	read -r line <"$s" 2>/dev/null || continue
+	set -- ${line##*) }
+	[ "$1" = Z ] && [ "$2" = 1 ] && echo "zombie: $line"
+done
+exit 3`
+	res, out, err := vmtest.Run(t, vm.Config{Kernel: k.Release}, "sh", "-c", script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if z := out.Stdout.String(); z != "" {
+		t.Errorf("orphans left as zombies of PID 1:\n%s", z)
+	}
+	if res.ExitCode != 3 {
+		t.Errorf("exit code %d, want the command's 3", res.ExitCode)
+	}
+}
+
 func TestIntegrationWritesStayInGuestUnlessShared(t *testing.T) {
 	forEachKernel(t, func(t *testing.T, k kernels.Kernel) {
 		share := t.TempDir()
