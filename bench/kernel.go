@@ -281,15 +281,15 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 			if job.BS == "1M" {
 				f.Unit = "MiB/s"
 			}
-			c0, sw0 := serverUsage(p, dir)
+			u0, sw0 := serverUsage(p, dir)
 			dev := strings.TrimPrefix(a.Path, "/dev/")
 			d0, _ := readDiskStat(dev)
 			start := time.Now()
 			r, err := fioJSON(ctx, filepath.Join(work, "fio.json"), []string{"--name=" + job.RW, "--filename=" + a.Path,
 				"--rw=" + job.RW, "--bs=" + job.BS, "--iodepth=" + strconv.Itoa(job.Depth), "--ioengine=libaio", "--direct=1",
 				"--time_based=1", "--runtime=" + strconv.Itoa(int(o.Time.Seconds())), "--ramp_time=1", "--size=" + strconv.Itoa(kernelExport)})
-			c1, sw1 := serverUsage(p, dir)
-			f.Wall, f.ServerCPU = time.Since(start).Seconds(), (c1 - c0).Seconds()
+			u1, sw1 := serverUsage(p, dir)
+			f.Wall, f.ServerCPU, f.ServerUserCPU = time.Since(start).Seconds(), (u1.CPU - u0.CPU).Seconds(), (u1.User - u0.User).Seconds()
 			if v, i := sw1.Voluntary-sw0.Voluntary, sw1.Involuntary-sw0.Involuntary; v >= 0 && i >= 0 {
 				// Negative where a process counted at the start (nbd-server's
 				// child of the last device) has exited since: not measured.
@@ -308,8 +308,8 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 					f.Value = r.MiBps()
 				}
 				n := float64(max(f.DevRequests, 1))
-				fmt.Fprintf(o.Out, "round %d %-13s %-26s %8.1f %s (server CPU %.2fs, %.0f µs and %.2f+%.2f switches a request)\n", round, name, f.Workload, f.Value, f.Unit, f.ServerCPU,
-					f.ServerCPU*1e6/n, float64(f.ServerVoluntary)/n, float64(f.ServerInvoluntary)/n)
+				fmt.Fprintf(o.Out, "round %d %-13s %-26s %8.1f %s (server CPU %.2fs, %.0f µs (%.0f in user space) and %.2f+%.2f switches a request)\n", round, name, f.Workload, f.Value, f.Unit, f.ServerCPU,
+					f.ServerCPU*1e6/n, f.ServerUserCPU*1e6/n, float64(f.ServerVoluntary)/n, float64(f.ServerInvoluntary)/n)
 			}
 			figs = append(figs, f)
 		}
@@ -320,12 +320,12 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 	return figs, nil
 }
 
-// serverUsage is the CPU time and context switches of the server's
-// process tree under p (ip netns exec has exec'd the server), and under
-// the daemon whose pid file is in dir (nbd-server detaches from the shell
-// that holds its place).
-func serverUsage(p *servers.Proc, dir string) (time.Duration, procfs.Switches) {
-	var sum time.Duration
+// serverUsage is the CPU time (in all, and in user space) and the
+// context switches of the server's process tree under p (ip netns exec
+// has exec'd the server), and under the daemon whose pid file is in dir
+// (nbd-server detaches from the shell that holds its place).
+func serverUsage(p *servers.Proc, dir string) (procfs.Stat, procfs.Switches) {
+	var sum procfs.Stat
 	var sw procfs.Switches
 	pids := []int{p.Cmd.Process.Pid}
 	if b, err := os.ReadFile(filepath.Join(dir, "nbd-server.pid")); err == nil {
@@ -337,7 +337,8 @@ func serverUsage(p *servers.Proc, dir string) (time.Duration, procfs.Switches) {
 		pid := pids[0]
 		pids = pids[1:]
 		if st, err := procfs.ReadStat(pid); err == nil {
-			sum += st.CPU
+			sum.CPU += st.CPU
+			sum.User += st.User
 		}
 		if s, err := procfs.ReadSwitches(pid); err == nil {
 			sw.Voluntary += s.Voluntary
@@ -409,6 +410,8 @@ func (r *Results) WriteKernelReport(w io.Writer) error {
 func writeCPUPerRequest(b *strings.Builder, t *table, s setup) {
 	writePerRequest(b, t, s, "Server CPU µs per request (median of the rounds)", "%.0f",
 		func(c *cell) []float64 { return scaled(c.perRequest, 1e6) })
+	writePerRequest(b, t, s, "Of that, µs in user space (median of the rounds; the rest is the kernel's, in the server's system calls)", "%.0f",
+		func(c *cell) []float64 { return scaled(c.userPerRequest, 1e6) })
 	writePerRequest(b, t, s, "Server context switches per request, voluntary and involuntary, over the threads alive at the end of each job (median of the rounds)", "%.2f",
 		func(c *cell) []float64 { return c.switches })
 }

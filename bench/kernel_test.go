@@ -14,7 +14,7 @@ func TestKernelReport(t *testing.T) {
 		for i, v := range vals {
 			r.Figures = append(r.Figures, Figure{Topology: "netns", Link: "none", Kernel: "6.12", CPUs: 2,
 				Target: server, Workload: job, Unit: unit, Value: v, Round: i + 1, Durable: true,
-				ServerCPU: 0.5, DevRequests: uint64(v) * 5, ServerVoluntary: int64(v) * 5, ServerInvoluntary: int64(v) * 5})
+				ServerCPU: 0.5, ServerUserCPU: 0.2, DevRequests: uint64(v) * 5, ServerVoluntary: int64(v) * 5, ServerInvoluntary: int64(v) * 5})
 		}
 	}
 	add("nbdlab-mem", "4k randread QD1, 1 conn", "IOPS", 100, 300)                 // median 200
@@ -37,6 +37,9 @@ func TestKernelReport(t *testing.T) {
 		"| 1M read QD4, 1 conn | MiB/s | - | 90.0 | - | 30.0 | 3.00x [3.00-3.00] too few rounds |",
 		// 0.5 s of CPU over five seconds of requests.
 		"| 4k randread QD1, 1 conn | 667 | 400 | 200 | 250 |",
+		// 0.2 s of it in user space.
+		"Of that, µs in user space",
+		"| 4k randread QD1, 1 conn | 267 | 160 | 80 | 100 |",
 		// One voluntary and one involuntary switch a request.
 		"| 4k randread QD1, 1 conn | 2.00 | 2.00 | 2.00 | 2.00 |",
 		"| 1M write QD4, 4 conn | MiB/s | - | 90.0 | - | - | - |",

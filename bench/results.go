@@ -48,6 +48,9 @@ type Figure struct {
 	// CPU seconds spent while the workload ran, on each side.
 	ClientCPU float64 `json:"client_cpu_s"`
 	ServerCPU float64 `json:"server_cpu_s"`
+	// ServerUserCPU is the part of ServerCPU spent in user space (the
+	// kernel benchmark); the rest is the kernel's, in system calls.
+	ServerUserCPU float64 `json:"server_user_cpu_s,omitempty"`
 	// The server's context switches while the workload ran, voluntary
 	// (it blocked) and involuntary (it was preempted), summed over its
 	// threads alive at the end (the kernel benchmark).
@@ -100,14 +103,15 @@ func (s setup) String() string { return s.Topology + "/" + s.Link }
 // cell is the figures of one workload on one target in one setup, over
 // rounds.
 type cell struct {
-	vals       []float64
-	client     []float64
-	server     []float64
-	perRequest []float64 // server CPU seconds per device request, where counted
-	switches   []float64 // server context switches per device request, where counted
-	err        string
-	durable    bool
-	unit, desc string
+	vals           []float64
+	client         []float64
+	server         []float64
+	perRequest     []float64 // server CPU seconds per device request, where counted
+	userPerRequest []float64 // of those, the seconds in user space, where counted
+	switches       []float64 // server context switches per device request, where counted
+	err            string
+	durable        bool
+	unit, desc     string
 }
 
 // median returns the middle value of xs (the mean of the two middle ones
@@ -164,6 +168,9 @@ func (r *Results) table() *table {
 		c.server = append(c.server, f.ServerCPU)
 		if f.DevRequests > 0 {
 			c.perRequest = append(c.perRequest, f.ServerCPU/float64(f.DevRequests))
+			if f.ServerUserCPU > 0 {
+				c.userPerRequest = append(c.userPerRequest, f.ServerUserCPU/float64(f.DevRequests))
+			}
 			if sw := f.ServerVoluntary + f.ServerInvoluntary; sw > 0 {
 				c.switches = append(c.switches, float64(sw)/float64(f.DevRequests))
 			}

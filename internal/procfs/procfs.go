@@ -20,6 +20,7 @@ type Stat struct {
 	State byte          // R, S, D, Z, ...
 	PPID  int           // the parent's pid
 	CPU   time.Duration // user and system time so far
+	User  time.Duration // of CPU, the time spent in user space
 }
 
 // ReadStat reads /proc/PID/stat.
@@ -52,7 +53,12 @@ func parseStat(path, s string) (Stat, error) {
 	if err != nil {
 		return Stat{}, fmt.Errorf("procfs: %s: ppid %q", path, f[1])
 	}
-	return Stat{State: f[0][0], PPID: ppid, CPU: time.Duration(utime+stime) * time.Second / clockTick}, nil
+	return Stat{State: f[0][0], PPID: ppid, CPU: ticks(utime + stime), User: ticks(utime)}, nil
+}
+
+// ticks converts clock ticks to a duration.
+func ticks(n int64) time.Duration {
+	return time.Duration(n) * time.Second / clockTick
 }
 
 // Stopped reports whether pid cannot run until it is continued: every

@@ -16,9 +16,9 @@ func TestParseStat(t *testing.T) {
 		wantErr  bool
 	}{
 		{name: "plain", in: "42 (nbdlab) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0",
-			want: Stat{State: 'S', PPID: 1, CPU: 3 * time.Second}},
+			want: Stat{State: 'S', PPID: 1, CPU: 3 * time.Second, User: 2500 * time.Millisecond}},
 		{name: "name with spaces and parens", in: "7 (a (b) c) Z 1 7 7 0 -1 0 0 0 0 0 1 1 0 0",
-			want: Stat{State: 'Z', PPID: 1, CPU: 20 * time.Millisecond}},
+			want: Stat{State: 'Z', PPID: 1, CPU: 20 * time.Millisecond, User: 10 * time.Millisecond}},
 		{name: "cut short", in: "7 (x) R 1 2", wantErr: true},
 		{name: "no name", in: "7 x R", wantErr: true},
 	} {
