@@ -45,7 +45,7 @@ type transmission struct {
 	start      time.Time
 
 	// The read side: one worker at a time holds rmu and reads.
-	rmu      sync.Mutex
+	rmu      parkLock
 	br       *bufio.Reader // under rmu
 	readDone bool          // under rmu: no more requests will be read
 	readErr  error         // under rmu: why reading ended
@@ -58,7 +58,7 @@ type transmission struct {
 	maxWorkers int32
 
 	// The write side (reply.go).
-	wmu     sync.Mutex
+	wmu     parkLock
 	bw      *replyWriter // under wmu
 	werr    error        // first write error, under wmu
 	wdl     time.Time    // the write deadline set last, under wmu
@@ -86,7 +86,7 @@ func newTransmission(s *session, log *slog.Logger) *transmission {
 	shared, share := s.srv.budget.get(limit(s.srv.MaxInflight, DefaultMaxInflight))
 	ctx, broken := context.WithCancel(context.Background())
 	t := &transmission{
-		ctx: ctx, broken: broken,
+		ctx: ctx, broken: broken, rmu: newParkLock(), wmu: newParkLock(),
 		shared: shared, share: share, idle: max(s.srv.IdleTimeout, 0),
 		srv: s.srv, export: s.export, mem: mem, conn: s.conn, br: s.br,
 		structured: s.structured, metaAlloc: s.metaAlloc, tls: s.tls,
