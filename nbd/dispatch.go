@@ -8,11 +8,13 @@ import (
 	"golang.org/x/sync/semaphore"
 )
 
-// allowedFlags lists the flags each command accepts. Every export
-// advertises NBD_FLAG_SEND_FUA, and the specification then has the server
-// accept NBD_CMD_FLAG_FUA on every command: it means something only on
-// writes, and is ignored on the rest.
-var allowedFlags = map[Cmd]CmdFlags{
+// allowedFlags lists the flags each command accepts, indexed by command;
+// a command past its end is unknown. Every export advertises
+// NBD_FLAG_SEND_FUA, and the specification then has the server accept
+// NBD_CMD_FLAG_FUA on every command: it means something only on writes,
+// and is ignored on the rest. An array, not a map: it is read for every
+// request.
+var allowedFlags = [...]CmdFlags{
 	CmdRead:        CmdFlagFUA | CmdFlagDF,
 	CmdWrite:       CmdFlagFUA,
 	CmdDisc:        CmdFlagFUA,
@@ -26,11 +28,14 @@ var allowedFlags = map[Cmd]CmdFlags{
 // validate checks a request against the export and the session, in the
 // order the specification implies: malformed, forbidden, out of range.
 func (t *transmission) validate(r request) Errno {
-	allowed, known := allowedFlags[r.cmd]
+	if int(r.cmd) >= len(allowedFlags) {
+		return EINVAL
+	}
+	allowed := allowedFlags[r.cmd]
 	if !t.structured {
 		allowed &^= CmdFlagDF
 	}
-	if !known || r.flags&^allowed != 0 {
+	if r.flags&^allowed != 0 {
 		return EINVAL
 	}
 	e := t.export

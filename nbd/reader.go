@@ -91,12 +91,12 @@ const (
 
 // readRequest reads one request.
 func (t *transmission) readRequest() (w work, got readResult, err error) {
-	var hdr [requestHeaderLen]byte
+	hdr := t.hdr[:]
 	if t.br.Buffered() < requestHeaderLen {
 		t.unhold() // the read may block: the held replies go first
 		t.armIdle()
 	}
-	_, err = io.ReadFull(t.br, hdr[:])
+	_, err = io.ReadFull(t.br, hdr)
 	t.holding.Store(true)
 	if err != nil {
 		switch {
@@ -111,7 +111,7 @@ func (t *transmission) readRequest() (w work, got readResult, err error) {
 		}
 		return work{}, readEnd, fmt.Errorf("read request: %w", err)
 	}
-	r, err := parseRequest(hdr[:])
+	r, err := parseRequest(hdr)
 	if err != nil {
 		return work{}, readEnd, err
 	}
