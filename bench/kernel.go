@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -92,7 +91,7 @@ func (o *KernelOptions) defaults() error {
 	if o.Time == 0 {
 		o.Time = 3 * time.Second
 	}
-	o.Rounds = orInt(o.Rounds, 6)
+	o.Rounds = orInt(o.Rounds, 5)
 	if o.TargetCI < 0 || o.TargetCI >= 1 {
 		return fmt.Errorf("bench: --target-ci %g: want a fraction of the median such as 0.1 (±10%%)", o.TargetCI)
 	}
@@ -142,9 +141,7 @@ func RunKernel(ctx context.Context, o KernelOptions) (*Results, error) {
 		argv = append(argv, "--connections", strconv.Itoa(c))
 	}
 	fmt.Fprintf(o.Out, "== fio on /dev/nbdN, %s: %s\n", k.Release, strings.Join(o.Servers, ", "))
-	// Every server holds its export at once: six of 256 MiB on tmpfs,
-	// and two servers' memory.
-	vres, err := vm.Run(ctx, vm.Config{Kernel: k.Release, Init: o.Nbdlab, Memory: "4096M", Timeout: 90 * time.Minute,
+	vres, err := vm.Run(ctx, vm.Config{Kernel: k.Release, Init: o.Nbdlab, Memory: "2048M", Timeout: 90 * time.Minute,
 		Shares: []vm.Share{{Host: work}}, Stdout: o.Out, Stderr: o.Out}, argv...)
 	if err != nil {
 		return nil, err
@@ -199,13 +196,15 @@ func runKernelHost(ctx context.Context, o KernelOptions) (*Results, error) {
 			}
 			fmt.Fprintf(o.Out, "round %d: %d intervals still wider than ±%.0f%% (%s)\n", round, len(wide), 100*o.TargetCI, wide[0])
 		}
-		figs, err := benchRound(ctx, o, pair, work, base, round)
-		res.Figures = append(res.Figures, figs...)
-		if err != nil {
-			if ctx.Err() != nil {
-				return res, err
+		for _, name := range o.Servers {
+			figs, err := benchServer(ctx, o, pair, work, name, base, round)
+			res.Figures = append(res.Figures, figs...)
+			if err != nil {
+				if ctx.Err() != nil {
+					return res, err
+				}
+				fmt.Fprintf(o.Out, "round %d %s: %v\n", round, name, err)
 			}
-			fmt.Fprintf(o.Out, "round %d: %v\n", round, err)
 		}
 	}
 	if o.TargetCI > 0 {
@@ -240,28 +239,9 @@ func wideFigures(figs []Figure, target float64) []string {
 	return wide
 }
 
-// A kernel round starts every server at once, each in the namespace on a
-// port of its own, attaches a device to each, and runs each job on every
-// device in turn before the next job, starting one server further on each
-// round. A job's figures for the servers are
-// then taken within seconds of each other, not minutes: what drifts on
-// the host (in a lab VM, one server's rounds of a job ran from 869 to
-// 3,550 IOPS) moves them together, and the verdicts compare them round
-// by round.
-
-// kernelTarget is one server of a round, started and, while a
-// connection count is measured, attached.
-type kernelTarget struct {
-	name, what string
-	dir        string
-	addr       nbd.Addr
-	proc       *servers.Proc
-	att        *kernel.Attachment
-}
-
-// startKernelTarget starts server name on port in the namespace, serving a
-// filled image of its own.
-func startKernelTarget(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, name string, port int) (*kernelTarget, error) {
+// benchServer starts one server in the namespace and runs every job
+// through the kernel with each connection count.
+func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, name string, base Figure, round int) ([]Figure, error) {
 	spec, _ := servers.Find(name)
 	dir := filepath.Join(work, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -271,123 +251,73 @@ func startKernelTarget(ctx context.Context, o KernelOptions, pair *labnet.Pair, 
 	if err := fillImage(img, kernelExport); err != nil {
 		return nil, err
 	}
-	args := servers.Args{Nbdlab: o.Nbdlab, Dir: dir, IP: pair.ServerIP.String(), Port: port, Img: img, Size: kernelExport}
+	defer os.Remove(img)
+	args := servers.Args{Nbdlab: o.Nbdlab, Dir: dir, IP: pair.ServerIP.String(), Port: 10809, Img: img, Size: kernelExport}
 	sargv, err := spec.Argv(args)
 	if err != nil {
 		return nil, err
 	}
 	argv := append([]string{"netns", "exec", pair.Name}, sargv...)
-	addr := nbd.Addr{Network: "tcp", Address: net.JoinHostPort(args.IP, strconv.Itoa(port))}
+	addr := nbd.Addr{Network: "tcp", Address: net.JoinHostPort(args.IP, "10809")}
 	p, err := servers.StartListening(ctx, addr, time.Minute, "ip", argv...)
 	if err != nil {
 		return nil, err
 	}
-	return &kernelTarget{name: name, what: spec.What, dir: dir, addr: addr, proc: p}, nil
-}
-
-// stop ends the server and removes its image.
-func (k *kernelTarget) stop() {
-	k.proc.Stop(10 * time.Second)
-	os.RemoveAll(k.dir)
-}
-
-// benchRound runs one round: every server, every connection count, every
-// job, the servers in turn within each job.
-func benchRound(ctx context.Context, o KernelOptions, pair *labnet.Pair, work string, base Figure, round int) ([]Figure, error) {
-	var targets []*kernelTarget
-	defer func() {
-		for _, k := range targets {
-			k.stop()
-		}
-	}()
-	for i, name := range o.Servers {
-		k, err := startKernelTarget(ctx, o, pair, work, name, 10809+i)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, err
-			}
-			fmt.Fprintf(o.Out, "round %d %s: not measured: %v\n", round, name, err)
-			continue
-		}
-		targets = append(targets, k)
-	}
+	defer p.Stop(10 * time.Second)
+	base.Target, base.Server, base.Round = name, spec.What, round
 	var figs []Figure
 	for _, conns := range o.Conns {
-		var up []*kernelTarget
-		for _, k := range targets {
-			a, err := kernel.Attach(ctx, k.addr.DialConn, kernel.AttachOptions{Device: "any", Connections: conns,
-				Timeout: time.Minute, Client: nbd.ClientConfig{Export: "d"}})
-			if err != nil {
-				fmt.Fprintf(o.Out, "round %d %s, %d connections: not measured: %v\n", round, k.name, conns, err)
-				continue
-			}
-			k.att = a
-			up = append(up, k)
+		a, err := kernel.Attach(ctx, addr.DialConn, kernel.AttachOptions{Device: "any", Connections: conns,
+			Timeout: time.Minute, Client: nbd.ClientConfig{Export: "d"}})
+		if err != nil {
+			fmt.Fprintf(o.Out, "round %d %s, %d connections: not measured: %v\n", round, name, conns, err)
+			continue
 		}
 		for _, job := range KernelJobs() {
-			// Each round starts the servers' turns one place further on, so
-			// that no server always runs a job first or last.
-			for i := range up {
-				k := up[(i+round-1)%len(up)]
-				f := base
-				f.Target, f.Server, f.Round = k.name, k.what, round
-				f.Workload = fmt.Sprintf("%s, %d conn", job.Name, conns)
-				figs = append(figs, runKernelJob(ctx, o, work, k, job, f))
+			f := base
+			f.Workload = fmt.Sprintf("%s, %d conn", job.Name, conns)
+			f.Export = fmt.Sprintf("%s, %d connection(s)", a.Path, a.Connections)
+			f.Unit = "IOPS"
+			if job.BS == "1M" {
+				f.Unit = "MiB/s"
 			}
+			u0, sw0 := serverUsage(p, dir)
+			dev := strings.TrimPrefix(a.Path, "/dev/")
+			d0, _ := readDiskStat(dev)
+			start := time.Now()
+			r, err := fioJSON(ctx, filepath.Join(work, "fio.json"), []string{"--name=" + job.RW, "--filename=" + a.Path,
+				"--rw=" + job.RW, "--bs=" + job.BS, "--iodepth=" + strconv.Itoa(job.Depth), "--ioengine=libaio", "--direct=1",
+				"--time_based=1", "--runtime=" + strconv.Itoa(int(o.Time.Seconds())), "--ramp_time=1", "--size=" + strconv.Itoa(kernelExport)})
+			u1, sw1 := serverUsage(p, dir)
+			f.Wall, f.ServerCPU, f.ServerUserCPU = time.Since(start).Seconds(), (u1.CPU - u0.CPU).Seconds(), (u1.User - u0.User).Seconds()
+			if v, i := sw1.Voluntary-sw0.Voluntary, sw1.Involuntary-sw0.Involuntary; v >= 0 && i >= 0 {
+				// Negative where a process counted at the start (nbd-server's
+				// child of the last device) has exited since: not measured.
+				f.ServerVoluntary, f.ServerInvoluntary = v, i
+			}
+			if d1, err := readDiskStat(dev); err == nil {
+				d := d1.sub(d0)
+				f.DevRequests = d.reads + d.writes + d.discards + d.flushes
+			}
+			if err != nil {
+				f.Error = err.Error()
+				fmt.Fprintf(o.Out, "round %d %s %s: ERROR %v\n", round, name, f.Workload, err)
+			} else {
+				f.Value = r.IOPS
+				if f.Unit == "MiB/s" {
+					f.Value = r.MiBps()
+				}
+				n := float64(max(f.DevRequests, 1))
+				fmt.Fprintf(o.Out, "round %d %-13s %-26s %8.1f %s (server CPU %.2fs, %.0f µs (%.0f in user space) and %.2f+%.2f switches a request)\n", round, name, f.Workload, f.Value, f.Unit, f.ServerCPU,
+					f.ServerCPU*1e6/n, f.ServerUserCPU*1e6/n, float64(f.ServerVoluntary)/n, float64(f.ServerInvoluntary)/n)
+			}
+			figs = append(figs, f)
 		}
-		var err error
-		for _, k := range up {
-			err = errors.Join(err, kernel.Disconnect(k.att.Index))
-			k.att = nil
-		}
-		if err != nil {
+		if err := kernel.Disconnect(a.Index); err != nil {
 			return figs, err
 		}
 	}
 	return figs, nil
-}
-
-// runKernelJob runs one fio job on k's device and returns its figure,
-// with the server's CPU time, context switches and the requests the
-// device completed meanwhile.
-func runKernelJob(ctx context.Context, o KernelOptions, work string, k *kernelTarget, job Job, f Figure) Figure {
-	a := k.att
-	f.Export = fmt.Sprintf("%s, %d connection(s)", a.Path, a.Connections)
-	f.Unit = "IOPS"
-	if job.BS == "1M" {
-		f.Unit = "MiB/s"
-	}
-	u0, sw0 := serverUsage(k.proc, k.dir)
-	dev := strings.TrimPrefix(a.Path, "/dev/")
-	d0, _ := readDiskStat(dev)
-	start := time.Now()
-	r, err := fioJSON(ctx, filepath.Join(work, "fio.json"), []string{"--name=" + job.RW, "--filename=" + a.Path,
-		"--rw=" + job.RW, "--bs=" + job.BS, "--iodepth=" + strconv.Itoa(job.Depth), "--ioengine=libaio", "--direct=1",
-		"--time_based=1", "--runtime=" + strconv.Itoa(int(o.Time.Seconds())), "--ramp_time=1", "--size=" + strconv.Itoa(kernelExport)})
-	u1, sw1 := serverUsage(k.proc, k.dir)
-	f.Wall, f.ServerCPU, f.ServerUserCPU = time.Since(start).Seconds(), (u1.CPU - u0.CPU).Seconds(), (u1.User - u0.User).Seconds()
-	if v, i := sw1.Voluntary-sw0.Voluntary, sw1.Involuntary-sw0.Involuntary; v >= 0 && i >= 0 {
-		// Negative where a process counted at the start (nbd-server's
-		// child of the last device) has exited since: not measured.
-		f.ServerVoluntary, f.ServerInvoluntary = v, i
-	}
-	if d1, err := readDiskStat(dev); err == nil {
-		d := d1.sub(d0)
-		f.DevRequests = d.reads + d.writes + d.discards + d.flushes
-	}
-	if err != nil {
-		f.Error = err.Error()
-		fmt.Fprintf(o.Out, "round %d %s %s: ERROR %v\n", f.Round, k.name, f.Workload, err)
-		return f
-	}
-	f.Value = r.IOPS
-	if f.Unit == "MiB/s" {
-		f.Value = r.MiBps()
-	}
-	n := float64(max(f.DevRequests, 1))
-	fmt.Fprintf(o.Out, "round %d %-13s %-26s %8.1f %s (server CPU %.2fs, %.0f µs (%.0f in user space) and %.2f+%.2f switches a request)\n", f.Round, k.name, f.Workload, f.Value, f.Unit, f.ServerCPU,
-		f.ServerCPU*1e6/n, f.ServerUserCPU*1e6/n, float64(f.ServerVoluntary)/n, float64(f.ServerInvoluntary)/n)
-	return f
 }
 
 // serverUsage is the CPU time (in all, and in user space) and the
@@ -453,19 +383,17 @@ func (r *Results) WriteKernelReport(w io.Writer) error {
 	b.WriteString("# fio through /dev/nbdN\n\n")
 	if len(r.Figures) > 0 {
 		f := r.Figures[0]
-		fmt.Fprintf(&b, "Started %s. Kernel %s, %d CPUs, %s; the servers side by side in a network namespace over a veth pair, each job run on every server in turn; fio libaio, O_DIRECT, on the whole device. "+
+		fmt.Fprintf(&b, "Started %s. Kernel %s, %d CPUs, %s; each server in a network namespace over a veth pair; fio libaio, O_DIRECT, on the whole device. "+
 			"Median of the rounds (its 95%% confidence interval in brackets: from order statistics, the whole range for up to 8 rounds). "+
-			"**nbdlab / best peer** is nbdlab's better server against the best of the others, round by round: the median of the ratios of its figure to the peer's in the same round "+
-			"(a round runs each job on every server in turn, seconds apart, so its ratio leaves out what drifts between rounds), with that median's 95%% interval from order statistics: "+
-			"*faster* or *slower* where the interval excludes 1.00, *within noise* where it does not, *too few rounds* under 6 rounds. "+
+			"**nbdlab / best peer** is nbdlab's better server against the best of the others, the median of the ratios of each of its rounds to each of the peer's, with that ratio's 95%% interval (Moses's, from the Mann-Whitney rank-sum test): "+
+			"*faster* or *slower* where the interval excludes 1.00, *within noise* where it does not, *too few rounds* under 5 rounds. "+
 			"**server CPU µs/request** is the CPU time of each server's process over the job's requests.\n\n",
 			r.Started.UTC().Format("2006-01-02 15:04 UTC"), f.Kernel, f.CPUs, orUnknown(f.Accel))
 	}
 	for _, s := range t.setups {
 		t.writeFigures(&b, s, "job", func(tg string) string { return tg }, []string{"nbdlab / best peer"}, func(wl string) []string {
 			if ours, peer, ok := nbdlabAgainstPeers(t, s, wl); ok {
-				x, y := pairRounds(ours, peer)
-				return []string{comparePaired(x, y, true).String()}
+				return []string{compare(ours.vals, peer.vals, true).String()}
 			}
 			return []string{"-"}
 		})

@@ -29,7 +29,6 @@ func (r *Results) plot(dir string) error {
 		}
 		relative := func(wl, tg string) float64 { return relativeToNBD(t, s, wl, tg) }
 		reference := func(wl string) *cell { return t.cell(s, wl, nbdTarget) }
-		against := func(c, ref *cell) comparison { return compare(c.vals, ref.vals, higherIsBetter(c.unit)) }
 		p.Title.Text = fmt.Sprintf("NFS against NBD: %s, link %s", s.Topology, desc)
 		p.Y.Label.Text = "speed relative to NBD (x; above 1: faster than NBD)"
 		if r.Kind == "kernel" {
@@ -40,10 +39,6 @@ func (r *Results) plot(dir string) error {
 					return nil
 				}
 				return peer
-			}
-			against = func(c, ref *cell) comparison { // as the report's verdicts: round by round
-				x, y := pairRounds(c, ref)
-				return comparePaired(x, y, higherIsBetter(c.unit))
 			}
 			p.Title.Text = fmt.Sprintf("fio through /dev/nbdN, kernel %s", r.Figures[0].Kernel)
 			p.Y.Label.Text = "IOPS or MiB/s relative to the best peer (x)"
@@ -80,9 +75,9 @@ func (r *Results) plot(dir string) error {
 				if vals[j] == 0 || c == nil || ref == nil || c == ref || len(c.vals) < 2 || len(ref.vals) < 2 {
 					continue
 				}
-				cmp := against(c, ref)
-				// The bar is the ratio of medians; the interval is the
-				// verdict's, which need not hold it at its centre.
+				cmp := compare(c.vals, ref.vals, higherIsBetter(c.unit))
+				// The bar is the ratio of medians; the interval is the rank-sum
+				// one, which need not hold it at its centre.
 				errs = append(errs, errorBar{x: float64(j), y: vals[j], lo: max(0, vals[j]-cmp.Lo), hi: max(0, cmp.Hi-vals[j])})
 			}
 			if len(errs) > 0 {

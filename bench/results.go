@@ -104,7 +104,6 @@ func (s setup) String() string { return s.Topology + "/" + s.Link }
 // rounds.
 type cell struct {
 	vals           []float64
-	rounds         []int // the round of each of vals
 	client         []float64
 	server         []float64
 	perRequest     []float64 // server CPU seconds per device request, where counted
@@ -165,7 +164,6 @@ func (r *Results) table() *table {
 			continue
 		}
 		c.vals = append(c.vals, f.Value)
-		c.rounds = append(c.rounds, f.Round)
 		c.client = append(c.client, f.ClientCPU)
 		c.server = append(c.server, f.ServerCPU)
 		if f.DevRequests > 0 {
@@ -179,17 +177,6 @@ func (r *Results) table() *table {
 		}
 	}
 	return t
-}
-
-// pairRounds returns the figures of a and b from the rounds both have, in
-// the same order.
-func pairRounds(a, b *cell) (x, y []float64) {
-	for i, r := range a.rounds {
-		if j := slices.Index(b.rounds, r); j >= 0 {
-			x, y = append(x, a.vals[i]), append(y, b.vals[j])
-		}
-	}
-	return x, y
 }
 
 func (t *table) cell(s setup, workload, target string) *cell {

@@ -117,44 +117,6 @@ func compare(a, b []float64, higher bool) comparison {
 	return c
 }
 
-// comparePaired compares a and b round by round: a[i] and b[i] come from
-// the same round, taken seconds apart (bench kernel runs each job on every
-// server in turn), so their ratio leaves out what moves between rounds,
-// the host's load and a VM's speed, which under emulation is most of the
-// spread. The ratio is the median of the rounds' ratios, and its interval
-// is that median's, from order statistics (the sign test), with no
-// assumption about their distribution: six rounds give the whole range at
-// 96.9%; five fall short of 95% and draw no verdict.
-func comparePaired(a, b []float64, higher bool) comparison {
-	if !higher {
-		a, b = b, a
-	}
-	c := comparison{Verdict: TooFewRounds}
-	var logs []float64
-	for i := range min(len(a), len(b)) {
-		if a[i] <= 0 || b[i] <= 0 {
-			return c // a round that measured nothing: no ratio to trust
-		}
-		logs = append(logs, math.Log(a[i])-math.Log(b[i]))
-	}
-	if len(logs) == 0 {
-		return c
-	}
-	iv := medianInterval(logs)
-	c.Ratio, c.Lo, c.Hi = math.Exp(iv.Median), math.Exp(iv.Lo), math.Exp(iv.Hi)
-	switch {
-	case iv.Level < 0.95:
-		c.Verdict = TooFewRounds
-	case c.Lo > 1:
-		c.Verdict = Faster
-	case c.Hi < 1:
-		c.Verdict = Slower
-	default:
-		c.Verdict = WithinNoise
-	}
-	return c
-}
-
 // mosesRank returns the rank k for which the k-th smallest and k-th
 // largest of the n·m pairwise differences bound the shift between two
 // samples of n and m with 95% coverage or more, and that coverage:

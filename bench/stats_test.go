@@ -2,7 +2,6 @@ package bench
 
 import (
 	"math"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -61,66 +60,6 @@ func TestCompare(t *testing.T) {
 		if c.Lo > c.Ratio || c.Ratio > c.Hi {
 			t.Errorf("%s: ratio %g outside its interval [%g, %g]", tc.name, c.Ratio, c.Lo, c.Hi)
 		}
-	}
-}
-
-// Paired by round: a drift every target shares cancels in each round's
-// ratio. In the first case a's rounds and b's overlap across rounds (the
-// unpaired comparison says within noise) while a beats b in every round;
-// an estimator that compared the rounds unpaired, or ignored the spread
-// of the ratios, gets one of the cases below wrong.
-func TestComparePaired(t *testing.T) {
-	drift := []float64{1, 2.5, 0.6, 1.8, 4, 1.2}
-	scale := func(k float64, noise ...float64) []float64 {
-		out := make([]float64, len(drift))
-		for i, d := range drift {
-			out[i] = 1000 * d * k * noise[i]
-		}
-		return out
-	}
-	even := []float64{1, 1, 1, 1, 1, 1}
-	for _, tc := range []struct {
-		name   string
-		a, b   []float64
-		higher bool
-		want   string
-		lo, hi float64 // the interval, where the case fixes it
-	}{
-		{"drift shared, a ahead in every round", scale(1.3, 1, 1.05, 0.97, 1.02, 1, 0.99), scale(1, even...), true, Faster, 1.3 * 0.97, 1.3 * 1.05},
-		{"drift shared, a behind in every round", scale(0.8, even...), scale(1, 1, 1.1, 0.95, 1, 1.02, 1), true, Slower, 0, 0},
-		{"ahead in five rounds of six", scale(1.3, 1, 1, 0.7, 1, 1, 1), scale(1, even...), true, WithinNoise, 1.3 * 0.7, 1.3},
-		{"seconds: less is faster", scale(0.5, even...), scale(1, 1, 1.1, 1, 0.9, 1, 1), false, Faster, 0, 0},
-		{"five rounds", scale(1.3, even...)[:5], scale(1, even...)[:5], true, TooFewRounds, 0, 0},
-		{"a round measured nothing", append(scale(1.3, even...), 0), append(scale(1, even...), 500), true, TooFewRounds, 0, 0},
-	} {
-		c := comparePaired(tc.a, tc.b, tc.higher)
-		if c.Verdict != tc.want {
-			t.Errorf("%s: comparePaired = %v, want %s", tc.name, c, tc.want)
-		}
-		if tc.lo != 0 && (math.Abs(c.Lo-tc.lo) > 1e-9 || math.Abs(c.Hi-tc.hi) > 1e-9) {
-			t.Errorf("%s: interval [%g, %g], want [%g, %g]", tc.name, c.Lo, c.Hi, tc.lo, tc.hi)
-		}
-		if c.Verdict != TooFewRounds && (c.Lo > c.Ratio || c.Ratio > c.Hi) {
-			t.Errorf("%s: ratio %g outside its interval [%g, %g]", tc.name, c.Ratio, c.Lo, c.Hi)
-		}
-	}
-	// The first case unpaired: the drift hides the difference.
-	if c := compare(scale(1.3, 1, 1.05, 0.97, 1.02, 1, 0.99), scale(1, even...), true); c.Verdict != WithinNoise {
-		t.Errorf("unpaired: %v, want within noise (the case shows pairing matters)", c)
-	}
-}
-
-// A target's rounds pair with the peer's by round number, whatever the
-// order they were recorded in and whichever rounds either lacks.
-func TestPairRounds(t *testing.T) {
-	a := &cell{vals: []float64{10, 20, 30, 40}, rounds: []int{1, 2, 3, 4}}
-	b := &cell{vals: []float64{400, 200, 100}, rounds: []int{4, 2, 1}} // round 3 failed
-	x, y := pairRounds(a, b)
-	if want := []float64{10, 20, 40}; !slices.Equal(x, want) {
-		t.Errorf("ours = %v, want %v", x, want)
-	}
-	if want := []float64{100, 200, 400}; !slices.Equal(y, want) {
-		t.Errorf("peer's = %v, want %v", y, want)
 	}
 }
 
