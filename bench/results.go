@@ -168,9 +168,9 @@ func (r *Results) table() *table {
 		c.server = append(c.server, f.ServerCPU)
 		if f.DevRequests > 0 {
 			c.perRequest = append(c.perRequest, f.ServerCPU/float64(f.DevRequests))
-			if f.ServerUserCPU > 0 {
-				c.userPerRequest = append(c.userPerRequest, f.ServerUserCPU/float64(f.DevRequests))
-			}
+			// Zero is a reading (under a clock tick of user time), not a
+			// gap: a spliced read can take none.
+			c.userPerRequest = append(c.userPerRequest, f.ServerUserCPU/float64(f.DevRequests))
 			if sw := f.ServerVoluntary + f.ServerInvoluntary; sw > 0 {
 				c.switches = append(c.switches, float64(sw)/float64(f.DevRequests))
 			}
