@@ -45,7 +45,7 @@ type transmission struct {
 	start      time.Time
 
 	// The read side: one worker at a time holds rmu and reads.
-	rmu      parkLock
+	rmu      *parkLock
 	br       *bufio.Reader          // under rmu
 	hdr      [requestHeaderLen]byte // under rmu: the request header being read (a local would escape to the heap through io.ReadFull)
 	readDone bool                   // under rmu: no more requests will be read
@@ -59,7 +59,7 @@ type transmission struct {
 	maxWorkers int32
 
 	// The write side (reply.go).
-	wmu     parkLock
+	wmu     *parkLock
 	bw      *replyWriter // under wmu
 	werr    error        // first write error, under wmu
 	wdl     time.Time    // the write deadline set last, under wmu
