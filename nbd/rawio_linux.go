@@ -4,6 +4,7 @@ import (
 	"io"
 	"os"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -43,7 +44,7 @@ import (
 // where the connection has a descriptor (no TLS).
 func (t *transmission) useRawIO(in *connReader) {
 	if t.raw != nil {
-		in.r, t.bw.w = newRawReader(t.raw), newRawWriter(t.raw)
+		in.r, t.bw.w = newRawReader(t.raw), newRawWriter(t.raw, t.conn, t.wtime)
 	}
 }
 
@@ -100,8 +101,21 @@ func (r *rawReader) read(fd uintptr) bool {
 
 // rawWriter writes a socket with raw system calls, under the
 // transmission's write lock: one call at a time.
+//
+// A write that finds the socket full waits in the poller, and fails once
+// the peer has taken nothing for timeout (Server.WriteTimeout): the
+// deadline is set when the socket fills, moved when it fills again after
+// the peer took some, and cleared once the write is done, so that a write
+// that never waits reads no clock and sets no timer. Moving a deadline
+// ahead of the replies, with two clock readings a request, cost 4k writes
+// at queue depth 1 310 of their 3,940 instructions in user space
+// (callgrind, as for parkLock).
 type rawWriter struct {
 	rc      syscall.RawConn
+	dl      deadliner // nil for no timeout
+	timeout time.Duration
+	armed   bool  // a deadline is set
+	armedAt int64 // done when it was set
 	scratch [4]syscall.Iovec
 	iov     []syscall.Iovec
 	done    int64
@@ -109,8 +123,14 @@ type rawWriter struct {
 	try     func(fd uintptr) bool // w.write, bound once
 }
 
-func newRawWriter(rc syscall.RawConn) *rawWriter {
-	w := &rawWriter{rc: rc}
+// deadliner is the part of a net.Conn a rawWriter sets deadlines on.
+type deadliner interface{ SetWriteDeadline(time.Time) error }
+
+func newRawWriter(rc syscall.RawConn, dl deadliner, timeout time.Duration) *rawWriter {
+	w := &rawWriter{rc: rc, timeout: timeout}
+	if dl != nil && timeout > 0 {
+		w.dl = dl
+	}
 	w.try = w.write
 	return w
 }
@@ -132,6 +152,10 @@ func (w *rawWriter) writev(a, b []byte) (int64, error) {
 	var err error
 	if len(w.iov) > 0 {
 		err = w.rc.Write(w.try)
+	}
+	if w.armed {
+		w.armed = false
+		w.dl.SetWriteDeadline(time.Time{})
 	}
 	clear(w.scratch[:]) // hold on to no caller's memory
 	w.iov = nil
@@ -155,6 +179,10 @@ func (w *rawWriter) write(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			if w.dl != nil && (!w.armed || w.done > w.armedAt) {
+				w.armed, w.armedAt = true, w.done
+				w.dl.SetWriteDeadline(time.Now().Add(w.timeout))
+			}
 			return false
 		default:
 			w.errno = e

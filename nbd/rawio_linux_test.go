@@ -66,17 +66,65 @@ func TestRawReader(t *testing.T) {
 	}
 }
 
+// countDeadlines counts the write deadlines a rawWriter sets on a
+// connection, and sets them.
+type countDeadlines struct {
+	net.Conn
+	set int
+}
+
+func (c *countDeadlines) SetWriteDeadline(t time.Time) error {
+	c.set++
+	return c.Conn.SetWriteDeadline(t)
+}
+
 // The raw writer sends both buffers whole even when they are many times
-// the socket buffer (partial writes, waits in the poller), keeps the
-// write deadline, and reports a peer that went away.
+// the socket buffer (partial writes, waits in the poller), gives up on a
+// peer that takes nothing for its timeout, and reports a peer that went
+// away. A write that never waits sets no deadline, and one that waited
+// leaves none behind.
 func TestRawWriter(t *testing.T) {
 	server, client, rc := tcpPair(t)
 	server.(*net.TCPConn).SetWriteBuffer(16 << 10)
-	w := newRawWriter(rc)
+	dl := &countDeadlines{Conn: server}
+	w := newRawWriter(rc, dl, 300*time.Millisecond)
+	for range 100 {
+		if _, err := w.Write([]byte("small")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if dl.set != 0 {
+		t.Errorf("100 writes that did not wait set %d deadlines; want none", dl.set)
+	}
+	io.ReadFull(client, make([]byte, 100*len("small")))
 	a, b := bytes.Repeat([]byte("a"), 3<<20+5), bytes.Repeat([]byte("b"), 1<<20+3)
+	start := time.Now()
+	if _, err := w.writev(a, b); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("writev to a peer that takes nothing: %v; want os.ErrDeadlineExceeded (timeout 300ms)", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("the write gave up after %v; want about 300ms", took)
+	}
+
+	// A peer that reads, slowly: a write that keeps moving ends well,
+	// however long it takes in all, and leaves no deadline behind to
+	// fail the next one.
+	server, client, rc = tcpPair(t)
+	server.(*net.TCPConn).SetWriteBuffer(16 << 10)
+	dl = &countDeadlines{Conn: server}
+	w = newRawWriter(rc, dl, 300*time.Millisecond)
 	got := make(chan []byte)
 	go func() {
-		buf, _ := io.ReadAll(io.LimitReader(client, int64(len(a)+len(b))))
+		var buf []byte
+		p := make([]byte, 512<<10)
+		for len(buf) < len(a)+len(b) {
+			time.Sleep(20 * time.Millisecond)
+			n, err := client.Read(p)
+			if err != nil {
+				break
+			}
+			buf = append(buf, p[:n]...)
+		}
 		got <- buf
 	}()
 	if n, err := w.writev(a, b); err != nil || n != int64(len(a)+len(b)) {
@@ -85,12 +133,13 @@ func TestRawWriter(t *testing.T) {
 	if buf := <-got; !bytes.Equal(buf, append(append([]byte{}, a...), b...)) {
 		t.Fatalf("the peer got %d bytes, not both buffers in order", len(buf))
 	}
-	// Nobody reads now: the write waits until its deadline.
-	server.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	if _, err := w.Write(a); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Errorf("write nobody reads: %v, want os.ErrDeadlineExceeded", err)
+	if dl.set == 0 {
+		t.Errorf("a write that waited set no deadline")
 	}
-	server.SetWriteDeadline(time.Time{})
+	time.Sleep(400 * time.Millisecond) // past any deadline the write might have left
+	if _, err := w.Write([]byte("x")); err != nil {
+		t.Fatalf("a write after a wait that ended well: %v", err)
+	}
 	client.(*net.TCPConn).SetLinger(0)
 	client.Close() // a reset
 	time.Sleep(20 * time.Millisecond)

@@ -84,9 +84,11 @@ func (t *transmission) sendNow(fn func(w *replyWriter) error) {
 // armWrite gives the write about to start a deadline WriteTimeout ahead,
 // moved only once a quarter of it has gone by: a client that takes none
 // of its replies is dropped within WriteTimeout, and most writes set no
-// timer. wmu is held.
+// timer. wmu is held. Raw writes (rawio_linux.go) need none of this: they
+// set a deadline only when the socket is full, which costs nothing on the
+// way of a write that does not wait.
 func (t *transmission) armWrite() {
-	if t.wtime <= 0 || t.conn == nil {
+	if t.wtime <= 0 || t.conn == nil || t.raw != nil {
 		return
 	}
 	now := time.Now()
