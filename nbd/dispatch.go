@@ -140,19 +140,28 @@ func (t *transmission) safely(r request, fn func() error) (err error) {
 	return fn()
 }
 
-// handle runs one valid request against the backend and returns how to
-// send its reply; the worker sends it once it is ready to read again.
-func (t *transmission) handle(r request, payload []byte) (reply func()) {
+// answer is how a request that ran is answered: with its error, or with
+// what it returns. A value, not a function: a closure per request was an
+// allocation per request.
+type answer struct {
+	errno Errno
+	data  []byte   // a read's data, from Server.bufs: put back once sent
+	ext   []Extent // a block status's extents
+	send  func()   // for a reply that goes its own way (a spliced read): sends it
+}
+
+// handle runs one valid request against the backend and returns its
+// answer; the worker sends it (reply) once it is ready to read again.
+func (t *transmission) handle(r request, payload []byte) answer {
 	start := t.clock()
 	b := t.export.Backend
 	off, n := int64(r.off), int64(r.length)
+	var a answer
 	var err error
 	switch r.cmd {
 	case CmdRead:
-		if reply, err = t.answerRead(r); err == nil {
+		if a, err = t.answerRead(r); err == nil {
 			t.bytesOut.Add(n)
-			t.traceReq(r, 0, t.since(start))
-			return reply
 		}
 	case CmdWrite:
 		err = t.safely(r, func() error {
@@ -198,41 +207,50 @@ func (t *transmission) handle(r request, payload []byte) (reply func()) {
 			return nil
 		})
 	case CmdBlockStatus:
-		var ext []Extent
-		err = t.safely(r, func() (err error) { ext, err = extentsOf(b, off, n); return err })
+		err = t.safely(r, func() (err error) { a.ext, err = extentsOf(b, off, n); return err })
 		if err == nil {
-			ext = clipExtents(ext, n, r.flags&CmdFlagReqOne != 0)
-			t.traceReq(r, 0, t.since(start))
-			return func() { t.send(func(w *replyWriter) { t.writeBlockStatus(w, r, ext) }) }
+			a.ext = clipExtents(a.ext, n, r.flags&CmdFlagReqOne != 0)
 		}
 	}
-	if err == nil {
-		t.traceReq(r, 0, t.since(start))
-		return func() { t.send(func(w *replyWriter) { t.writeDone(w, r) }) }
+	if err != nil {
+		a = answer{errno: errnoOf(err)}
+		if a.errno == EIO {
+			t.log.Error("backend error", "cmd", r.cmd.String(), "offset", r.off, "length", r.length, "err", err)
+		}
 	}
-	errno := errnoOf(err)
-	if errno == EIO {
-		t.log.Error("backend error", "cmd", r.cmd.String(), "offset", r.off, "length", r.length, "err", err)
-	}
-	t.traceReq(r, errno, t.since(start))
-	return func() { t.send(func(w *replyWriter) { t.writeError(w, r, errno, "") }) }
+	t.traceReq(r, a.errno, t.since(start))
+	return a
 }
 
-// answerRead reads the data of a read and returns how to send it: spliced
-// from the backend where it can be, copied through a buffer otherwise.
-func (t *transmission) answerRead(r request) (reply func(), err error) {
-	if reply, spliced, err := t.spliceRead(r); spliced {
-		return reply, err
+// reply sends a request's answer.
+func (t *transmission) reply(r request, a answer) {
+	switch {
+	case a.send != nil:
+		a.send()
+	case a.errno != 0:
+		t.send(func(w *replyWriter) { t.writeError(w, r, a.errno, "") })
+	case r.cmd == CmdRead:
+		t.send(func(w *replyWriter) { t.writeRead(w, r, a.data) })
+		t.srv.bufs.put(a.data)
+	case r.cmd == CmdBlockStatus:
+		t.send(func(w *replyWriter) { t.writeBlockStatus(w, r, a.ext) })
+	default:
+		t.send(func(w *replyWriter) { t.writeDone(w, r) })
+	}
+}
+
+// answerRead reads the data of a read: spliced from the backend where it
+// can be, copied through a buffer otherwise.
+func (t *transmission) answerRead(r request) (answer, error) {
+	if send, spliced, err := t.spliceRead(r); spliced {
+		return answer{send: send}, err
 	}
 	buf := t.srv.bufs.get(int(r.length))
 	if err := t.safely(r, func() error { _, err := t.export.Backend.ReadAt(buf, int64(r.off)); return err }); err != nil {
 		t.srv.bufs.put(buf)
-		return nil, err
+		return answer{}, err
 	}
-	return func() {
-		t.send(func(w *replyWriter) { t.writeRead(w, r, buf) })
-		t.srv.bufs.put(buf)
-	}, nil
+	return answer{data: buf}, nil
 }
 
 // fua completes a write-like command that carries NBD_CMD_FLAG_FUA.

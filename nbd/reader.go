@@ -44,7 +44,7 @@ func (t *transmission) next(counted bool) (work, bool) {
 		}
 		if t.inline && runsInline(w.r) {
 			// Memory (inline): done here.
-			t.handle(w.r, w.payload)()
+			t.reply(w.r, t.handle(w.r, w.payload))
 			t.finish(w.r)
 			continue
 		}

@@ -173,7 +173,7 @@ func spliceTo(rc syscall.RawConn, pipeR, n int) error {
 // the backend, the connection and the size allow it, and returns how to
 // send it. It reports spliced false when the read must take the copying
 // path; an error means the backend failed and nothing is to be sent.
-func (t *transmission) spliceRead(r request) (reply func(), spliced bool, err error) {
+func (t *transmission) spliceRead(r request) (send func(), spliced bool, err error) {
 	f, ok := t.export.Backend.(pipeFiller)
 	if !ok || t.raw == nil || r.length < spliceMin || !f.canSplice() {
 		return nil, false, nil

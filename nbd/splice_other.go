@@ -8,6 +8,6 @@ type pipePool struct{}
 
 func (*pipePool) closeAll() {}
 
-func (t *transmission) spliceRead(request) (reply func(), spliced bool, err error) {
+func (t *transmission) spliceRead(request) (send func(), spliced bool, err error) {
 	return nil, false, nil
 }

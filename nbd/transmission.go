@@ -174,9 +174,10 @@ func (t *transmission) worker() {
 			t.alive.Add(-1)
 			return
 		}
-		var reply func()
-		if t.ctx.Err() == nil {
-			reply = t.handle(w.r, w.payload)
+		var a answer
+		run := t.ctx.Err() == nil
+		if run {
+			a = t.handle(w.r, w.payload)
 		} else {
 			t.srv.bufs.put(w.payload) // no reply can reach the client: skip the work
 		}
@@ -188,8 +189,8 @@ func (t *transmission) worker() {
 		if counted {
 			t.readers.Add(1)
 		}
-		if reply != nil {
-			reply()
+		if run {
+			t.reply(w.r, a)
 		}
 		t.finish(w.r)
 		if !counted {
