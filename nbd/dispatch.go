@@ -144,14 +144,16 @@ func (t *transmission) safely(r request, fn func() error) (err error) {
 // what it returns. A value, not a function: a closure per request was an
 // allocation per request.
 type answer struct {
-	errno Errno
-	data  []byte   // a read's data, from Server.bufs: put back once sent
-	ext   []Extent // a block status's extents
-	send  func()   // for a reply that goes its own way (a spliced read): sends it
+	errno   Errno
+	data    []byte   // a read's data, from Server.bufs: put back once sent
+	inPlace bool     // a read of memory, made as its reply is written (readInto)
+	ext     []Extent // a block status's extents
+	send    func()   // for a reply that goes its own way (a spliced read): sends it
 }
 
 // handle runs one valid request against the backend and returns its
-// answer; the worker sends it (reply) once it is ready to read again.
+// answer; the worker sends it (reply) once it is ready to read again. A
+// write's payload stays the caller's.
 func (t *transmission) handle(r request, payload []byte) answer {
 	start := t.clock()
 	b := t.export.Backend
@@ -160,6 +162,9 @@ func (t *transmission) handle(r request, payload []byte) answer {
 	var err error
 	switch r.cmd {
 	case CmdRead:
+		if t.inline && r.length < largeWrite {
+			return answer{inPlace: true}
+		}
 		if a, err = t.answerRead(r); err == nil {
 			t.bytesOut.Add(n)
 		}
@@ -179,7 +184,6 @@ func (t *transmission) handle(r request, payload []byte) answer {
 			}
 			return b.Sync()
 		})
-		t.srv.bufs.put(payload)
 	case CmdFlush:
 		err = t.safely(r, b.Sync)
 	case CmdTrim:
@@ -213,13 +217,20 @@ func (t *transmission) handle(r request, payload []byte) answer {
 		}
 	}
 	if err != nil {
-		a = answer{errno: errnoOf(err)}
-		if a.errno == EIO {
-			t.log.Error("backend error", "cmd", r.cmd.String(), "offset", r.off, "length", r.length, "err", err)
-		}
+		a = answer{errno: t.failed(r, err)}
 	}
 	t.traceReq(r, a.errno, t.since(start))
 	return a
+}
+
+// failed returns the errno that answers a request the backend failed,
+// and logs an I/O error.
+func (t *transmission) failed(r request, err error) Errno {
+	errno := errnoOf(err)
+	if errno == EIO {
+		t.log.Error("backend error", "cmd", r.cmd.String(), "offset", r.off, "length", r.length, "err", err)
+	}
+	return errno
 }
 
 // reply sends a request's answer.
@@ -229,6 +240,8 @@ func (t *transmission) reply(r request, a answer) {
 		a.send()
 	case a.errno != 0:
 		t.send(func(w *replyWriter) { t.writeError(w, r, a.errno, "") })
+	case a.inPlace:
+		t.send(func(w *replyWriter) { t.readInto(w, r) })
 	case r.cmd == CmdRead:
 		t.send(func(w *replyWriter) { t.writeRead(w, r, a.data) })
 		t.srv.bufs.put(a.data)

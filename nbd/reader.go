@@ -12,7 +12,8 @@ import (
 // work is a request read and checked, ready to run.
 type work struct {
 	r       request
-	payload []byte // a write's data, from Server.bufs
+	payload []byte // a write's data: from Server.bufs, or still in the read buffer (inPlace)
+	inPlace bool   // payload is the read buffer's, until next discards it
 }
 
 // next takes the read side and reads until it has a request to run, which
@@ -44,7 +45,13 @@ func (t *transmission) next(counted bool) (work, bool) {
 		}
 		if t.inline && runsInline(w.r) {
 			// Memory (inline): done here.
-			t.reply(w.r, t.handle(w.r, w.payload))
+			a := t.handle(w.r, w.payload)
+			if w.inPlace {
+				t.br.Discard(len(w.payload))
+			} else {
+				t.srv.bufs.put(w.payload)
+			}
+			t.reply(w.r, a)
 			t.finish(w.r)
 			continue
 		}
@@ -153,20 +160,39 @@ func (t *transmission) readRequest() (w work, got readResult, err error) {
 	t.begin()
 	w = work{r: r}
 	if r.cmd == CmdWrite {
-		w.payload = t.srv.bufs.get(int(r.length))
-		if t.br.Buffered() < int(r.length) {
-			t.unhold()
-		}
-		_, err := io.ReadFull(t.br, w.payload)
-		t.holding.Store(true)
-		if err != nil {
-			t.srv.bufs.put(w.payload)
+		if err := t.readPayload(&w); err != nil {
 			t.finish(r)
 			return work{}, readEnd, fmt.Errorf("read %d-byte write payload: %w", r.length, err)
 		}
 		t.bytesIn.Add(int64(r.length))
 	}
 	return w, readRun, nil
+}
+
+// readPayload reads a write's data. A write run inline leaves its data
+// where it is, in the read buffer, and the backend takes it from there:
+// next discards it once the write is done. (Copied out into a buffer of
+// its own, a 4k write's data was 460 of the 3,450 instructions the write
+// took in user space, and getting the buffer and putting it back 300
+// more; callgrind, as for parkLock.) Any other write's data is read into
+// a buffer from Server.bufs, since the read side moves on while it runs.
+func (t *transmission) readPayload(w *work) error {
+	n := int(w.r.length)
+	if t.br.Buffered() < n {
+		t.unhold()
+	}
+	defer t.holding.Store(true)
+	if t.inline && runsInline(w.r) && n <= t.br.Size() {
+		p, err := t.br.Peek(n)
+		w.payload, w.inPlace = p, true
+		return err
+	}
+	w.payload = t.srv.bufs.get(n)
+	if _, err := io.ReadFull(t.br, w.payload); err != nil {
+		t.srv.bufs.put(w.payload)
+		return err
+	}
+	return nil
 }
 
 // memDirectMin is the size from which a write to a memory export is read

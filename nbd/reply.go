@@ -3,6 +3,7 @@ package nbd
 import (
 	"encoding/binary"
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -158,6 +159,30 @@ func (t *transmission) writeError(w *replyWriter, r request, errno Errno, msg st
 func (t *transmission) writeRead(w *replyWriter, r request, data []byte) {
 	t.writeReadHeader(w, r, len(data))
 	w.Write(data)
+}
+
+// readInto answers a read of memory with its data read straight into the
+// reply buffer, behind the reply's header, or with the backend's error.
+// wmu is held through the read: memory does not wait. (Read into a buffer
+// of its own and copied into the reply, a 4k read's data took 460 of the
+// 3,450 instructions the read cost in user space, and getting the buffer
+// and putting it back 300 more; callgrind, as for parkLock.)
+func (t *transmission) readInto(w *replyWriter, r request) {
+	start := t.clock()
+	mark := len(w.buf)
+	t.writeReadHeader(w, r, int(r.length))
+	at, n := len(w.buf), int(r.length)
+	w.buf = slices.Grow(w.buf, n)[:at+n]
+	err := t.safely(r, func() error { _, err := t.export.Backend.ReadAt(w.buf[at:], int64(r.off)); return err })
+	if err != nil {
+		w.buf = w.buf[:mark]
+		errno := t.failed(r, err)
+		t.writeError(w, r, errno, "")
+		t.traceReq(r, errno, t.since(start))
+		return
+	}
+	t.bytesOut.Add(int64(n))
+	t.traceReq(r, 0, t.since(start))
 }
 
 // writeReadHeader writes what goes before n bytes of read data.

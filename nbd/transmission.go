@@ -176,11 +176,10 @@ func (t *transmission) worker() {
 		}
 		var a answer
 		run := t.ctx.Err() == nil
-		if run {
+		if run { // else no reply can reach the client: skip the work
 			a = t.handle(w.r, w.payload)
-		} else {
-			t.srv.bufs.put(w.payload) // no reply can reach the client: skip the work
 		}
+		t.srv.bufs.put(w.payload)
 		// Stay unless another worker already waits to read; one that
 		// stays counts itself a reader before it replies, so that the
 		// client's next request, sent the moment the reply arrives,
