@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -134,5 +135,38 @@ func TestIdleTimeoutSparesSlowRequest(t *testing.T) {
 	}
 	if _, err := c.ReadAt(make([]byte, 512), 512); err != nil {
 		t.Fatalf("a read right after it: %v", err)
+	}
+}
+
+// A client that hangs up between requests ends its session cleanly; one
+// that hangs up in the middle of a request header ends it with an error
+// that says so.
+func TestHangUpMidHeader(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		sent    int // bytes of a request header sent before hanging up
+		wantErr bool
+	}{{"between requests", 0, false}, {"mid-header", 13, true}, {"all but one byte", 27, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(&nbd.Export{Backend: nbd.NewMem(1 << 20)})
+			a, b := nbdtest.SocketPair(t)
+			done := make(chan error, 1)
+			go func() { done <- srv.ServeConn(context.Background(), a) }()
+			_, conn, err := nbd.Negotiate(ctx(t), b, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hdr := nbd.AppendRequestHeader(nil, nbd.Request{Cmd: nbd.CmdRead, Length: 512}, 1)
+			conn.Write(hdr[:tc.sent])
+			conn.Close()
+			select {
+			case err := <-done:
+				if (err != nil) != tc.wantErr || (err != nil && !strings.Contains(err.Error(), "read request: unexpected EOF")) {
+					t.Fatalf("session ended with %v; want an error %v", err, tc.wantErr)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the session did not end in 10s")
+			}
+		})
 	}
 }

@@ -98,13 +98,16 @@ const (
 
 // readRequest reads one request.
 func (t *transmission) readRequest() (w work, got readResult, err error) {
-	hdr := t.hdr[:]
 	if t.br.Buffered() < requestHeaderLen {
 		t.unhold() // the read may block: the held replies go first
 		t.armIdle()
 	}
-	_, err = io.ReadFull(t.br, hdr)
+	// The header is parsed where it lies in the read buffer.
+	hdr, err := t.br.Peek(requestHeaderLen)
 	t.holding.Store(true)
+	if err == io.EOF && len(hdr) > 0 {
+		err = io.ErrUnexpectedEOF // the client went away in the middle of a header
+	}
 	if err != nil {
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded) && t.idle > 0 && !t.srv.shuttingDown():
@@ -122,6 +125,7 @@ func (t *transmission) readRequest() (w work, got readResult, err error) {
 	if err != nil {
 		return work{}, readEnd, err
 	}
+	t.br.Discard(requestHeaderLen)
 	t.requests.Add(1)
 	t.record(r)
 	if r.cmd == CmdDisc {

@@ -46,11 +46,10 @@ type transmission struct {
 
 	// The read side: one worker at a time holds rmu and reads.
 	rmu      *parkLock
-	br       *bufio.Reader          // under rmu
-	hdr      [requestHeaderLen]byte // under rmu: the request header being read (a local would escape to the heap through io.ReadFull)
-	readDone bool                   // under rmu: no more requests will be read
-	readErr  error                  // under rmu: why reading ended
-	idleMu   sync.Mutex             // orders the idle deadline's settings
+	br       *bufio.Reader // under rmu
+	readDone bool          // under rmu: no more requests will be read
+	readErr  error         // under rmu: why reading ended
+	idleMu   sync.Mutex    // orders the idle deadline's settings
 
 	// The workers.
 	workers    sync.WaitGroup
