@@ -52,6 +52,9 @@
 // memory export, or a file export on tmpfs or ramfs, which never waits
 // for a device) of up to 64 KiB run on the worker that read them, holding
 // the read side: the copy takes less than waking another worker would.
+// They copy nothing in user space: such a write goes to the backend from
+// the read buffer, where its data arrived, and such a read (under 32 KiB)
+// is read into the reply buffer, behind its header.
 //
 // On Linux the socket is read and written with raw system calls, which
 // never block (the socket is non-blocking; a call that would waits in the
