@@ -1,6 +1,7 @@
 package nbd_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -154,31 +155,48 @@ func TestIdleTimeout(t *testing.T) {
 }
 
 // A client that asks and never reads the replies is dropped after the
-// write timeout, and holds no more than its budget meanwhile.
+// write timeout, and holds no more than its budget meanwhile: whether
+// the replies are copied (memory) or spliced from a file's pages.
 func TestWriteTimeout(t *testing.T) {
-	srv := newServer(&nbd.Export{Backend: nbd.NewMem(64 << 20)})
-	srv.WriteTimeout = 500 * time.Millisecond
-	a, b := nbdtest.SocketPair(t)
-	done := make(chan error, 1)
-	go func() { done <- srv.ServeConn(context.Background(), a) }()
-	info, conn, err := nbd.Negotiate(ctx(t), b, &nbd.ClientConfig{NoStructuredReplies: true})
+	path := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(path, bytes.Repeat([]byte{7}, 64<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file, err := nbd.OpenFile(path, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var reqs []byte
-	for i := range 64 {
-		reqs = nbd.AppendRequestHeader(reqs, nbd.Request{Cmd: nbd.CmdRead, Offset: uint64(i) << 20 % uint64(info.Size), Length: 1 << 20}, uint64(i))
+	defer file.Close()
+	for _, tc := range []struct {
+		name    string
+		backend nbd.Backend
+	}{{"memory", nbd.NewMem(64 << 20)}, {"file, spliced", file}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(&nbd.Export{Backend: tc.backend})
+			srv.WriteTimeout = 500 * time.Millisecond
+			a, b := nbdtest.SocketPair(t)
+			done := make(chan error, 1)
+			go func() { done <- srv.ServeConn(context.Background(), a) }()
+			info, conn, err := nbd.Negotiate(ctx(t), b, &nbd.ClientConfig{NoStructuredReplies: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var reqs []byte
+			for i := range 64 {
+				reqs = nbd.AppendRequestHeader(reqs, nbd.Request{Cmd: nbd.CmdRead, Offset: uint64(i) << 20 % uint64(info.Size), Length: 1 << 20}, uint64(i))
+			}
+			go conn.Write(reqs)
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Fatal("the session ended cleanly; want a write timeout")
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("a client reading no replies was not dropped in 10s (write timeout 500ms)")
+			}
+			conn.Close()
+		})
 	}
-	go conn.Write(reqs)
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Fatal("the session ended cleanly; want a write timeout")
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("a client reading no replies was not dropped in 10s (write timeout 500ms)")
-	}
-	conn.Close()
 }
 
 // threads returns how many threads this process has.

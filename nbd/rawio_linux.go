@@ -44,7 +44,8 @@ import (
 // where the connection has a descriptor (no TLS).
 func (t *transmission) useRawIO(in *connReader) {
 	if t.raw != nil {
-		in.r, t.bw.w = newRawReader(t.raw), newRawWriter(t.raw, t.conn, t.wtime)
+		t.rw = newRawWriter(t.raw, t.conn, t.wtime)
+		in.r, t.bw.w = newRawReader(t.raw), t.rw
 	}
 }
 
@@ -153,10 +154,7 @@ func (w *rawWriter) writev(a, b []byte) (int64, error) {
 	if len(w.iov) > 0 {
 		err = w.rc.Write(w.try)
 	}
-	if w.armed {
-		w.armed = false
-		w.dl.SetWriteDeadline(time.Time{})
-	}
+	w.settle()
 	clear(w.scratch[:]) // hold on to no caller's memory
 	w.iov = nil
 	if err != nil {
@@ -179,10 +177,7 @@ func (w *rawWriter) write(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			if w.dl != nil && (!w.armed || w.done > w.armedAt) {
-				w.armed, w.armedAt = true, w.done
-				w.dl.SetWriteDeadline(time.Now().Add(w.timeout))
-			}
+			w.full()
 			return false
 		default:
 			w.errno = e
@@ -200,6 +195,24 @@ func (w *rawWriter) write(fd uintptr) bool {
 		}
 	}
 	return true
+}
+
+// full is called by a write that found the socket full, before it waits in
+// the poller: it sets the deadline, or moves it if the peer took some of
+// the write since it was set.
+func (w *rawWriter) full() {
+	if w.dl != nil && (!w.armed || w.done > w.armedAt) {
+		w.armed, w.armedAt = true, w.done
+		w.dl.SetWriteDeadline(time.Now().Add(w.timeout))
+	}
+}
+
+// settle clears the deadline of a write that waited, once it is done.
+func (w *rawWriter) settle() {
+	if w.armed {
+		w.armed = false
+		w.dl.SetWriteDeadline(time.Time{})
+	}
 }
 
 // rawFileMax bounds the file reads and writes made raw: a raw call holds

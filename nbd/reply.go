@@ -89,7 +89,7 @@ func (t *transmission) sendNow(fn func(w *replyWriter) error) {
 // set a deadline only when the socket is full, which costs nothing on the
 // way of a write that does not wait.
 func (t *transmission) armWrite() {
-	if t.wtime <= 0 || t.conn == nil || t.raw != nil {
+	if t.wtime <= 0 || t.conn == nil || t.rw != nil {
 		return
 	}
 	now := time.Now()

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"sync"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -139,18 +138,20 @@ func (pp *pipePool) closeAll() {
 	pp.free = nil
 }
 
-// spliceTo moves n bytes from the pipe's read end into the socket,
-// waiting in the runtime's poller while the socket is full (and so
-// bounded by its write deadline).
-func spliceTo(rc syscall.RawConn, pipeR, n int) error {
+// splice moves n bytes from the pipe's read end into the socket, waiting
+// in the runtime's poller while the socket is full, for as long as the
+// peer takes some within the write timeout, as writev does.
+func (w *rawWriter) splice(pipeR, n int) error {
+	w.done, w.errno = 0, 0
 	var serr error
-	err := rc.Write(func(fd uintptr) bool {
+	err := w.rc.Write(func(fd uintptr) bool {
 		for n > 0 {
 			m, err := unix.Splice(pipeR, nil, int(fd), nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_MORE|unix.SPLICE_F_NONBLOCK)
 			switch {
 			case err == unix.EINTR:
 				continue
 			case err == unix.EAGAIN:
+				w.full()
 				return false // wait until the socket takes more
 			case err != nil:
 				serr = os.NewSyscallError("splice", err)
@@ -160,9 +161,11 @@ func spliceTo(rc syscall.RawConn, pipeR, n int) error {
 				return true
 			}
 			n -= int(m)
+			w.done += m
 		}
 		return true
 	})
+	w.settle()
 	if err != nil {
 		return err
 	}
@@ -175,7 +178,7 @@ func spliceTo(rc syscall.RawConn, pipeR, n int) error {
 // path; an error means the backend failed and nothing is to be sent.
 func (t *transmission) spliceRead(r request) (send func(), spliced bool, err error) {
 	f, ok := t.export.Backend.(pipeFiller)
-	if !ok || t.raw == nil || r.length < spliceMin || !f.canSplice() {
+	if !ok || t.rw == nil || r.length < spliceMin || !f.canSplice() {
 		return nil, false, nil
 	}
 	p, err := t.srv.pipes.get()
@@ -202,7 +205,7 @@ func (t *transmission) spliceRead(r request) (send func(), spliced bool, err err
 			if err := w.Flush(); err != nil {
 				return err
 			}
-			if err := spliceTo(t.raw, p.r, int(r.length)); err != nil {
+			if err := t.rw.splice(p.r, int(r.length)); err != nil {
 				return err
 			}
 			drained = true

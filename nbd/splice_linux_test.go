@@ -51,7 +51,7 @@ func TestSpliceFileToSocket(t *testing.T) {
 			t.Fatalf("fillPipe(%d, %d): %v", tc.off, tc.n, err)
 		}
 		errc := make(chan error, 1)
-		go func() { errc <- spliceTo(rc, p.r, tc.n) }()
+		go func() { errc <- newRawWriter(rc, nil, 0).splice(p.r, tc.n) }()
 		got := make([]byte, tc.n)
 		if _, err := io.ReadFull(b, got); err != nil {
 			t.Fatal(err)

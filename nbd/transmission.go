@@ -34,6 +34,7 @@ type transmission struct {
 	mem        *Mem     // the backend, when it is plain memory: large writes go into it directly
 	conn       net.Conn // nil when serving a plain stream (fuzzing)
 	raw        syscall.RawConn
+	rw         *rawWriter // the replies' raw writer (rawio_linux.go), which sets its own write deadlines; nil elsewhere
 	structured bool
 	metaAlloc  bool
 	tls        bool
