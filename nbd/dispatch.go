@@ -163,6 +163,9 @@ func (t *transmission) handle(r request, payload []byte) answer {
 	switch r.cmd {
 	case CmdRead:
 		if t.inline && r.length < largeWrite {
+			// Memory, and small enough to be copied into the reply
+			// buffer anyway (a larger read goes out from its own buffer
+			// by writev): read as the reply is written.
 			return answer{inPlace: true}
 		}
 		if a, err = t.answerRead(r); err == nil {

@@ -41,12 +41,18 @@ import (
 
 // useRawIO makes the session's reads (through in, under its buffered
 // reader, which keeps what it holds) and replies use raw system calls,
-// where the connection has a descriptor (no TLS).
+// where the connection has a descriptor; it is not called for TLS.
 func (t *transmission) useRawIO(in *connReader) {
-	if t.raw != nil {
-		t.rw = newRawWriter(t.raw, t.conn, t.wtime)
-		in.r, t.bw.w = newRawReader(t.raw), t.rw
+	sc, ok := t.conn.(syscall.Conn)
+	if !ok {
+		return
 	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	t.rw = newRawWriter(rc, t.conn, t.wtime)
+	in.r, t.bw.w = newRawReader(rc), t.rw
 }
 
 // rawReader reads a socket with raw system calls. One goroutine at a

@@ -142,7 +142,7 @@ func (pp *pipePool) closeAll() {
 // in the runtime's poller while the socket is full, for as long as the
 // peer takes some within the write timeout, as writev does.
 func (w *rawWriter) splice(pipeR, n int) error {
-	w.done, w.errno = 0, 0
+	w.done = 0
 	var serr error
 	err := w.rc.Write(func(fd uintptr) bool {
 		for n > 0 {

@@ -10,7 +10,6 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -31,9 +30,8 @@ type transmission struct {
 	// What the handshake settled; fixed for the session.
 	srv        *Server
 	export     *Export
-	mem        *Mem     // the backend, when it is plain memory: large writes go into it directly
-	conn       net.Conn // nil when serving a plain stream (fuzzing)
-	raw        syscall.RawConn
+	mem        *Mem       // the backend, when it is plain memory: large writes go into it directly
+	conn       net.Conn   // nil when serving a plain stream (fuzzing)
 	rw         *rawWriter // the replies' raw writer (rawio_linux.go), which sets its own write deadlines; nil elsewhere
 	structured bool
 	metaAlloc  bool
@@ -108,10 +106,9 @@ func newTransmission(s *session, log *slog.Logger) *transmission {
 	case *File:
 		t.inline = b.inMemory()
 	}
-	if sc, ok := s.conn.(syscall.Conn); ok && !s.tls {
-		t.raw, _ = sc.SyscallConn()
+	if !s.tls {
+		t.useRawIO(s.in)
 	}
-	t.useRawIO(s.in)
 	return t
 }
 
