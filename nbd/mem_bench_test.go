@@ -29,3 +29,21 @@ func TestBufPoolRecyclesWithoutAllocating(t *testing.T) {
 		t.Fatalf("get(5000): len %d cap %d, want 5000 and the 8 KiB class", len(b), cap(b))
 	}
 }
+
+// BenchmarkMemFreshWrite4k writes 4 KiB at random to memory never
+// written: each write allocates its chunk.
+func BenchmarkMemFreshWrite4k(b *testing.B) {
+	const size, batch = 1 << 30, 1 << 14
+	buf := make([]byte, 4096)
+	b.SetBytes(4096)
+	b.ReportAllocs()
+	var m *Mem
+	for i := 0; i < b.N; i++ {
+		if i%batch == 0 {
+			b.StopTimer()
+			m = NewMem(size)
+			b.StartTimer()
+		}
+		m.WriteAt(buf, rand.Int64N(size/4096)*4096)
+	}
+}
