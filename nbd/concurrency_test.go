@@ -2,6 +2,7 @@ package nbd_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"path/filepath"
@@ -223,5 +224,75 @@ func TestShutdownFinishesInFlightAndFlushes(t *testing.T) {
 	b.Mem.ReadAt(got, 0)
 	if string(got) != "in flight" {
 		t.Fatalf("data = %q", got)
+	}
+}
+
+// held is a backend whose reads wait until released, each saying when it
+// started.
+type held struct {
+	*nbd.Mem
+	started chan struct{}
+	release chan struct{}
+}
+
+func (h *held) ReadAt(p []byte, off int64) (int, error) {
+	h.started <- struct{}{}
+	<-h.release
+	return h.Mem.ReadAt(p, off)
+}
+
+// Small reads and writes of memory, and flushes, run on the reader with
+// their data in the connection's own buffers: they hold nothing the
+// in-flight budget bounds, and go on while other clients' requests have
+// spent it all. A larger read still waits for it.
+func TestInlineRequestsNeedNoBudget(t *testing.T) {
+	const spenders = 4 // MaxInflight 1 MiB: four requests of at least 256 KiB spend it
+	h := &held{Mem: nbd.NewMem(1 << 20), started: make(chan struct{}, spenders), release: make(chan struct{})}
+	srv := &nbd.Server{MaxInflight: 1 << 20, Logger: quietLogger(), Exports: []*nbd.Export{
+		{Name: "held", Backend: h}, {Name: "mem", Backend: nbd.NewMem(1 << 20)}}}
+	release := sync.OnceFunc(func() { close(h.release) })
+	defer release()
+	spent := make(chan error, spenders)
+	for range spenders {
+		c := nbdtest.Pair(t, srv, &nbd.ClientConfig{Export: "held"})
+		go func() { _, err := c.ReadAt(make([]byte, 4096), 0); spent <- err }()
+		<-h.started
+	}
+	c := nbdtest.Pair(t, srv, &nbd.ClientConfig{Export: "mem"})
+	dctx, cancel := context.WithTimeout(ctx(t), 3*time.Second)
+	defer cancel()
+	data := bytes.Repeat([]byte{0x5a}, 4096)
+	for _, r := range []struct {
+		req nbd.Request
+		buf []byte
+	}{
+		{nbd.Request{Cmd: nbd.CmdWrite, Offset: 8192, Length: 4096, Data: data}, nil},
+		{nbd.Request{Cmd: nbd.CmdFlush}, nil},
+		{nbd.Request{Cmd: nbd.CmdRead, Offset: 8192, Length: 4096}, make([]byte, 4096)},
+	} {
+		if _, err := c.Do(dctx, r.req, r.buf); err != nil {
+			t.Fatalf("%v on memory while the budget is spent: %v", r.req.Cmd, err)
+		}
+		if r.req.Cmd == nbd.CmdRead && !bytes.Equal(r.buf, data) {
+			t.Fatal("read back differs")
+		}
+	}
+	// A read of memory from largeWrite on has a buffer of its own while
+	// it is sent: it still waits for the budget.
+	large := make(chan error, 1)
+	go func() { _, err := c.ReadAt(make([]byte, 48<<10), 0); large <- err }()
+	select {
+	case err := <-large:
+		t.Fatalf("a 48 KiB read of memory ran while the budget was spent (%v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	release()
+	for range spenders {
+		if err := <-spent; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-large; err != nil {
+		t.Fatal(err)
 	}
 }

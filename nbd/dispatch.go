@@ -92,13 +92,29 @@ func (b *budget) get(max int64) (*semaphore.Weighted, int64) {
 	return b.sem, b.per
 }
 
-func (t *transmission) weight(r request) int64 { return min(max(int64(r.length), minWeight), t.share) }
+// weight is what r weighs against the budgets while in flight. A request
+// the reader runs itself (inline) before it reads on, with its data in
+// the connection's own buffers, weighs nothing and takes no part in
+// either: a write of memory, whose data the backend takes from the read
+// buffer, a read of memory under largeWrite, made into the reply buffer,
+// a FLUSH. It holds no worker, and no memory that the connection does not
+// hold anyway, whatever it asks. (A read from largeWrite to inlineMax
+// still weighs: its data has a buffer of its own while it is sent.)
+func (t *transmission) weight(r request) int64 {
+	if t.inline && runsInline(r) && (r.cmd != CmdRead || r.length < largeWrite) {
+		return 0
+	}
+	return min(max(int64(r.length), minWeight), t.share)
+}
 
 // reserve takes r's weight from the connection's budget and the
 // server's, waiting for it if it must. It reports false, having taken
 // nothing, when the session broke meanwhile.
 func (t *transmission) reserve(r request) bool {
 	w := t.weight(r)
+	if w == 0 {
+		return true
+	}
 	if !t.budget.TryAcquire(w) {
 		t.unhold() // about to wait: what is held goes out first
 		if t.budget.Acquire(t.ctx, w) != nil {
@@ -117,6 +133,9 @@ func (t *transmission) reserve(r request) bool {
 
 func (t *transmission) unreserve(r request) {
 	w := t.weight(r)
+	if w == 0 {
+		return
+	}
 	t.budget.Release(w)
 	if t.shared != nil {
 		t.shared.Release(w)

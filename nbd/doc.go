@@ -71,7 +71,9 @@
 // idle time when asked (IdleTimeout), time a reply may go untaken
 // (WriteTimeout), bytes in flight per connection and server-wide
 // (MaxInflight: a request holds its weight before its payload is read,
-// so a client past its share is simply not read from), requests running
+// so a client past its share is simply not read from; small requests run
+// inline on memory weigh nothing, holding only the connection's own
+// buffers), requests running
 // per connection (Workers) and buffered replies (256 KiB per connection).
 // An idle connection holds one goroutine waiting in the runtime's poller,
 // and no thread. A session whose replies cannot be delivered stops at
