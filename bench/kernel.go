@@ -289,10 +289,14 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 				"--rw=" + job.RW, "--bs=" + job.BS, "--iodepth=" + strconv.Itoa(job.Depth), "--ioengine=libaio", "--direct=1",
 				"--time_based=1", "--runtime=" + strconv.Itoa(int(o.Time.Seconds())), "--ramp_time=1", "--size=" + strconv.Itoa(kernelExport)})
 			u1, sw1 := serverUsage(p, dir)
-			f.Wall, f.ServerCPU, f.ServerUserCPU = time.Since(start).Seconds(), (u1.CPU - u0.CPU).Seconds(), (u1.User - u0.User).Seconds()
+			f.Wall = time.Since(start).Seconds()
+			// Each difference is negative where a process counted at the
+			// start (nbd-server's child of the last device) has exited
+			// since: then it was not measured, and stays 0.
+			if cpu, user := (u1.CPU - u0.CPU).Seconds(), (u1.User - u0.User).Seconds(); cpu >= 0 && user >= 0 {
+				f.ServerCPU, f.ServerUserCPU = cpu, user
+			}
 			if v, i := sw1.Voluntary-sw0.Voluntary, sw1.Involuntary-sw0.Involuntary; v >= 0 && i >= 0 {
-				// Negative where a process counted at the start (nbd-server's
-				// child of the last device) has exited since: not measured.
 				f.ServerVoluntary, f.ServerInvoluntary = v, i
 			}
 			if d1, err := readDiskStat(dev); err == nil {

@@ -28,6 +28,10 @@ func TestKernelReport(t *testing.T) {
 	add("nbdlab-file", "1M read QD4, 1 conn", "MiB/s", 90)
 	add("qemu-nbd", "1M read QD4, 1 conn", "MiB/s", 30)
 	add("nbdlab-file", "1M write QD4, 4 conn", "MiB/s", 90) // no peer measured
+	// A round whose server CPU was not measured (a process counted at the
+	// start of the job had exited by its end) gives no CPU figure.
+	r.Figures = append(r.Figures, Figure{Topology: "netns", Link: "none", Kernel: "6.12", CPUs: 2, Target: "qemu-nbd",
+		Workload: "4k randwrite QD16, 1 conn", Unit: "IOPS", Value: 30, Round: 1, Durable: true, DevRequests: 150})
 	var b bytes.Buffer
 	if err := r.WriteKernelReport(&b); err != nil {
 		t.Fatal(err)
@@ -52,6 +56,10 @@ func TestKernelReport(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}
+	}
+	cpu := b.String()[strings.Index(b.String(), "Server CPU µs per request"):strings.Index(b.String(), "Of that, µs in user space")]
+	if want := "| 4k randwrite QD16, 1 conn | - | - | - | - |"; !strings.Contains(cpu, want) {
+		t.Errorf("CPU table lacks %q (a round not measured is no figure):\n%s", want, cpu)
 	}
 	tb := r.table()
 	if got := relativeToBestPeer(tb, setup{"netns", "none"}, "4k randread QD1, 1 conn", "nbdlab-file"); got != 0.5 {
