@@ -166,13 +166,13 @@ func (r *Results) table() *table {
 		c.vals = append(c.vals, f.Value)
 		c.client = append(c.client, f.ClientCPU)
 		c.server = append(c.server, f.ServerCPU)
-		if f.DevRequests > 0 && f.ServerCPU > 0 { // a server that answered requests took some CPU: 0 is not measured
-			c.perRequest = append(c.perRequest, f.ServerCPU/float64(f.DevRequests))
-			// Zero is a reading (under a clock tick of user time), not a
-			// gap: a spliced read can take none.
-			c.userPerRequest = append(c.userPerRequest, f.ServerUserCPU/float64(f.DevRequests))
-		}
 		if f.DevRequests > 0 {
+			if f.ServerCPU > 0 { // a server that answered requests took some CPU: 0 is not measured
+				c.perRequest = append(c.perRequest, f.ServerCPU/float64(f.DevRequests))
+				// Zero is a reading (under a clock tick of user time), not
+				// a gap: a spliced read can take none.
+				c.userPerRequest = append(c.userPerRequest, f.ServerUserCPU/float64(f.DevRequests))
+			}
 			if sw := f.ServerVoluntary + f.ServerInvoluntary; sw > 0 {
 				c.switches = append(c.switches, float64(sw)/float64(f.DevRequests))
 			}

@@ -93,15 +93,13 @@ func (b *budget) get(max int64) (*semaphore.Weighted, int64) {
 }
 
 // weight is what r weighs against the budgets while in flight. A request
-// the reader runs itself (inline) before it reads on, with its data in
-// the connection's own buffers, weighs nothing and takes no part in
-// either: a write of memory, whose data the backend takes from the read
-// buffer, a read of memory under largeWrite, made into the reply buffer,
-// a FLUSH. It holds no worker, and no memory that the connection does not
-// hold anyway, whatever it asks. (A read from largeWrite to inlineMax
-// still weighs: its data has a buffer of its own while it is sent.)
+// run in place (inPlace) weighs nothing and takes no part in either: it
+// holds no worker, and no memory that the connection does not hold
+// anyway, whatever it asks. (A read of memory from largeWrite to
+// inlineMax still weighs: its data has a buffer of its own while it is
+// sent.)
 func (t *transmission) weight(r request) int64 {
-	if t.inline && runsInline(r) && (r.cmd != CmdRead || r.length < largeWrite) {
+	if t.inPlace(r) {
 		return 0
 	}
 	return min(max(int64(r.length), minWeight), t.share)
@@ -181,10 +179,10 @@ func (t *transmission) handle(r request, payload []byte) answer {
 	var err error
 	switch r.cmd {
 	case CmdRead:
-		if t.inline && r.length < largeWrite {
-			// Memory, and small enough to be copied into the reply
-			// buffer anyway (a larger read goes out from its own buffer
-			// by writev): read as the reply is written.
+		if t.inPlace(r) {
+			// Small enough to be copied into the reply buffer anyway (a
+			// larger read goes out from its own buffer by writev): read
+			// as the reply is written.
 			return answer{inPlace: true}
 		}
 		if a, err = t.answerRead(r); err == nil {

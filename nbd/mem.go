@@ -71,18 +71,26 @@ func (m *Mem) slot(idx int64, create bool) *atomic.Pointer[memChunk] {
 	return &leaf[idx&(memLeafSize-1)]
 }
 
-// unwritten returns how many bytes from pos on, up to end, lie in leaf
-// tables never made, where nothing was ever written: 0 if pos's leaf
-// exists. TRIM and block status step over such a run at once rather than
-// chunk by chunk: a TRIM of a whole 100 GiB export with one chunk in use,
-// as mkfs sends, took 46 ms (1.6 million chunks, each under its lock) and
-// takes 31 µs; block status of 4 GiB took 160 µs and takes under 1 µs.
-func (m *Mem) unwritten(pos, end int64) int64 {
-	li := pos / memLeafBytes
-	if m.leaves[li].Load() != nil {
-		return 0
+// spanWritten is span over the leaf tables that exist; a run in a leaf
+// never made, where nothing was ever written, is stepped over at once and
+// given to unwritten (if not nil). TRIM and block status so cost nothing
+// where nothing was written: a TRIM of a whole 100 GiB export with one
+// chunk in use, as mkfs sends, took 46 ms chunk by chunk (1.6 million
+// chunks, each under its lock) and takes 31 µs; block status of 4 GiB
+// took 160 µs and takes under 1 µs.
+func (m *Mem) spanWritten(off, n int64, unwritten func(n int64), fn func(idx int64, lo, hi int, done int64) error) {
+	for pos, end := off, off+n; pos < end; {
+		next := min(end, (pos/memLeafBytes+1)*memLeafBytes)
+		if m.leaves[pos/memLeafBytes].Load() == nil {
+			if unwritten != nil {
+				unwritten(next - pos)
+			}
+		} else {
+			base := pos - off
+			_ = span(pos, next-pos, func(idx int64, lo, hi int, done int64) error { return fn(idx, lo, hi, base+done) })
+		}
+		pos = next
 	}
-	return min(end, (li+1)*memLeafBytes) - pos
 }
 
 // span calls fn for each chunk that [off, off+len) touches, with the
@@ -202,29 +210,21 @@ func (m *Mem) Zero(off, n int64, flags ZeroFlags) error {
 	if err := checkRange(m.size, off, n); err != nil {
 		return err
 	}
-	for pos, end := off, off+n; pos < end; {
-		if skip := m.unwritten(pos, end); skip > 0 {
-			pos += skip
-			continue
+	m.spanWritten(off, n, nil, func(idx int64, lo, hi int, _ int64) error {
+		mu := &m.locks[idx%memStripes]
+		mu.Lock()
+		s := m.slot(idx, false)
+		c := s.Load()
+		switch {
+		case c == nil:
+		case hi-lo == memChunkSize && !flags.NoHole:
+			s.Store(nil)
+		default:
+			clear(c[lo:hi])
 		}
-		next := min(end, (pos/memLeafBytes+1)*memLeafBytes)
-		_ = span(pos, next-pos, func(idx int64, lo, hi int, _ int64) error {
-			mu := &m.locks[idx%memStripes]
-			mu.Lock()
-			s := m.slot(idx, false)
-			c := s.Load()
-			switch {
-			case c == nil:
-			case hi-lo == memChunkSize && !flags.NoHole:
-				s.Store(nil)
-			default:
-				clear(c[lo:hi])
-			}
-			mu.Unlock()
-			return nil
-		})
-		pos = next
-	}
+		mu.Unlock()
+		return nil
+	})
 	return nil
 }
 
@@ -234,14 +234,8 @@ func (m *Mem) Extents(off, n int64) ([]Extent, error) {
 		return nil, err
 	}
 	var out []Extent
-	for pos, end := off, off+n; pos < end; {
-		if skip := m.unwritten(pos, end); skip > 0 {
-			out = appendExtent(out, skip, StateHole|StateZero)
-			pos += skip
-			continue
-		}
-		next := min(end, (pos/memLeafBytes+1)*memLeafBytes)
-		_ = span(pos, next-pos, func(idx int64, lo, hi int, _ int64) error {
+	m.spanWritten(off, n, func(n int64) { out = appendExtent(out, n, StateHole|StateZero) },
+		func(idx int64, lo, hi int, _ int64) error {
 			flags := StateHole | StateZero
 			if m.slot(idx, false).Load() != nil {
 				flags = 0
@@ -249,8 +243,6 @@ func (m *Mem) Extents(off, n int64) ([]Extent, error) {
 			out = appendExtent(out, int64(hi-lo), flags)
 			return nil
 		})
-		pos = next
-	}
 	return out, nil
 }
 

@@ -80,6 +80,25 @@ func runsInline(r request) bool {
 	return false
 }
 
+// inPlace reports whether r runs inline with its data in the connection's
+// own buffers: a write whose data the backend takes from the read buffer,
+// where it arrived; a read under largeWrite, made into the reply buffer
+// behind its header; a FLUSH.
+func (t *transmission) inPlace(r request) bool {
+	if !t.inline {
+		return false
+	}
+	switch r.cmd {
+	case CmdRead:
+		return r.length < largeWrite
+	case CmdWrite:
+		return r.length <= inlineMax && int(r.length) <= t.br.Size()
+	case CmdFlush:
+		return true
+	}
+	return false
+}
+
 // inlineMax is the largest read or write of memory run on the worker that
 // read it. A larger copy is worth a hand-off: run inline, a 1 MiB write
 // held the read side through its copy, so the next request's payload
@@ -186,7 +205,7 @@ func (t *transmission) readPayload(w *work) error {
 		t.unhold()
 	}
 	defer t.holding.Store(true)
-	if t.inline && runsInline(w.r) && n <= t.br.Size() {
+	if t.inPlace(w.r) {
 		p, err := t.br.Peek(n)
 		w.payload, w.inPlace = p, true
 		return err
