@@ -91,7 +91,8 @@ func (o *KernelOptions) defaults() error {
 	if o.Time == 0 {
 		o.Time = 3 * time.Second
 	}
-	o.Rounds = orInt(o.Rounds, 5)
+	// Six rounds are the fewest whose pairs give a 95% interval.
+	o.Rounds = orInt(o.Rounds, 6)
 	if o.TargetCI < 0 || o.TargetCI >= 1 {
 		return fmt.Errorf("bench: --target-ci %g: want a fraction of the median such as 0.1 (±10%%)", o.TargetCI)
 	}
@@ -112,7 +113,7 @@ func (o *KernelOptions) defaults() error {
 }
 
 // RunKernel runs fio on /dev/nbdN against every server, in rounds that
-// visit each server in turn, and writes results.json, report.md and a
+// run each job on every server in turn (benchRound), and writes results.json, report.md and a
 // plot into o.Dir. With Host it runs on this kernel with the servers in a
 // network namespace; otherwise in a VM running the same code.
 func RunKernel(ctx context.Context, o KernelOptions) (*Results, error) {
@@ -141,7 +142,9 @@ func RunKernel(ctx context.Context, o KernelOptions) (*Results, error) {
 		argv = append(argv, "--connections", strconv.Itoa(c))
 	}
 	fmt.Fprintf(o.Out, "== fio on /dev/nbdN, %s: %s\n", k.Release, strings.Join(o.Servers, ", "))
-	vres, err := vm.Run(ctx, vm.Config{Kernel: k.Release, Init: o.Nbdlab, Memory: "2048M", Timeout: 90 * time.Minute,
+	// Every server's export at once: four 256 MiB images on tmpfs and
+	// two in memory.
+	vres, err := vm.Run(ctx, vm.Config{Kernel: k.Release, Init: o.Nbdlab, Memory: "3072M", Timeout: 90 * time.Minute,
 		Shares: []vm.Share{{Host: work}}, Stdout: o.Out, Stderr: o.Out}, argv...)
 	if err != nil {
 		return nil, err
@@ -196,15 +199,10 @@ func runKernelHost(ctx context.Context, o KernelOptions) (*Results, error) {
 			}
 			fmt.Fprintf(o.Out, "round %d: %d intervals still wider than ±%.0f%% (%s)\n", round, len(wide), 100*o.TargetCI, wide[0])
 		}
-		for _, name := range o.Servers {
-			figs, err := benchServer(ctx, o, pair, work, name, base, round)
-			res.Figures = append(res.Figures, figs...)
-			if err != nil {
-				if ctx.Err() != nil {
-					return res, err
-				}
-				fmt.Fprintf(o.Out, "round %d %s: %v\n", round, name, err)
-			}
+		figs, err := benchRound(ctx, o, pair, work, base, round)
+		res.Figures = append(res.Figures, figs...)
+		if err != nil {
+			return res, err
 		}
 	}
 	if o.TargetCI > 0 {
@@ -239,9 +237,81 @@ func wideFigures(figs []Figure, target float64) []string {
 	return wide
 }
 
-// benchServer starts one server in the namespace and runs every job
-// through the kernel with each connection count.
-func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, name string, base Figure, round int) ([]Figure, error) {
+// kernelTarget is one server started for a round, and its device while
+// attached.
+type kernelTarget struct {
+	name string
+	dir  string
+	p    *servers.Proc
+	addr nbd.Addr
+	dev  *kernel.Attachment
+}
+
+// benchRound starts every server in the namespace, each on its own port,
+// and runs each job on every server's device in turn, for each
+// connection count: the servers' figures for a job are seconds apart, so
+// what slows the host for a minute slows them all, and their rounds
+// compare pair by pair. The order of the servers turns by one each round,
+// so none always runs first. Only a cancelled ctx is an error: a server
+// that does not start or attach is reported and left out of the round.
+func benchRound(ctx context.Context, o KernelOptions, pair *labnet.Pair, work string, base Figure, round int) ([]Figure, error) {
+	var ts []*kernelTarget
+	defer func() {
+		for _, t := range ts {
+			t.p.Stop(10 * time.Second)
+			os.RemoveAll(t.dir)
+		}
+	}()
+	n := len(o.Servers)
+	for i := range n {
+		name := o.Servers[(i+round-1)%n]
+		t, err := startKernelTarget(ctx, o, pair, work, name, 10809+i)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			fmt.Fprintf(o.Out, "round %d %s: not measured: %v\n", round, name, err)
+			continue
+		}
+		ts = append(ts, t)
+	}
+	var figs []Figure
+	for _, conns := range o.Conns {
+		var up []*kernelTarget
+		for _, t := range ts {
+			a, err := kernel.Attach(ctx, t.addr.DialConn, kernel.AttachOptions{Device: "any", Connections: conns,
+				Timeout: time.Minute, Client: nbd.ClientConfig{Export: "d"}})
+			if err != nil {
+				if ctx.Err() != nil {
+					return figs, ctx.Err()
+				}
+				fmt.Fprintf(o.Out, "round %d %s, %d connections: not measured: %v\n", round, t.name, conns, err)
+				continue
+			}
+			t.dev = a
+			up = append(up, t)
+		}
+		for _, job := range KernelJobs() {
+			for _, t := range up {
+				figs = append(figs, runKernelJob(ctx, o, work, t, job, conns, base, round))
+			}
+		}
+		for _, t := range up {
+			if err := kernel.Disconnect(t.dev.Index); err != nil {
+				fmt.Fprintf(o.Out, "round %d %s: disconnect %s: %v\n", round, t.name, t.dev.Path, err)
+			}
+			t.dev = nil
+		}
+		if ctx.Err() != nil {
+			return figs, ctx.Err()
+		}
+	}
+	return figs, nil
+}
+
+// startKernelTarget starts server name in the namespace on port, serving
+// a filled image of its own (or memory).
+func startKernelTarget(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, name string, port int) (*kernelTarget, error) {
 	spec, _ := servers.Find(name)
 	dir := filepath.Join(work, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -249,79 +319,73 @@ func benchServer(ctx context.Context, o KernelOptions, pair *labnet.Pair, work, 
 	}
 	img := filepath.Join(dir, "disk.img")
 	if err := fillImage(img, kernelExport); err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
-	defer os.Remove(img)
-	args := servers.Args{Nbdlab: o.Nbdlab, Dir: dir, IP: pair.ServerIP.String(), Port: 10809, Img: img, Size: kernelExport}
+	args := servers.Args{Nbdlab: o.Nbdlab, Dir: dir, IP: pair.ServerIP.String(), Port: port, Img: img, Size: kernelExport}
 	sargv, err := spec.Argv(args)
 	if err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
 	argv := append([]string{"netns", "exec", pair.Name}, sargv...)
-	addr := nbd.Addr{Network: "tcp", Address: net.JoinHostPort(args.IP, "10809")}
+	addr := nbd.Addr{Network: "tcp", Address: net.JoinHostPort(args.IP, strconv.Itoa(port))}
 	p, err := servers.StartListening(ctx, addr, time.Minute, "ip", argv...)
 	if err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
-	defer p.Stop(10 * time.Second)
-	base.Target, base.Server, base.Round = name, spec.What, round
-	var figs []Figure
-	for _, conns := range o.Conns {
-		a, err := kernel.Attach(ctx, addr.DialConn, kernel.AttachOptions{Device: "any", Connections: conns,
-			Timeout: time.Minute, Client: nbd.ClientConfig{Export: "d"}})
-		if err != nil {
-			fmt.Fprintf(o.Out, "round %d %s, %d connections: not measured: %v\n", round, name, conns, err)
-			continue
-		}
-		for _, job := range KernelJobs() {
-			f := base
-			f.Workload = fmt.Sprintf("%s, %d conn", job.Name, conns)
-			f.Export = fmt.Sprintf("%s, %d connection(s)", a.Path, a.Connections)
-			f.Unit = "IOPS"
-			if job.BS == "1M" {
-				f.Unit = "MiB/s"
-			}
-			u0, sw0 := serverUsage(p, dir)
-			dev := strings.TrimPrefix(a.Path, "/dev/")
-			d0, _ := readDiskStat(dev)
-			start := time.Now()
-			r, err := fioJSON(ctx, filepath.Join(work, "fio.json"), []string{"--name=" + job.RW, "--filename=" + a.Path,
-				"--rw=" + job.RW, "--bs=" + job.BS, "--iodepth=" + strconv.Itoa(job.Depth), "--ioengine=libaio", "--direct=1",
-				"--time_based=1", "--runtime=" + strconv.Itoa(int(o.Time.Seconds())), "--ramp_time=1", "--size=" + strconv.Itoa(kernelExport)})
-			u1, sw1 := serverUsage(p, dir)
-			f.Wall = time.Since(start).Seconds()
-			// Each difference is negative where a process counted at the
-			// start (nbd-server's child of the last device) has exited
-			// since: then it was not measured, and stays 0.
-			if cpu, user := (u1.CPU - u0.CPU).Seconds(), (u1.User - u0.User).Seconds(); cpu >= 0 && user >= 0 {
-				f.ServerCPU, f.ServerUserCPU = cpu, user
-			}
-			if v, i := sw1.Voluntary-sw0.Voluntary, sw1.Involuntary-sw0.Involuntary; v >= 0 && i >= 0 {
-				f.ServerVoluntary, f.ServerInvoluntary = v, i
-			}
-			if d1, err := readDiskStat(dev); err == nil {
-				d := d1.sub(d0)
-				f.DevRequests = d.reads + d.writes + d.discards + d.flushes
-			}
-			if err != nil {
-				f.Error = err.Error()
-				fmt.Fprintf(o.Out, "round %d %s %s: ERROR %v\n", round, name, f.Workload, err)
-			} else {
-				f.Value = r.IOPS
-				if f.Unit == "MiB/s" {
-					f.Value = r.MiBps()
-				}
-				n := float64(max(f.DevRequests, 1))
-				fmt.Fprintf(o.Out, "round %d %-13s %-26s %8.1f %s (server CPU %.2fs, %.0f µs (%.0f in user space) and %.2f+%.2f switches a request)\n", round, name, f.Workload, f.Value, f.Unit, f.ServerCPU,
-					f.ServerCPU*1e6/n, f.ServerUserCPU*1e6/n, float64(f.ServerVoluntary)/n, float64(f.ServerInvoluntary)/n)
-			}
-			figs = append(figs, f)
-		}
-		if err := kernel.Disconnect(a.Index); err != nil {
-			return figs, err
-		}
+	return &kernelTarget{name: name, dir: dir, p: p, addr: addr}, nil
+}
+
+// runKernelJob runs one fio job on t's device and returns its figure,
+// with the server's CPU time and switches over it and the requests the
+// device completed.
+func runKernelJob(ctx context.Context, o KernelOptions, work string, t *kernelTarget, job Job, conns int, base Figure, round int) Figure {
+	spec, _ := servers.Find(t.name)
+	f := base
+	f.Target, f.Server, f.Round = t.name, spec.What, round
+	f.Workload = fmt.Sprintf("%s, %d conn", job.Name, conns)
+	f.Export = fmt.Sprintf("%s, %d connection(s)", t.dev.Path, t.dev.Connections)
+	f.Unit = "IOPS"
+	if job.BS == "1M" {
+		f.Unit = "MiB/s"
 	}
-	return figs, nil
+	u0, sw0 := serverUsage(t.p, t.dir)
+	dev := strings.TrimPrefix(t.dev.Path, "/dev/")
+	d0, _ := readDiskStat(dev)
+	start := time.Now()
+	r, err := fioJSON(ctx, filepath.Join(work, "fio.json"), []string{"--name=" + job.RW, "--filename=" + t.dev.Path,
+		"--rw=" + job.RW, "--bs=" + job.BS, "--iodepth=" + strconv.Itoa(job.Depth), "--ioengine=libaio", "--direct=1",
+		"--time_based=1", "--runtime=" + strconv.Itoa(int(o.Time.Seconds())), "--ramp_time=1", "--size=" + strconv.Itoa(kernelExport)})
+	u1, sw1 := serverUsage(t.p, t.dir)
+	f.Wall = time.Since(start).Seconds()
+	// Each difference is negative where a process counted at the start
+	// (nbd-server's child of the last device) has exited since: then it
+	// was not measured, and stays 0.
+	if cpu, user := (u1.CPU - u0.CPU).Seconds(), (u1.User - u0.User).Seconds(); cpu >= 0 && user >= 0 {
+		f.ServerCPU, f.ServerUserCPU = cpu, user
+	}
+	if v, i := sw1.Voluntary-sw0.Voluntary, sw1.Involuntary-sw0.Involuntary; v >= 0 && i >= 0 {
+		f.ServerVoluntary, f.ServerInvoluntary = v, i
+	}
+	if d1, err := readDiskStat(dev); err == nil {
+		d := d1.sub(d0)
+		f.DevRequests = d.reads + d.writes + d.discards + d.flushes
+	}
+	if err != nil {
+		f.Error = err.Error()
+		fmt.Fprintf(o.Out, "round %d %s %s: ERROR %v\n", round, t.name, f.Workload, err)
+		return f
+	}
+	f.Value = r.IOPS
+	if f.Unit == "MiB/s" {
+		f.Value = r.MiBps()
+	}
+	n := float64(max(f.DevRequests, 1))
+	fmt.Fprintf(o.Out, "round %d %-13s %-26s %8.1f %s (server CPU %.2fs, %.0f µs (%.0f in user space) and %.2f+%.2f switches a request)\n", round, t.name, f.Workload, f.Value, f.Unit, f.ServerCPU,
+		f.ServerCPU*1e6/n, f.ServerUserCPU*1e6/n, float64(f.ServerVoluntary)/n, float64(f.ServerInvoluntary)/n)
+	return f
 }
 
 // serverUsage is the CPU time (in all, and in user space) and the
@@ -389,15 +453,16 @@ func (r *Results) WriteKernelReport(w io.Writer) error {
 		f := r.Figures[0]
 		fmt.Fprintf(&b, "Started %s. Kernel %s, %d CPUs, %s; each server in a network namespace over a veth pair; fio libaio, O_DIRECT, on the whole device. "+
 			"Median of the rounds (its 95%% confidence interval in brackets: from order statistics, the whole range for up to 8 rounds). "+
-			"**nbdlab / best peer** is nbdlab's better server against the best of the others, the median of the ratios of each of its rounds to each of the peer's, with that ratio's 95%% interval (Moses's, from the Mann-Whitney rank-sum test): "+
-			"*faster* or *slower* where the interval excludes 1.00, *within noise* where it does not, *too few rounds* under 5 rounds. "+
+			"Each round runs every job on every server's device in turn, the servers' order turning by one each round, so a round's figures for a job are seconds apart. "+
+			"**nbdlab / best peer** is nbdlab's better server against the best of the others, from the ratios of their rounds pair by pair: the Hodges-Lehmann estimate, with its 95%% interval from the Wilcoxon signed-rank test: "+
+			"*faster* or *slower* where the interval excludes 1.00, *within noise* where it does not, *too few rounds* under 6 pairs. "+
 			"**server CPU µs/request** is the CPU time of each server's process over the job's requests.\n\n",
 			r.Started.UTC().Format("2006-01-02 15:04 UTC"), f.Kernel, f.CPUs, orUnknown(f.Accel))
 	}
 	for _, s := range t.setups {
 		t.writeFigures(&b, s, "job", func(tg string) string { return tg }, []string{"nbdlab / best peer"}, func(wl string) []string {
 			if ours, peer, ok := nbdlabAgainstPeers(t, s, wl); ok {
-				return []string{compare(ours.vals, peer.vals, true).String()}
+				return []string{t.compare(ours, peer, true).String()}
 			}
 			return []string{"-"}
 		})

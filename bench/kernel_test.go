@@ -21,9 +21,11 @@ func TestKernelReport(t *testing.T) {
 				ServerCPU: 0.5, ServerUserCPU: user, DevRequests: uint64(v) * 5, ServerVoluntary: int64(v) * 5, ServerInvoluntary: int64(v) * 5})
 		}
 	}
-	add("nbdlab-mem", "4k randread QD1, 1 conn", "IOPS", 100, 300)                 // median 200
-	add("nbdlab-file", "4k randread QD1, 1 conn", "IOPS", 250, 240, 260, 255, 245) // nbdlab's best
-	add("nbdkit-file", "4k randread QD1, 1 conn", "IOPS", 500, 490, 510, 505, 495) // best peer
+	add("nbdlab-mem", "4k randread QD1, 1 conn", "IOPS", 100, 300)                      // median 200
+	add("nbdlab-file", "4k randread QD1, 1 conn", "IOPS", 250, 240, 260, 255, 245, 250) // nbdlab's best
+	add("nbdkit-file", "4k randread QD1, 1 conn", "IOPS", 500, 490, 510, 505, 495, 500) // best peer
+	add("nbdlab-file", "4k randwrite QD1, 1 conn", "IOPS", 250, 240, 260, 255, 245)
+	add("nbdkit-file", "4k randwrite QD1, 1 conn", "IOPS", 500, 490, 510, 505, 495)
 	add("qemu-nbd", "4k randread QD1, 1 conn", "IOPS", 400, 400)
 	add("nbdlab-file", "1M read QD4, 1 conn", "MiB/s", 90)
 	add("qemu-nbd", "1M read QD4, 1 conn", "MiB/s", 30)
@@ -38,10 +40,12 @@ func TestKernelReport(t *testing.T) {
 	}
 	for _, want := range []string{
 		"| job | unit | nbdlab-mem | nbdlab-file | nbdkit-file | qemu-nbd | nbdlab / best peer |",
-		// Five rounds apart: a verdict; one round: none. The interval is
-		// the 3rd smallest and largest of the 25 ratios of a round of
-		// nbdlab-file to one of nbdkit-file: 240/500 and 260/500.
-		"| 4k randread QD1, 1 conn | IOPS | 200 (100-300) | 250 (240-260) | 500 (490-510) | 400 (400-400) | 0.50x [0.48-0.52] slower |",
+		// Six rounds, each run beside the same round of the other server:
+		// a verdict, its interval the least and greatest mean of two
+		// rounds' ratios, 240/490 and 260/510.
+		"| 4k randread QD1, 1 conn | IOPS | 200 (100-300) | 250 (240-260) | 500 (490-510) | 400 (400-400) | 0.50x [0.49-0.51] slower |",
+		// Five pairs of rounds: none.
+		"| 4k randwrite QD1, 1 conn | IOPS | - | 250 (240-260) | 500 (490-510) | - | 0.50x [0.49-0.51] too few rounds |",
 		"| 1M read QD4, 1 conn | MiB/s | - | 90.0 | - | 30.0 | 3.00x [3.00-3.00] too few rounds |",
 		// 0.5 s of CPU over five seconds of requests.
 		"| 4k randread QD1, 1 conn | 667 | 400 | 200 | 250 |",

@@ -75,7 +75,7 @@ func (r *Results) plot(dir string) error {
 				if vals[j] == 0 || c == nil || ref == nil || c == ref || len(c.vals) < 2 || len(ref.vals) < 2 {
 					continue
 				}
-				cmp := compare(c.vals, ref.vals, higherIsBetter(c.unit))
+				cmp := t.compare(c, ref, higherIsBetter(c.unit))
 				// The bar is the ratio of medians; the interval is the rank-sum
 				// one, which need not hold it at its centre.
 				errs = append(errs, errorBar{x: float64(j), y: vals[j], lo: max(0, vals[j]-cmp.Lo), hi: max(0, cmp.Hi-vals[j])})

@@ -50,7 +50,7 @@ func (r *Results) WriteNFSReport(w io.Writer) error {
 			if !ok {
 				return []string{"-"}
 			}
-			return []string{compare(nbd.vals, best.vals, higherIsBetter(nbd.unit)).String()}
+			return []string{t.compare(nbd, best, higherIsBetter(nbd.unit)).String()}
 		})
 		b.WriteString("\nCPU seconds while each workload ran (client + server):\n\n| workload |")
 		for _, tg := range t.targets {

@@ -104,6 +104,7 @@ func (s setup) String() string { return s.Topology + "/" + s.Link }
 // rounds.
 type cell struct {
 	vals           []float64
+	rounds         []int // the round of each of vals
 	client         []float64
 	server         []float64
 	perRequest     []float64 // server CPU seconds per device request, where counted
@@ -131,6 +132,9 @@ func medianOf(xs []float64) float64 {
 // table groups figures by setup, workload and target, keeping the order
 // in which each first appears.
 type table struct {
+	// paired: each round ran every target on a workload back to back,
+	// so rounds compare pair by pair (bench kernel).
+	paired    bool
 	setups    []setup
 	workloads []string
 	targets   []string
@@ -138,7 +142,7 @@ type table struct {
 }
 
 func (r *Results) table() *table {
-	t := &table{cells: map[setup]map[string]map[string]*cell{}}
+	t := &table{cells: map[setup]map[string]map[string]*cell{}, paired: r.Kind == "kernel"}
 	for _, f := range r.Figures {
 		s := setup{f.Topology, f.Link}
 		if t.cells[s] == nil {
@@ -164,6 +168,7 @@ func (r *Results) table() *table {
 			continue
 		}
 		c.vals = append(c.vals, f.Value)
+		c.rounds = append(c.rounds, f.Round)
 		c.client = append(c.client, f.ClientCPU)
 		c.server = append(c.server, f.ServerCPU)
 		if f.DevRequests > 0 {
@@ -183,6 +188,22 @@ func (r *Results) table() *table {
 
 func (t *table) cell(s setup, workload, target string) *cell {
 	return t.cells[s][workload][target]
+}
+
+// compare compares cell a against cell b: round by round where the
+// table's rounds pair up, as whole samples otherwise.
+func (t *table) compare(a, b *cell, higher bool) comparison {
+	if !t.paired {
+		return compare(a.vals, b.vals, higher)
+	}
+	byRound := func(c *cell) map[int]float64 {
+		m := make(map[int]float64, len(c.vals))
+		for i, v := range c.vals {
+			m[c.rounds[i]] = v
+		}
+		return m
+	}
+	return comparePaired(byRound(a), byRound(b), higher)
 }
 
 // Outputs are the files WriteOutputs writes into dir.

@@ -174,3 +174,73 @@ func mannWhitney(n, m int) []float64 {
 func (c comparison) String() string {
 	return fmt.Sprintf("%.2fx [%.2f-%.2f] %s", c.Ratio, c.Lo, c.Hi, c.Verdict)
 }
+
+// comparePaired compares a against b where their rounds pair up: round i
+// of a ran beside round i of b, so what slowed one slowed the other. The
+// ratio is the Hodges-Lehmann estimate of the rounds' log ratios, the
+// median of their pairwise means, and its interval is the one the
+// Wilcoxon signed-rank test gives, from the exact distribution of its
+// statistic: distribution-free, with no assumption but that the log
+// ratios spread symmetrically about their centre. Only rounds measured on
+// both count. Six pairs are the fewest that reach 95% (five give 93.8%).
+func comparePaired(a, b map[int]float64, higher bool) comparison {
+	var d []float64
+	for r, x := range a {
+		if y, ok := b[r]; ok && x > 0 && y > 0 {
+			if higher {
+				d = append(d, math.Log(x)-math.Log(y))
+			} else {
+				d = append(d, math.Log(y)-math.Log(x))
+			}
+		}
+	}
+	c := comparison{Verdict: TooFewRounds}
+	if len(d) == 0 {
+		return c
+	}
+	var walsh []float64
+	for i := range d {
+		for j := i; j < len(d); j++ {
+			walsh = append(walsh, (d[i]+d[j])/2)
+		}
+	}
+	slices.Sort(walsh)
+	k, level := signedRank(len(d))
+	c.Ratio = math.Exp(medianOf(walsh))
+	c.Lo, c.Hi = math.Exp(walsh[k-1]), math.Exp(walsh[len(walsh)-k])
+	switch {
+	case level < 0.95:
+		c.Verdict = TooFewRounds
+	case c.Lo > 1:
+		c.Verdict = Faster
+	case c.Hi < 1:
+		c.Verdict = Slower
+	default:
+		c.Verdict = WithinNoise
+	}
+	return c
+}
+
+// signedRank returns the rank k for which the k-th smallest and largest
+// of the n(n+1)/2 pairwise means of n paired differences bound their
+// centre with 95% coverage or more, and that coverage: 1 - 2·P(T < k), T
+// the signed-rank statistic under no difference. T is the sum of the
+// ranks of the positive differences, each of the 2^n sign patterns
+// equally likely; its distribution counts the subsets of 1..n by sum.
+func signedRank(n int) (int, float64) {
+	m := n * (n + 1) / 2
+	count := make([]float64, m+1)
+	count[0] = 1
+	for r := 1; r <= n; r++ {
+		for t := m; t >= r; t-- {
+			count[t] += count[t-r]
+		}
+	}
+	total := math.Ldexp(1, n)
+	k, below := 1, count[0]/total
+	for k < m/2 && 2*(below+count[k]/total) <= 0.05 {
+		below += count[k] / total
+		k++
+	}
+	return k, 1 - 2*below
+}

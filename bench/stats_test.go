@@ -127,3 +127,76 @@ func TestMannWhitneySums(t *testing.T) {
 		}
 	}
 }
+
+func TestComparePaired(t *testing.T) {
+	rounds := func(vs ...float64) map[int]float64 {
+		m := map[int]float64{}
+		for i, v := range vs {
+			m[i+1] = v
+		}
+		return m
+	}
+	// The host's speed moves both targets together from round to round.
+	drift := []float64{100, 300, 150, 250, 120, 200}
+	scaled := func(k float64, jitter ...float64) map[int]float64 {
+		m := map[int]float64{}
+		for i, v := range drift {
+			m[i+1] = v * k * jitter[i]
+		}
+		return m
+	}
+	for _, tc := range []struct {
+		name   string
+		a, b   map[int]float64
+		higher bool
+		want   string
+	}{
+		{"ahead in every round the host moved", scaled(1.2, 1, 1.05, 0.97, 1, 1.02, 0.99), rounds(drift...), true, Faster},
+		{"behind in every round", scaled(0.8, 1, 1.05, 0.97, 1, 1.02, 0.99), rounds(drift...), true, Slower},
+		{"seconds: less is faster", scaled(0.8, 1, 1.05, 0.97, 1, 1.02, 0.99), rounds(drift...), false, Faster},
+		// The median ratio is near 1.02, but rounds go both ways.
+		{"ratios either side of 1", scaled(1, 0.8, 1.3, 0.9, 1.25, 1.1, 0.95), rounds(drift...), true, WithinNoise},
+		{"five rounds", rounds(200, 210, 220, 230, 240), rounds(100, 110, 120, 130, 140), true, TooFewRounds},
+		// Rounds 7 and 8 of a have no partner and do not count.
+		{"unpaired rounds left out", rounds(200, 210, 220, 230, 240, 250, 1, 1), rounds(100, 110, 120, 130, 140, 150), true, Faster},
+	} {
+		c := comparePaired(tc.a, tc.b, tc.higher)
+		if c.Verdict != tc.want {
+			t.Errorf("%s: comparePaired = %v, want %s", tc.name, c, tc.want)
+		}
+		if c.Lo > c.Ratio || c.Ratio > c.Hi {
+			t.Errorf("%s: ratio %g outside its interval [%g, %g]", tc.name, c.Ratio, c.Lo, c.Hi)
+		}
+	}
+	// The rounds a host moves by 3x hide a 20% lead from a comparison that
+	// does not pair them.
+	var a, b []float64
+	for i, v := range scaled(1.2, 1, 1.05, 0.97, 1, 1.02, 0.99) {
+		a, b = append(a, v), append(b, drift[i-1])
+	}
+	if c := compare(a, b, true); c.Verdict != WithinNoise {
+		t.Errorf("unpaired: %v, want %s", c, WithinNoise)
+	}
+}
+
+func TestSignedRank(t *testing.T) {
+	// Two-sided 5% critical values of the signed-rank statistic: the
+	// interval is the (crit+1)-th smallest and largest pairwise mean.
+	for _, tc := range []struct{ n, crit int }{{6, 0}, {7, 2}, {8, 3}, {10, 8}, {15, 25}, {20, 52}} {
+		k, level := signedRank(tc.n)
+		if k != tc.crit+1 {
+			t.Errorf("signedRank(%d) = rank %d, want %d", tc.n, k, tc.crit+1)
+		}
+		if level < 0.95 || level > 0.99 {
+			t.Errorf("signedRank(%d): coverage %.4f, want 95%% to 99%%", tc.n, level)
+		}
+	}
+	// Six pairs: the extremes, which miss only when all six signs agree.
+	if _, level := signedRank(6); math.Abs(level-(1-2.0/64)) > 1e-12 {
+		t.Errorf("signedRank(6) coverage %.6f, want %.6f", level, 1-2.0/64)
+	}
+	// Five pairs cannot reach 95%.
+	if k, level := signedRank(5); k != 1 || math.Abs(level-(1-2.0/32)) > 1e-12 {
+		t.Errorf("signedRank(5) = %d at %.4f, want 1 at %.4f", k, level, 1-2.0/32)
+	}
+}

@@ -47,7 +47,7 @@ func runBenchKernel(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.Var(&servers, "server", "server `S`; repeatable (default all: nbdlab-mem, nbdlab-file, nbd-server, nbdkit-memory, nbdkit-file, qemu-nbd)")
 	fs.Var(&conns, "connections", "connections `N` per device; repeatable (default 1 and 4)")
 	fs.DurationVar(&o.Time, "time", 0, "how long each fio job runs, after a second of ramp (default 3s; 1s with --quick)")
-	fs.IntVar(&o.Rounds, "rounds", 0, "rounds, each visiting every server; the report gives the median, its confidence interval and verdicts, which need five or more (default 5; 1 with --quick)")
+	fs.IntVar(&o.Rounds, "rounds", 0, "rounds, each running every job on every server in turn; the report gives the median, its confidence interval and verdicts, which need six or more (default 6; 1 with --quick)")
 	fs.Float64Var(&o.TargetCI, "target-ci", 0, "after --rounds, go on until every interval is within ±`F` of its median (0.1: ±10%), up to --max-rounds")
 	fs.IntVar(&o.MaxRounds, "max-rounds", 0, "with --target-ci, the most rounds run (default three times --rounds)")
 	fs.StringVar(&o.Kernel, "kernel", "", "kernel `K` the VM boots, installed or fetched (default the newest installed)")
