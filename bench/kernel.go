@@ -37,6 +37,9 @@ type KernelOptions struct {
 	MaxRounds int
 	Quick     bool
 	Host      bool   // run on this kernel (needs nbd); what the VM runs
+	// HostClock times a TCG guest by the host's clock, not by the
+	// instructions it executes (vm.Config.InstructionClock).
+	HostClock bool
 	JSON      string // with Host: write the figures here only
 	Dir       string
 	Nbdlab    string
@@ -145,7 +148,7 @@ func RunKernel(ctx context.Context, o KernelOptions) (*Results, error) {
 	// Every server's export at once: four 256 MiB images on tmpfs and
 	// two in memory.
 	vres, err := vm.Run(ctx, vm.Config{Kernel: k.Release, Init: o.Nbdlab, Memory: "3072M", Timeout: 90 * time.Minute,
-		Shares: []vm.Share{{Host: work}}, Stdout: o.Out, Stderr: o.Out}, argv...)
+		InstructionClock: !o.HostClock, Shares: []vm.Share{{Host: work}}, Stdout: o.Out, Stderr: o.Out}, argv...)
 	if err != nil {
 		return nil, err
 	}
@@ -318,12 +321,13 @@ func startKernelTarget(ctx context.Context, o KernelOptions, pair *labnet.Pair, 
 		return nil, err
 	}
 	img := filepath.Join(dir, "disk.img")
-	if err := fillImage(img, kernelExport); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
 	args := servers.Args{Nbdlab: o.Nbdlab, Dir: dir, IP: pair.ServerIP.String(), Port: port, Img: img, Size: kernelExport}
 	sargv, err := spec.Argv(args)
+	if err == nil && !spec.Memory {
+		// Only a server that serves the image gets one: every server's
+		// at once would not fit /dev/shm (half the VM's memory).
+		err = fillImage(img, kernelExport)
+	}
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -458,6 +462,11 @@ func (r *Results) WriteKernelReport(w io.Writer) error {
 			"*faster* or *slower* where the interval excludes 1.00, *within noise* where it does not, *too few rounds* under 6 pairs. "+
 			"**server CPU µs/request** is the CPU time of each server's process over the job's requests.\n\n",
 			r.Started.UTC().Format("2006-01-02 15:04 UTC"), f.Kernel, f.CPUs, orUnknown(f.Accel))
+		if f.Accel == "tcg+icount" {
+			fmt.Fprintf(&b, "The guest's clock is QEMU's instruction counter (-icount): while the guest runs, each instruction it executes takes %d ns of its time. "+
+				"IOPS, MiB/s and CPU times here count the instructions the server, the kernel and fio executed, the same however busy the host was, and repeat to a percent or two; "+
+				"they weigh the work each server makes the machine do, not the speed of any real CPU (--host-clock times by the host instead).\n\n", vm.ICountNs)
+		}
 	}
 	for _, s := range t.setups {
 		t.writeFigures(&b, s, "job", func(tg string) string { return tg }, []string{"nbdlab / best peer"}, func(wl string) []string {

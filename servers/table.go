@@ -18,9 +18,10 @@ import (
 // fails only when it cannot write a file the server needs (nbd-server's
 // configuration).
 type Spec struct {
-	Name string
-	What string
-	Argv func(a Args) ([]string, error)
+	Name   string
+	What   string
+	Memory bool // exports memory of its own, not Args.Img
+	Argv   func(a Args) ([]string, error)
 }
 
 // Args say where a Spec listens and what it exports.
@@ -47,22 +48,22 @@ func (a Args) nbdlab(export string) ([]string, error) {
 // TCP are nbdlab's servers and its peers, as the kernel meets them.
 func TCP() []Spec {
 	return []Spec{
-		{"nbdlab-mem", "nbdlab serve d=mem:SIZE", func(a Args) ([]string, error) {
+		{"nbdlab-mem", "nbdlab serve d=mem:SIZE", true, func(a Args) ([]string, error) {
 			return a.nbdlab("mem:" + strconv.FormatInt(a.Size, 10))
 		}},
-		{"nbdlab-file", "nbdlab serve d=file:IMG", func(a Args) ([]string, error) {
+		{"nbdlab-file", "nbdlab serve d=file:IMG", false, func(a Args) ([]string, error) {
 			return a.nbdlab("file:" + a.Img)
 		}},
-		{"nbd-server", "nbd-server (daemon) with flush, fua, trim", func(a Args) ([]string, error) {
+		{"nbd-server", "nbd-server (daemon) with flush, fua, trim", false, func(a Args) ([]string, error) {
 			return NBDServer(a.Dir, nbd.Addr{Network: "tcp", Address: a.listen()}, a.Img)
 		}},
-		{"nbdkit-memory", "nbdkit memory SIZE", func(a Args) ([]string, error) {
+		{"nbdkit-memory", "nbdkit memory SIZE", true, func(a Args) ([]string, error) {
 			return []string{"nbdkit", "-f", "-i", a.IP, "-p", strconv.Itoa(a.Port), "memory", strconv.FormatInt(a.Size, 10)}, nil
 		}},
-		{"nbdkit-file", "nbdkit file IMG", func(a Args) ([]string, error) {
+		{"nbdkit-file", "nbdkit file IMG", false, func(a Args) ([]string, error) {
 			return []string{"nbdkit", "-f", "-i", a.IP, "-p", strconv.Itoa(a.Port), "file", a.Img}, nil
 		}},
-		{"qemu-nbd", "qemu-nbd -f raw --shared=32 --cache=none IMG (no --cache=none without O_DIRECT)", func(a Args) ([]string, error) {
+		{"qemu-nbd", "qemu-nbd -f raw --shared=32 --cache=none IMG (no --cache=none without O_DIRECT)", false, func(a Args) ([]string, error) {
 			argv := []string{"qemu-nbd", "-t", "--shared=32", "-f", "raw", "-x", "d", "-b", a.IP, "-p", strconv.Itoa(a.Port)}
 			if directIO(a.Img) {
 				// Where the filesystem has O_DIRECT (tmpfs only since

@@ -114,3 +114,25 @@ exit 0
 		t.Fatal("the holding shell outlived its daemon by 10 s")
 	}
 }
+
+// TestMemoryNeedsNoImage: a server marked Memory names no image, in its
+// command line or in a file it reads; every other one does.
+func TestMemoryNeedsNoImage(t *testing.T) {
+	for _, s := range TCP() {
+		dir := t.TempDir()
+		img := filepath.Join(dir, "IMAGE.img")
+		argv, err := s.Argv(Args{Nbdlab: "nbdlab", Dir: dir, IP: "192.0.2.1", Port: 10809, Img: img, Size: 1 << 20})
+		if err != nil {
+			t.Fatalf("%s: %v", s.Name, err)
+		}
+		named := strings.Contains(strings.Join(argv, " "), img)
+		files, _ := os.ReadDir(dir)
+		for _, f := range files {
+			b, _ := os.ReadFile(filepath.Join(dir, f.Name()))
+			named = named || strings.Contains(string(b), img)
+		}
+		if named == s.Memory {
+			t.Errorf("%s: Memory %v, but names the image: %v (%q)", s.Name, s.Memory, named, argv)
+		}
+	}
+}

@@ -44,6 +44,31 @@ func TestQemuArgsNIC(t *testing.T) {
 	}
 }
 
+// The instruction clock is QEMU's -icount under TCG, and nothing under
+// KVM, where QEMU refuses it.
+func TestQemuArgsInstructionClock(t *testing.T) {
+	for _, tc := range []struct {
+		accel string
+		clock bool
+		want  string
+	}{
+		{"tcg", true, "shift=3"},
+		{"tcg", false, ""},
+		{"kvm", true, ""},
+	} {
+		args := qemuArgs(Config{CPUs: 2, Memory: "1G", InstructionClock: tc.clock}, kernels.Kernel{Image: "bzImage"}, "initrd", tc.accel, "ctl.sock", "klog")
+		got := ""
+		for i, a := range args {
+			if a == "-icount" {
+				got = args[i+1]
+			}
+		}
+		if got != tc.want {
+			t.Errorf("%s, instruction clock %v: -icount %q, want %q", tc.accel, tc.clock, got, tc.want)
+		}
+	}
+}
+
 func TestSameOutput(t *testing.T) {
 	dir := t.TempDir()
 	a, err := os.Create(filepath.Join(dir, "a"))

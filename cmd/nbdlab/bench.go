@@ -16,7 +16,7 @@ import (
 
 const benchNFSUsage = "nfs [--setup TOPOLOGY/LINK]... [--target T]... [--kernel K] [--server S] [--quick] [--out DIR]"
 
-const benchKernelUsage = "kernel [--server S]... [--connections N]... [--time D] [--rounds N] [--target-ci F [--max-rounds N]] [--kernel K] [--quick] [--out DIR]"
+const benchKernelUsage = "kernel [--server S]... [--connections N]... [--time D] [--rounds N] [--target-ci F [--max-rounds N]] [--kernel K] [--quick] [--host-clock] [--out DIR]"
 
 const benchUsage = benchKernelUsage + "\n       nbdlab bench " + benchNFSUsage
 
@@ -52,6 +52,7 @@ func runBenchKernel(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.IntVar(&o.MaxRounds, "max-rounds", 0, "with --target-ci, the most rounds run (default three times --rounds)")
 	fs.StringVar(&o.Kernel, "kernel", "", "kernel `K` the VM boots, installed or fetched (default the newest installed)")
 	fs.BoolVar(&o.Quick, "quick", false, "nbdlab-file and nbdkit-file, one connection, 1s jobs: a smoke test")
+	fs.BoolVar(&o.HostClock, "host-clock", false, "under TCG, time the VM by the host's clock, not by the instructions it executes (QEMU -icount, 8 ns each: figures that repeat however busy the host is)")
 	fs.StringVar(&o.Dir, "out", "bench-report/kernel", "`DIR` for results.json, report.md and the plot")
 	hostFlags(fs, &o.Host, &o.JSON, "run on this machine's kernel, servers in a network namespace (needs root and nbd)")
 	if err := parseNoArgs(fs, args); err != nil {
