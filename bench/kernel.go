@@ -36,7 +36,7 @@ type KernelOptions struct {
 	TargetCI  float64
 	MaxRounds int
 	Quick     bool
-	Host      bool   // run on this kernel (needs nbd); what the VM runs
+	Host      bool // run on this kernel (needs nbd); what the VM runs
 	// HostClock times a TCG guest by the host's clock, not by the
 	// instructions it executes (vm.Config.InstructionClock).
 	HostClock bool
