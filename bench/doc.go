@@ -9,7 +9,11 @@
 //     rounds (default 3).
 //   - kernel.go: fio on /dev/nbdN through the kernel's client against
 //     every server in a network namespace (RunKernel), in a lab VM or on
-//     this machine's kernel.
+//     this machine's kernel. Every server is up at once, so each job runs
+//     on every server's device seconds apart and rounds compare pair by
+//     pair (stats.go's comparePaired); the VM's clock counts instructions
+//     (vm.Config.InstructionClock), so figures repeat however busy the
+//     host is.
 //   - NBD against NFS (RunNFS): agent.go is the server side (a tmpfs
 //     offered over NBD or by nfsd.go's kernel NFS server, on request over
 //     a control connection), workload.go and tree.go what the client
