@@ -104,8 +104,16 @@ func compare(a, b []float64, higher bool) comparison {
 	}
 	c.Ratio = math.Exp(medianOf(logs))
 	c.Lo, c.Hi = math.Exp(logs[k-1]), math.Exp(logs[len(logs)-k])
+	c.judge(medianInterval(a).Level >= minLevel && medianInterval(b).Level >= minLevel && level >= 0.95)
+	return c
+}
+
+// judge sets the verdict from the interval: too few rounds unless enough
+// were measured for it to cover 95%, else faster or slower where it
+// excludes 1, within noise where it does not.
+func (c *comparison) judge(enough bool) {
 	switch {
-	case medianInterval(a).Level < minLevel || medianInterval(b).Level < minLevel || level < 0.95:
+	case !enough:
 		c.Verdict = TooFewRounds
 	case c.Lo > 1:
 		c.Verdict = Faster
@@ -114,7 +122,6 @@ func compare(a, b []float64, higher bool) comparison {
 	default:
 		c.Verdict = WithinNoise
 	}
-	return c
 }
 
 // mosesRank returns the rank k for which the k-th smallest and k-th
@@ -208,16 +215,7 @@ func comparePaired(a, b map[int]float64, higher bool) comparison {
 	k, level := signedRank(len(d))
 	c.Ratio = math.Exp(medianOf(walsh))
 	c.Lo, c.Hi = math.Exp(walsh[k-1]), math.Exp(walsh[len(walsh)-k])
-	switch {
-	case level < 0.95:
-		c.Verdict = TooFewRounds
-	case c.Lo > 1:
-		c.Verdict = Faster
-	case c.Hi < 1:
-		c.Verdict = Slower
-	default:
-		c.Verdict = WithinNoise
-	}
+	c.judge(level >= 0.95)
 	return c
 }
 
