@@ -18,7 +18,8 @@
 //     offered over NBD or by nfsd.go's kernel NFS server, on request over
 //     a control connection), workload.go and tree.go what the client
 //     measures, nfs.go the client's run on one kernel, nfs_run.go the
-//     namespace VM and the two linked VMs.
+//     namespace VM (on the instruction clock too) and the two linked VMs
+//     (on the host's: two guests' instruction clocks would drift apart).
 //   - results.go, report.go, plot.go: results.json, report.md and the
 //     plots (gonum.org/v1/plot) of the kernel and NFS benchmarks.
 //

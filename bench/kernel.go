@@ -462,11 +462,7 @@ func (r *Results) WriteKernelReport(w io.Writer) error {
 			"*faster* or *slower* where the interval excludes 1.00, *within noise* where it does not, *too few rounds* under 6 pairs. "+
 			"**server CPU µs/request** is the CPU time of each server's process over the job's requests.\n\n",
 			r.Started.UTC().Format("2006-01-02 15:04 UTC"), f.Kernel, f.CPUs, orUnknown(f.Accel))
-		if f.Accel == "tcg+icount" {
-			fmt.Fprintf(&b, "The guest's clock is QEMU's instruction counter (-icount): while the guest runs, each instruction it executes takes %d ns of its time. "+
-				"IOPS, MiB/s and CPU times here count the instructions the server, the kernel and fio executed, the same however busy the host was, and repeat to a percent or two; "+
-				"they weigh the work each server makes the machine do, not the speed of any real CPU (--host-clock times by the host instead).\n\n", vm.ICountNs)
-		}
+		b.WriteString(clockNote(f.Accel, "IOPS, MiB/s and CPU times", "the server, the kernel and fio", "each server"))
 	}
 	for _, s := range t.setups {
 		t.writeFigures(&b, s, "job", func(tg string) string { return tg }, []string{"nbdlab / best peer"}, func(wl string) []string {

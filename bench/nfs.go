@@ -46,11 +46,16 @@ type NFSOptions struct {
 	// Rounds, each visiting every target in turn; default 5, the fewest
 	// that give the median a 95% interval and so a verdict.
 	Rounds int
-	Quick  bool // a small subset, for smoke tests
-	Host   bool // run here: netns setups only, needs nbd and nfsd
-	Agent  string
-	NIC    string // with Host in a VM of the vms topology: this VM's address
-	Source string // the tree's files come from here; default GOROOT/src
+	// HostClock times the netns VM by the host's clock under TCG, not by
+	// the instructions it executes (vm.Config.InstructionClock). The
+	// two VMs of a vms setup always keep the host's clock: each would
+	// count its own instructions, and their clocks would drift apart.
+	HostClock bool
+	Quick     bool // a small subset, for smoke tests
+	Host      bool // run here: netns setups only, needs nbd and nfsd
+	Agent     string
+	NIC       string // with Host in a VM of the vms topology: this VM's address
+	Source    string // the tree's files come from here; default GOROOT/src
 	// Backing, with Host, is a directory on disk for the exports (the
 	// image file and the NFS export) instead of a tmpfs.
 	Backing string

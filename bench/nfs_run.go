@@ -77,7 +77,9 @@ func RunNFS(ctx context.Context, o NFSOptions) (*Results, error) {
 	}
 	cfg := vm.Config{Kernel: k.Release, Init: o.Nbdlab, Memory: "2048M", Timeout: 40 * time.Minute,
 		Shares: []vm.Share{{Host: work}}, Stdout: o.Out, Stderr: o.Out}
-	err = run("netns", netnsSetups, func(argv []string) (*vm.Result, error) { return vm.Run(ctx, cfg, argv...) })
+	netnsCfg := cfg
+	netnsCfg.InstructionClock = !o.HostClock
+	err = run("netns", netnsSetups, func(argv []string) (*vm.Result, error) { return vm.Run(ctx, netnsCfg, argv...) })
 	if err == nil {
 		err = run("vms", vmsSetups, func(argv []string) (*vm.Result, error) { return runPair(ctx, cfg, argv, o.Out) })
 	}

@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
+
+	"github.com/nbdlab/nbdlab/vm"
 )
 
 // nbdTarget is the NFS comparison's block-device target.
@@ -21,7 +24,7 @@ func (r *Results) WriteNFSReport(w io.Writer) error {
 	if len(r.Figures) > 0 {
 		f := r.Figures[0]
 		fmt.Fprintf(&b, "Started %s. Kernel %s, %d CPUs, %s. NBD: %s, ext4 (%s). NFS: %s.\n\n",
-			r.Started.UTC().Format("2006-01-02 15:04 UTC"), f.Kernel, f.CPUs, orUnknown(f.Accel), serverOf(r, nbdTarget), mountOf(r, nbdTarget), nfsServerOf(r))
+			r.Started.UTC().Format("2006-01-02 15:04 UTC"), f.Kernel, f.CPUs, accelsOf(r), serverOf(r, nbdTarget), mountOf(r, nbdTarget), nfsServerOf(r))
 	}
 	fmt.Fprintf(&b, "Times are seconds (lower is better), rates MiB/s or IOPS (higher is better); the median of the rounds. "+
 		"**NBD vs NFS** compares NBD with the fastest NFS target that stores what it acknowledges (sync exports): "+
@@ -43,6 +46,9 @@ func (r *Results) WriteNFSReport(w io.Writer) error {
 				fmt.Fprintf(&b, "A tree of %d files, %d small files, a %d MiB file.\n\n", f.Files, f.SmallFiles, f.FileBytes>>20)
 				break
 			}
+		}
+		if i := slices.IndexFunc(r.Figures, func(f Figure) bool { return f.Topology == s.Topology && f.Link == s.Link }); i >= 0 {
+			b.WriteString(clockNote(r.Figures[i].Accel, "Times, rates and CPU seconds", "the filesystem, the servers and the workloads", "each target"))
 		}
 		label := func(tg string) string { return targetLabel(t, s, tg) }
 		t.writeFigures(&b, s, "workload", label, []string{"NBD vs NFS"}, func(wl string) []string {
@@ -222,4 +228,41 @@ func nfsServerOf(r *Results) string {
 		}
 	}
 	return "-"
+}
+
+// clockNote is the paragraph that says what figures measured under
+// accel mean when the guest's clock counts instructions ("tcg+icount"),
+// and nothing otherwise: what are the figures, who executed the
+// instructions, and whose work they weigh.
+func clockNote(accel, what, who, whose string) string {
+	if accel != "tcg+icount" {
+		return ""
+	}
+	return fmt.Sprintf("The guest's clock is QEMU's instruction counter (-icount): while the guest runs, each instruction it executes takes %d ns of its time. "+
+		"%s here count the instructions %s executed, the same however busy the host was, and repeat to a percent or two; "+
+		"they weigh the work %s makes the machine do, not the speed of any real CPU (--host-clock times by the host instead).\n\n", vm.ICountNs, what, who, whose)
+}
+
+// accelsOf names how the figures' VMs ran: one accelerator if all ran
+// alike, else each with the topologies it ran, in the order first seen.
+func accelsOf(r *Results) string {
+	var accels []string
+	where := map[string][]string{}
+	for _, f := range r.Figures {
+		a := orUnknown(f.Accel)
+		if _, ok := where[a]; !ok {
+			accels = append(accels, a)
+		}
+		if !slices.Contains(where[a], f.Topology) {
+			where[a] = append(where[a], f.Topology)
+		}
+	}
+	if len(accels) == 1 {
+		return accels[0]
+	}
+	parts := make([]string, len(accels))
+	for i, a := range accels {
+		parts[i] = a + " (" + strings.Join(where[a], ", ") + ")"
+	}
+	return strings.Join(parts, ", ")
 }

@@ -59,6 +59,42 @@ func TestNFSReport(t *testing.T) {
 	}
 }
 
+// TestNFSReportClock: a section measured on the instruction clock says so
+// and what its figures then mean, one on the host's clock does not, and
+// the header names the clock of each topology.
+func TestNFSReportClock(t *testing.T) {
+	r := fixture()
+	n := len(r.Figures)
+	for i := range r.Figures {
+		r.Figures[i].Accel = "tcg+icount"
+		vms := r.Figures[i]
+		vms.Topology, vms.Link, vms.LinkDesc, vms.Accel = "vms", "none", "none (unshaped)", "tcg"
+		r.Figures = append(r.Figures, vms)
+	}
+	if len(r.Figures) != 2*n {
+		t.Fatalf("fixture: %d figures, want %d", len(r.Figures), 2*n)
+	}
+	var b bytes.Buffer
+	if err := r.WriteNFSReport(&b); err != nil {
+		t.Fatal(err)
+	}
+	md := b.String()
+	netns, vms, ok := strings.Cut(md, "## vms, link none")
+	if !ok {
+		t.Fatalf("report has no vms section:\n%s", md)
+	}
+	const note = "The guest's clock is QEMU's instruction counter (-icount)"
+	if strings.Count(netns, note) != 1 || !strings.Contains(netns, "Times, rates and CPU seconds here count the instructions") {
+		t.Errorf("the netns section does not say once that its clock counts instructions:\n%s", netns)
+	}
+	if strings.Contains(vms, note) {
+		t.Errorf("the vms section, on the host's clock, says its clock counts instructions:\n%s", vms)
+	}
+	if !strings.Contains(md, "2 CPUs, tcg+icount (netns), tcg (vms). NBD:") {
+		t.Errorf("the header does not name each topology's clock:\n%s", md)
+	}
+}
+
 func TestNBDRatioWithoutDurableNFS(t *testing.T) {
 	r := fixture()
 	var kept []Figure

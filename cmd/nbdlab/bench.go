@@ -14,7 +14,7 @@ import (
 	"github.com/nbdlab/nbdlab/labnet"
 )
 
-const benchNFSUsage = "nfs [--setup TOPOLOGY/LINK]... [--target T]... [--kernel K] [--server S] [--quick] [--out DIR]"
+const benchNFSUsage = "nfs [--setup TOPOLOGY/LINK]... [--target T]... [--kernel K] [--server S] [--quick] [--host-clock] [--out DIR]"
 
 const benchKernelUsage = "kernel [--server S]... [--connections N]... [--time D] [--rounds N] [--target-ci F [--max-rounds N]] [--kernel K] [--quick] [--host-clock] [--out DIR]"
 
@@ -122,6 +122,7 @@ func runBenchNFS(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.Int64Var(&o.FioSize, "fio-size", 0, "bytes of the sequential file (default 16 MiB; half on wan and between VMs)")
 	fs.DurationVar(&o.FioTime, "fio-time", 0, "how long each random I/O job runs (default 1s)")
 	fs.IntVar(&o.Rounds, "rounds", 0, "rounds, each visiting every target; the report gives the median, its confidence interval and verdicts, which need five or more (default 5; 1 with --quick)")
+	fs.BoolVar(&o.HostClock, "host-clock", false, "under TCG, time the netns VM by the host's clock, not by the instructions it executes (QEMU -icount, 8 ns each: figures that repeat however busy the host is); the two VMs of a vms setup always keep the host's")
 	fs.BoolVar(&o.Quick, "quick", false, "a small subset (netns/none and vms/none, nbd and nfs4.2-sync, small sizes): a smoke test of the whole path")
 	fs.StringVar(&o.Dir, "out", "bench-report/nfs", "`DIR` for results.json, report.md and the plots")
 	fs.StringVar(&o.Backing, "backing", "", "with --host: keep the exports (image, NFS export) in `DIR` on disk instead of a tmpfs")
