@@ -79,3 +79,23 @@ func TestKernelReport(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelReportClock: the report says what its figures mean when the
+// guest's clock counted instructions, and says nothing of it otherwise.
+func TestKernelReportClock(t *testing.T) {
+	const note = "IOPS, MiB/s and CPU times here count the instructions the server, the kernel and fio executed"
+	for _, tc := range []struct {
+		accel string
+		want  bool
+	}{{"tcg+icount", true}, {"tcg", false}, {"kvm", false}} {
+		r := &Results{Kind: "kernel", Figures: []Figure{{Topology: "netns", Link: "none", Kernel: "6.12", CPUs: 2, Accel: tc.accel,
+			Target: "nbdlab-file", Workload: "4k randread QD1, 1 conn", Unit: "IOPS", Value: 100, Round: 1, Durable: true}}}
+		var b bytes.Buffer
+		if err := r.WriteKernelReport(&b); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(b.String(), note); got != tc.want {
+			t.Errorf("accel %s: report says its clock counts instructions: %v, want %v:\n%s", tc.accel, got, tc.want, b.String())
+		}
+	}
+}
