@@ -41,14 +41,14 @@ func (r *Results) WriteNFSReport(w io.Writer) error {
 			}
 		}
 		fmt.Fprintf(&b, "## %s, link %s\n\n", s.Topology, desc)
-		for _, f := range r.Figures {
-			if f.Topology == s.Topology && f.Link == s.Link && f.Files > 0 {
-				fmt.Fprintf(&b, "A tree of %d files, %d small files, a %d MiB file.\n\n", f.Files, f.SmallFiles, f.FileBytes>>20)
-				break
-			}
-		}
+		// One VM ran the section, with one set of sizes: its first figure
+		// speaks for all.
 		if i := slices.IndexFunc(r.Figures, func(f Figure) bool { return f.Topology == s.Topology && f.Link == s.Link }); i >= 0 {
-			b.WriteString(clockNote(r.Figures[i].Accel, "Times, rates and CPU seconds", "the filesystem, the servers and the workloads", "each target"))
+			f := r.Figures[i]
+			if f.Files > 0 {
+				fmt.Fprintf(&b, "A tree of %d files, %d small files, a %d MiB file.\n\n", f.Files, f.SmallFiles, f.FileBytes>>20)
+			}
+			b.WriteString(clockNote(f.Accel, "Times, rates and CPU seconds", "the filesystem, the servers and the workloads", "each target"))
 		}
 		label := func(tg string) string { return targetLabel(t, s, tg) }
 		t.writeFigures(&b, s, "workload", label, []string{"NBD vs NFS"}, func(wl string) []string {

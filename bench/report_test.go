@@ -61,18 +61,17 @@ func TestNFSReport(t *testing.T) {
 
 // TestNFSReportClock: a section measured on the instruction clock says so
 // and what its figures then mean, one on the host's clock does not, and
-// the header names the clock of each topology.
+// the header names the clock of each topology; each section gives its own
+// VM's sizes.
 func TestNFSReportClock(t *testing.T) {
 	r := fixture()
-	n := len(r.Figures)
 	for i := range r.Figures {
-		r.Figures[i].Accel = "tcg+icount"
-		vms := r.Figures[i]
+		f := &r.Figures[i]
+		f.Accel, f.Files, f.SmallFiles, f.FileBytes = "tcg+icount", 400, 50, 16<<20
+		vms := *f
 		vms.Topology, vms.Link, vms.LinkDesc, vms.Accel = "vms", "none", "none (unshaped)", "tcg"
+		vms.Files, vms.SmallFiles, vms.FileBytes = 80, 10, 8<<20
 		r.Figures = append(r.Figures, vms)
-	}
-	if len(r.Figures) != 2*n {
-		t.Fatalf("fixture: %d figures, want %d", len(r.Figures), 2*n)
 	}
 	var b bytes.Buffer
 	if err := r.WriteNFSReport(&b); err != nil {
@@ -92,6 +91,9 @@ func TestNFSReportClock(t *testing.T) {
 	}
 	if !strings.Contains(md, "2 CPUs, tcg+icount (netns), tcg (vms). NBD:") {
 		t.Errorf("the header does not name each topology's clock:\n%s", md)
+	}
+	if !strings.Contains(netns, "A tree of 400 files, 50 small files, a 16 MiB file.") || !strings.Contains(vms, "A tree of 80 files, 10 small files, a 8 MiB file.") {
+		t.Errorf("a section does not give its own sizes:\n%s", md)
 	}
 }
 
