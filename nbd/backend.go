@@ -2,8 +2,12 @@ package nbd
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"syscall"
+
+	"github.com/nbdlab/nbdlab/imagelock"
 )
 
 // Backend is the storage behind an export. ReadAt and WriteAt are called
@@ -113,3 +117,21 @@ func writeZeroes(w io.WriterAt, off, n int64) error {
 
 // maxExtents bounds one Extents answer; the client asks again for the rest.
 const maxExtents = 1024
+
+// openLocked opens an image file for access and takes QEMU's locks for it;
+// a filesystem without OFD locks is served without them.
+func openLocked(path string, access imagelock.Mode) (*os.File, error) {
+	flag := os.O_RDONLY
+	if access == imagelock.Writer {
+		flag = os.O_RDWR
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open export file: %w", err)
+	}
+	if err := imagelock.Lock(f, access); err != nil && !errors.Is(err, imagelock.ErrUnsupported) {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}

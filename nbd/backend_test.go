@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/nbdlab/nbdlab/imagelock"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/nbdtest"
 )
@@ -34,7 +35,7 @@ func tmpFile(t *testing.T, size int64, fill byte) string {
 
 func openFile(t *testing.T, path string, ro bool) *nbd.File {
 	t.Helper()
-	f, err := nbd.OpenFile(path, ro)
+	f, err := nbd.OpenFile(path, map[bool]imagelock.Mode{true: imagelock.Reader, false: imagelock.Writer}[ro])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,10 +129,10 @@ func TestCOWNeverWritesBase(t *testing.T) {
 }
 
 func TestOpenFileRejectsOtherKinds(t *testing.T) {
-	if _, err := nbd.OpenFile(t.TempDir(), true); err == nil {
+	if _, err := nbd.OpenFile(t.TempDir(), imagelock.Reader); err == nil {
 		t.Fatal("a directory was accepted as an export")
 	}
-	if _, err := nbd.OpenFile("/dev/null", true); err == nil {
+	if _, err := nbd.OpenFile("/dev/null", imagelock.Reader); err == nil {
 		t.Fatal("a character device was accepted as an export")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nbdlab/nbdlab/imagelock"
 	"github.com/nbdlab/nbdlab/qcow2"
 )
 
@@ -44,6 +45,11 @@ type ExportSpec struct {
 	Size     int64  // for mem
 	ReadOnly bool
 	COW      bool
+	// ForceShare opens a read-only or copy-on-write image without
+	// QEMU's locks (force-share), so that it can be read while another
+	// process writes it; without it, an image another process writes is
+	// refused (package imagelock).
+	ForceShare bool
 	// EIO is a range that fails with EIO (eio=OFF+LEN), for tests.
 	EIOOff, EIOLen int64
 	// Offset and Length serve only part of the image (offset=N,
@@ -51,7 +57,7 @@ type ExportSpec struct {
 	Offset, Length int64
 }
 
-// ParseExportSpec parses NAME=file:PATH[,ro][,cow][,offset=N][,length=N][,eio=OFF+LEN],
+// ParseExportSpec parses NAME=file:PATH[,ro][,cow][,force-share][,offset=N][,length=N][,eio=OFF+LEN],
 // NAME=qcow2:PATH with the same options, or
 // NAME=mem:SIZE with the same options.
 func ParseExportSpec(s string) (ExportSpec, error) {
@@ -84,6 +90,8 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 			spec.ReadOnly = true
 		case opt == "cow" || opt == "snapshot":
 			spec.COW = true
+		case opt == "force-share" || opt == "share":
+			spec.ForceShare = true
 		case strings.HasPrefix(opt, "offset=") || strings.HasPrefix(opt, "length="):
 			key, val, _ := strings.Cut(opt, "=")
 			n, err := ParseSize(val)
@@ -106,17 +114,20 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 			// exists: then it was meant as an option.
 			if _, err := os.Stat(arg); err != nil {
 				if _, err := os.Stat(arg[:i]); err == nil {
-					return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow, offset=N, length=N, eio=OFF+LEN)", s, opt)
+					return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow, force-share, offset=N, length=N, eio=OFF+LEN)", s, opt)
 				}
 			}
 			i = len(arg)
 		default:
-			return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow, offset=N, length=N, eio=OFF+LEN)", s, opt)
+			return spec, fmt.Errorf("export %q: unknown option %q (known: ro, cow, force-share, offset=N, length=N, eio=OFF+LEN)", s, opt)
 		}
 		if i == len(arg) {
 			break
 		}
 		arg = arg[:i]
+	}
+	if spec.ForceShare && !spec.ReadOnly && !spec.COW {
+		return spec, fmt.Errorf("export %q: force-share is for readers, who accept that the image changes under them: add ,ro or ,cow", s)
 	}
 	switch kind {
 	case "file", "qcow2":
@@ -139,6 +150,19 @@ func ParseExportSpec(s string) (ExportSpec, error) {
 	return spec, nil
 }
 
+// Access is how the spec opens its image, and so which of QEMU's locks
+// it takes: a writer, or a reader (read-only or copy-on-write), or no
+// lock at all with ForceShare.
+func (spec ExportSpec) Access() imagelock.Mode {
+	switch {
+	case spec.ForceShare && (spec.ReadOnly || spec.COW):
+		return imagelock.ForceShare
+	case spec.ReadOnly || spec.COW:
+		return imagelock.Reader
+	}
+	return imagelock.Writer
+}
+
 // Open opens the spec's backend. The returned closer releases it.
 func (spec ExportSpec) Open() (*Export, io.Closer, error) {
 	var b Backend
@@ -147,7 +171,7 @@ func (spec ExportSpec) Open() (*Export, io.Closer, error) {
 	case "mem":
 		b = NewMem(spec.Size)
 	case "qcow2":
-		q, err := OpenQcow2(spec.Path, spec.ReadOnly || spec.COW)
+		q, err := OpenQcow2(spec.Path, spec.Access())
 		if err != nil {
 			return nil, nil, fmt.Errorf("export %s: %w", spec.Name, err)
 		}
@@ -156,7 +180,7 @@ func (spec ExportSpec) Open() (*Export, io.Closer, error) {
 		if ok, _ := qcow2.IsImage(spec.Path); ok { // an error: OpenFile reports it
 			return nil, nil, fmt.Errorf("export %s: %s is a qcow2 image, which file: would serve as its raw bytes: serve it as %s=qcow2:%s", spec.Name, spec.Path, spec.Name, spec.Path)
 		}
-		f, err := OpenFile(spec.Path, spec.ReadOnly || spec.COW)
+		f, err := OpenFile(spec.Path, spec.Access())
 		if errors.Is(err, os.ErrPermission) && !spec.ReadOnly && !spec.COW {
 			return nil, nil, fmt.Errorf("export %s: %w: serve it read-only (%s=file:%s,ro) or with writes kept in memory (,cow)", spec.Name, err, spec.Name, spec.Path)
 		}

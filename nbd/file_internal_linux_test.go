@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/nbdlab/nbdlab/imagelock"
 )
 
 // openTestFile opens a file export of size zero bytes made in dir; it is
@@ -17,7 +19,7 @@ func openTestFile(t *testing.T, dir string, size int) *File {
 	if err := os.WriteFile(path, make([]byte, size), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	b, err := OpenFile(path, false)
+	b, err := OpenFile(path, imagelock.Writer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/nbdlab/nbdlab/imagelock"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -31,15 +33,14 @@ type File struct {
 	unsynced atomic.Bool
 }
 
-// OpenFile opens path, a regular file or a block device, as a backend.
-func OpenFile(path string, readOnly bool) (*File, error) {
-	flag := os.O_RDWR
-	if readOnly {
-		flag = os.O_RDONLY
-	}
-	f, err := os.OpenFile(path, flag, 0)
+// OpenFile opens path, a regular file or a block device, as a backend:
+// read-write for imagelock.Writer, else read-only. It takes QEMU's locks
+// for that access (package imagelock), so that a second writer, nbdlab's
+// or QEMU's, is refused.
+func OpenFile(path string, access imagelock.Mode) (*File, error) {
+	f, err := openLocked(path, access)
 	if err != nil {
-		return nil, fmt.Errorf("open export file: %w", err)
+		return nil, err
 	}
 	b, err := newFile(f)
 	if err != nil {

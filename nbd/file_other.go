@@ -5,6 +5,8 @@ package nbd
 import (
 	"fmt"
 	"os"
+
+	"github.com/nbdlab/nbdlab/imagelock"
 )
 
 // File is a Backend over a regular file: reads, writes and fsync. Holes,
@@ -14,15 +16,12 @@ type File struct {
 	size int64
 }
 
-// OpenFile opens path, a regular file, as a backend.
-func OpenFile(path string, readOnly bool) (*File, error) {
-	flag := os.O_RDWR
-	if readOnly {
-		flag = os.O_RDONLY
-	}
-	f, err := os.OpenFile(path, flag, 0)
+// OpenFile opens path, a regular file, as a backend: read-write for
+// imagelock.Writer, else read-only.
+func OpenFile(path string, access imagelock.Mode) (*File, error) {
+	f, err := openLocked(path, access)
 	if err != nil {
-		return nil, fmt.Errorf("open export file: %w", err)
+		return nil, err
 	}
 	fi, err := f.Stat()
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/nbdlab/nbdlab/imagelock"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/nbdtest"
 )
@@ -29,7 +30,7 @@ func TestInlineWritesBurst(t *testing.T) {
 	if err := os.WriteFile(path, make([]byte, size), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	file, err := nbd.OpenFile(path, false)
+	file, err := nbd.OpenFile(path, imagelock.Writer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/nbdlab/nbdlab/imagelock"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/nbdtest"
 )
@@ -123,7 +124,7 @@ func TestLargeFileReads(t *testing.T) {
 	if err := os.WriteFile(path, want, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f, err := nbd.OpenFile(path, false)
+	f, err := nbd.OpenFile(path, imagelock.Writer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbdlab/nbdlab/imagelock"
 	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/nbdtest"
@@ -162,7 +163,7 @@ func TestWriteTimeout(t *testing.T) {
 	if err := os.WriteFile(path, bytes.Repeat([]byte{7}, 64<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	file, err := nbd.OpenFile(path, true)
+	file, err := nbd.OpenFile(path, imagelock.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}

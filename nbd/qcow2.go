@@ -3,6 +3,7 @@ package nbd
 import (
 	"fmt"
 
+	"github.com/nbdlab/nbdlab/imagelock"
 	"github.com/nbdlab/nbdlab/qcow2"
 )
 
@@ -13,9 +14,11 @@ type Qcow2 struct {
 	*qcow2.Image
 }
 
-// OpenQcow2 opens the qcow2 image at path, for writing unless readOnly.
-func OpenQcow2(path string, readOnly bool) (*Qcow2, error) {
-	img, err := qcow2.Open(path, qcow2.Options{Writable: !readOnly})
+// OpenQcow2 opens the qcow2 image at path, for writing with
+// imagelock.Writer, else read-only, and locks it and its backing files as
+// QEMU would.
+func OpenQcow2(path string, access imagelock.Mode) (*Qcow2, error) {
+	img, err := qcow2.Open(path, qcow2.Options{Writable: access == imagelock.Writer, ForceShare: access == imagelock.ForceShare})
 	if err != nil {
 		return nil, fmt.Errorf("open qcow2 image: %w", err)
 	}

@@ -1,6 +1,7 @@
 package nbd_test
 
 import (
+	"github.com/nbdlab/nbdlab/imagelock"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,7 +18,7 @@ func BenchmarkServerQD1(b *testing.B) {
 	if err := os.WriteFile(path, make([]byte, 16<<20), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	f, err := nbd.OpenFile(path, false)
+	f, err := nbd.OpenFile(path, imagelock.Writer)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/nbdlab/nbdlab/imagelock"
 	"github.com/nbdlab/nbdlab/internal/unixpair"
 )
 
@@ -19,7 +20,7 @@ func TestSpliceFileToSocket(t *testing.T) {
 	if err := os.WriteFile(path, want, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f, err := OpenFile(path, true)
+	f, err := OpenFile(path, imagelock.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/nbdlab/nbdlab/imagelock"
 )
 
 // maxChain bounds a backing chain, which a malformed image could make
@@ -21,6 +23,13 @@ type Options struct {
 	CacheBytes int64
 	// Writable opens the image (not its backing files) for writing.
 	Writable bool
+	// ForceShare opens a read-only image without QEMU's locks, as
+	// qemu-img -U does: it may change under the reader. Without it, the
+	// image is locked as QEMU would lock it (package imagelock): a
+	// writer is refused while another process reads or writes it, a
+	// reader while another writes it; backing files are locked as
+	// readers.
+	ForceShare bool
 }
 
 // Image is an open qcow2 image: an io.ReaderAt over its virtual disk.
@@ -52,8 +61,22 @@ func Open(path string, o Options) (*Image, error) {
 }
 
 func open(path string, o Options, depth int) (*Image, error) {
+	if o.Writable && o.ForceShare {
+		return nil, fmt.Errorf("%s: force-share is for readers: open it read-only", path)
+	}
 	f, err := openFile(path, o.Writable)
 	if err != nil {
+		return nil, err
+	}
+	mode := imagelock.Reader
+	switch {
+	case o.ForceShare:
+		mode = imagelock.ForceShare
+	case o.Writable:
+		mode = imagelock.Writer
+	}
+	if err := imagelock.Lock(f, mode); err != nil && !errors.Is(err, imagelock.ErrUnsupported) {
+		f.Close()
 		return nil, err
 	}
 	img, err := newImage(f, path, o, depth)
@@ -149,9 +172,9 @@ func (img *Image) openBacking(o Options, depth int) error {
 	var err error
 	switch format {
 	case "qcow2":
-		img.backing, err = open(p, Options{CacheBytes: o.CacheBytes}, depth+1)
+		img.backing, err = open(p, Options{CacheBytes: o.CacheBytes, ForceShare: o.ForceShare}, depth+1)
 	case "raw":
-		img.backing, err = openRaw(p)
+		img.backing, err = openRaw(p, o.ForceShare)
 	default:
 		return fmt.Errorf("backing file %s: format %q is not supported (raw and qcow2 are)", p, format)
 	}
@@ -217,10 +240,16 @@ func openFile(path string, writable bool) (*os.File, error) {
 	return os.Open(path)
 }
 
-func openRaw(path string) (*rawFile, error) {
+func openRaw(path string, forceShare bool) (*rawFile, error) {
 	f, err := openFile(path, false)
 	if err != nil {
 		return nil, err
+	}
+	if !forceShare {
+		if err := imagelock.Lock(f, imagelock.Reader); err != nil && !errors.Is(err, imagelock.ErrUnsupported) {
+			f.Close()
+			return nil, err
+		}
 	}
 	size, err := sizeOf(f)
 	if err != nil {

@@ -92,6 +92,7 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.BoolVar(&f.ReadOnly, "r", false, internalFlag+"qemu-nbd's spelling of --read-only")
 	snapshot := fs.Bool("snapshot", false, "keep writes in memory and never modify the image (also -s)")
 	fs.BoolVar(snapshot, "s", false, internalFlag+"qemu-nbd's spelling of --snapshot")
+	forceShare := fs.Bool("force-share", false, "with --read-only or --snapshot: open the image without QEMU's locks, so that it can be read while another process writes it (as qemu-img -U)")
 	format := fs.String("format", "auto", "image `FORMAT`: raw, qcow2, or auto (qcow2 by its header; also -f)")
 	fs.StringVar(format, "f", "auto", internalFlag+"qemu-nbd's spelling of --format")
 	offset := fs.String("offset", "0", "serve the image from byte `N` on: a partition of a disk image (also -o)")
@@ -116,7 +117,10 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	spec := nbd.ExportSpec{Name: filepath.Base(image), Path: image, ReadOnly: f.ReadOnly, COW: *snapshot}
+	spec := nbd.ExportSpec{Name: filepath.Base(image), Path: image, ReadOnly: f.ReadOnly, COW: *snapshot, ForceShare: *forceShare}
+	if *forceShare && !f.ReadOnly && !*snapshot {
+		return usagef("--force-share is for readers, who accept that the image changes under them: add --read-only or --snapshot; a writer always takes QEMU's locks")
+	}
 	if spec.Offset, err = nbd.ParseSize(*offset); err != nil {
 		return usagef("--offset: %v", err)
 	}

@@ -47,6 +47,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rer
 	fs.StringVar(bind, "b", "127.0.0.1", internalFlag+"qemu-nbd's spelling of --bind")
 	allRO := fs.Bool("read-only", false, "serve every export read-only, as if each had ,ro (also -r)")
 	fs.BoolVar(allRO, "r", false, internalFlag+"qemu-nbd's spelling of --read-only")
+	forceShare := fs.Bool("force-share", false, "open read-only and copy-on-write images without QEMU's locks, so that they can be read while another process writes them (as qemu-img -U; also -U); writers are always locked")
+	fs.BoolVar(forceShare, "U", false, internalFlag+"qemu-img's spelling of --force-share")
 	fork := fs.Bool("fork", false, "go to the background once every listener is up (as qemu-nbd --fork); with --pid-file, the background process's pid; its log goes to --log-file, or nowhere")
 	config := fs.String("config", "", "read more exports from `FILE`, one NAME=SPEC a line (# comments); SIGHUP reads it again: new exports appear, removed ones refuse new clients")
 	pidFile := fs.String("pid-file", "", "write the server's pid to `FILE` once it listens, and remove it on exit")
@@ -111,7 +113,7 @@ export also answers the empty export name.
 		defer f.Close()
 		defer pprof.StopCPUProfile()
 	}
-	set := &exportSet{readOnly: *allRO, open: map[string]openExport{}, retired: map[*nbd.Export]io.Closer{}}
+	set := &exportSet{readOnly: *allRO, forceShare: *forceShare, open: map[string]openExport{}, retired: map[*nbd.Export]io.Closer{}}
 	defer set.close()
 	exports, err := set.load(specs, *config)
 	if err != nil {
@@ -270,8 +272,9 @@ type openExport struct {
 // exportSet is what the command line and --config export, kept open by
 // name so that a reload opens only what changed.
 type exportSet struct {
-	readOnly bool
-	open     map[string]openExport
+	readOnly   bool
+	forceShare bool
+	open       map[string]openExport
 
 	mu      sync.Mutex
 	retired map[*nbd.Export]io.Closer // taken out by a reload: closed once unused (nbd.Server.Retired), or at exit
@@ -296,6 +299,12 @@ func (s *exportSet) load(args []string, config string) ([]*nbd.Export, error) {
 			return nil, usageError{err.Error()}
 		}
 		spec.ReadOnly = spec.ReadOnly || s.readOnly
+		if s.forceShare && spec.Kind != "mem" {
+			if !spec.ReadOnly && !spec.COW {
+				return nil, usagef("--force-share: export %q is read-write, and a writer always takes QEMU's locks: give it ,ro or ,cow, or add --read-only", spec.Name)
+			}
+			spec.ForceShare = true
+		}
 		if _, dup := next[spec.Name]; dup {
 			return nil, usagef("export name %q given twice", spec.Name)
 		}
