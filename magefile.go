@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/magefile/mage/mg"
 	"github.com/magefile/mage/sh"
@@ -193,6 +194,32 @@ func Kernels(ctx context.Context) error {
 func (Bench) VM(ctx context.Context) error {
 	mg.CtxDeps(ctx, Deps)
 	return bench.RunVM(ctx, bench.VMOptions{Kernel: os.Getenv("KVER")})
+}
+
+// FuzzQcow2 writes random and damaged qcow2 images through nbdlab and qemu-io alike and compares them (IMAGES=1000, OPS=12, SEED= from the clock).
+func FuzzQcow2(ctx context.Context) error {
+	mg.CtxDeps(ctx, Deps)
+	images, ops, seed := 1000, 12, uint64(time.Now().Unix())
+	for _, v := range []struct {
+		env string
+		to  *int
+	}{{"IMAGES", &images}, {"OPS", &ops}} {
+		if s := os.Getenv(v.env); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 {
+				return fmt.Errorf("%s=%q: want a positive number", v.env, s)
+			}
+			*v.to = n
+		}
+	}
+	if s := os.Getenv("SEED"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("SEED=%q: want a number", s)
+		}
+		seed = n
+	}
+	return ci.Differential(ctx, command.Exec, os.Stdout, images, ops, seed)
 }
 
 // BuildNbd builds nbd.ko for the running kernel, or KVER=release, and installs it (FORCE=1 rebuilds).

@@ -16,19 +16,20 @@ const Module = "github.com/nbdlab/nbdlab"
 
 // Layers returns the height of every package of the tree, relative to
 // the module: a package may import only packages lower than itself. The
-// protocol, archives and helpers sit at the bottom; the kernel client and
-// the kernel store above them; the module builder, the VMs and the test
-// kit above those; the main job, benchmarks and CI above everything they
-// run; the command on top.
+// image locks sit at the bottom; the protocol, archives and helpers above
+// them; the kernel client and the kernel store above those; the module
+// builder, the VMs and the test kit above those; the main job, benchmarks
+// and CI above everything they run; the command on top.
 func Layers() map[string]int {
 	return map[string]int{
-		"internal/cachedir": 0, "internal/command": 0, "internal/procfs": 0, "internal/ready": 0,
-		"internal/step": 0, "internal/unixpair": 0, "internal/service": 0, "internal/tlscreds": 0, "cpio": 0, "qcow2": 0, "conform/report": 0,
-		"internal/selfbuild": 1, "nbd": 1, "debian": 1, "labnet": 1,
-		"internal/testenv": 2, "nbd/nbdtest": 2, "nbd/kernel": 2, "kernels": 2, "servers": 2,
-		"kmod": 3, "vm": 3, "nbd/kernel/hold": 3, "harness": 3,
-		"vm/vmtest": 4, "lab": 4, "bench": 4, "ci": 4, "conform/protocol": 4, "conform/kernelsuite": 4,
-		"cmd/nbdlab": 5,
+		"imagelock":         0,
+		"internal/cachedir": 1, "internal/command": 1, "internal/procfs": 1, "internal/ready": 1,
+		"internal/step": 1, "internal/unixpair": 1, "internal/service": 1, "internal/tlscreds": 1, "cpio": 1, "qcow2": 1, "conform/report": 1,
+		"internal/selfbuild": 2, "nbd": 2, "debian": 2, "labnet": 2,
+		"internal/testenv": 3, "nbd/nbdtest": 3, "nbd/kernel": 3, "kernels": 3, "servers": 3,
+		"kmod": 4, "vm": 4, "nbd/kernel/hold": 4, "harness": 4,
+		"vm/vmtest": 5, "lab": 5, "bench": 5, "ci": 5, "conform/protocol": 5, "conform/kernelsuite": 5,
+		"cmd/nbdlab": 6,
 	}
 }
 

@@ -128,3 +128,17 @@ func DeadlineRace(out string) bool {
 	}
 	return true
 }
+
+// Differential runs qcow2's differential test against qemu-img and
+// qemu-io over that many random images, the first of seed seed (package qcow2,
+// TestDifferential), ops operations each, and prints its tally.
+func Differential(ctx context.Context, run command.Runner, w io.Writer, images, ops int, seed uint64) error {
+	fmt.Fprintf(w, "qcow2 differential: %d images from seed %d, %d operations each (rerun one with -run 'TestDifferential/seedN$' -args -diff.images=%d -diff.seed=%d)\n", images, seed, ops, images, seed)
+	timeout := time.Duration(images)*5*time.Second + 5*time.Minute
+	err := run(ctx, "", w, w, "go", "test", "-count=1", "-timeout="+timeout.String(), "-run=^TestDifferential$", "-v", "./qcow2",
+		"-args", fmt.Sprintf("-diff.images=%d", images), fmt.Sprintf("-diff.ops=%d", ops), fmt.Sprintf("-diff.seed=%d", seed))
+	if err != nil {
+		return fmt.Errorf("qcow2 differential from seed %d: %w", seed, err)
+	}
+	return nil
+}

@@ -262,8 +262,9 @@ func openRaw(path string, forceShare bool) (*rawFile, error) {
 // Header returns the image's header.
 func (img *Image) Header() *Header { return img.hdr }
 
-// Size is the virtual disk size in bytes.
-func (img *Image) Size() int64 { return int64(img.hdr.Size) }
+// Size is the virtual disk size in bytes: the header's, rounded down to
+// 512-byte sectors as QEMU rounds it.
+func (img *Image) Size() int64 { return int64(img.hdr.Size &^ 511) }
 
 // Backing describes the backing chain below the image, nearest first.
 func (img *Image) Backing() []string {

@@ -10,6 +10,10 @@ import (
 // in memory and writes them back on sync, before the L2 tables that
 // depend on them.
 
+// refBlockReserved are the bits of a refcount table entry that are not
+// the block's offset: bits 9-63 are.
+const refBlockReserved = 511
+
 // refcount returns the refcount of host cluster c.
 func (w *writer) refcount(c int64) (uint64, error) {
 	ti := c / w.perBlock
@@ -54,7 +58,7 @@ func (w *writer) block(ti int64) ([]byte, error) {
 	if b, ok := w.blocks[ti]; ok {
 		return b, nil
 	}
-	off := w.rtable[ti] & offsetMask
+	off := w.rtable[ti] &^ refBlockReserved
 	cs := w.img.hdr.ClusterSize()
 	if int64(off)%cs != 0 || int64(off)+cs > w.img.fileSize {
 		return nil, fmt.Errorf("refcount block %d at byte %d is misaligned or outside the file", ti, off)

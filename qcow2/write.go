@@ -46,7 +46,8 @@ type writer struct {
 	maxDirty    int // dirty L2 tables that force a sync
 }
 
-// newWriter checks that img can be written and reads its refcount table.
+// newWriter checks that img can be written: not dirty, not marked
+// corrupt, no internal snapshots, and no damage Check finds.
 func newWriter(img *Image) (*writer, error) {
 	h := img.hdr
 	switch {
@@ -57,6 +58,40 @@ func newWriter(img *Image) (*writer, error) {
 	case h.NbSnapshots > 0:
 		return nil, fmt.Errorf("the image has %d internal snapshots: writing would have to copy clusters they share, which is not done; open it read-only", h.NbSnapshots)
 	}
+	w, err := newRefcounts(img)
+	if err != nil {
+		return nil, err
+	}
+	r, err := w.check()
+	if err != nil {
+		return nil, fmt.Errorf("check the image before writing: %w", err)
+	}
+	if err := r.Err(img.path); err != nil {
+		return nil, err
+	}
+	// Allocation goes by refcounts: nothing counted or referenced lies
+	// at or past end, whatever the file's size.
+	w.end = max(w.end, r.end)
+	w.blocks = map[int64][]byte{} // read again as needed: check read them all
+	if h.Autoclear != 0 {
+		// Autoclear features (persistent bitmaps) are not kept up to
+		// date here: their bits must be cleared before the first write.
+		var b [8]byte
+		if _, err := img.f.WriteAt(b[:], 88); err != nil {
+			return nil, fmt.Errorf("clear the autoclear features: %w", err)
+		}
+		if err := img.f.Sync(); err != nil {
+			return nil, err
+		}
+		h.Autoclear = 0
+	}
+	return w, nil
+}
+
+// newRefcounts reads img's refcount table into a writer's state, which
+// writing and Check share.
+func newRefcounts(img *Image) (*writer, error) {
+	h := img.hdr
 	cs := h.ClusterSize()
 	w := &writer{img: img, bits: 1 << h.RefcountOrder, blocks: map[int64][]byte{}, dirtyBlocks: map[int64]bool{},
 		end: (img.fileSize + cs - 1) / cs, rtableOff: h.RefcountOffset, oldTable: h.RefcountOffset, oldTableClusters: int64(h.RefcountCluster)}
@@ -69,18 +104,6 @@ func newWriter(img *Image) (*writer, error) {
 	var err error
 	if w.rtable, err = img.readTable(h.RefcountOffset, int64(h.RefcountCluster)*cs/8, "refcount table"); err != nil {
 		return nil, err
-	}
-	if h.Autoclear != 0 {
-		// Autoclear features (persistent bitmaps) are not kept up to
-		// date here: their bits must be cleared before the first write.
-		var b [8]byte
-		if _, err := img.f.WriteAt(b[:], 88); err != nil {
-			return nil, fmt.Errorf("clear the autoclear features: %w", err)
-		}
-		if err := img.f.Sync(); err != nil {
-			return nil, err
-		}
-		h.Autoclear = 0
 	}
 	return w, nil
 }
@@ -414,7 +437,7 @@ func (w *writer) writeBlocks() error {
 	img := w.img
 	cs := img.hdr.ClusterSize()
 	for ti := range w.dirtyBlocks {
-		off := int64(w.rtable[ti] & offsetMask)
+		off := int64(w.rtable[ti] &^ refBlockReserved)
 		if _, err := img.f.WriteAt(w.blocks[ti], off); err != nil {
 			return fmt.Errorf("qcow2 %s: write refcount block: %w", img.path, err)
 		}

@@ -2,6 +2,7 @@ package qcow2_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -135,6 +136,114 @@ func TestWritesCheckClean(t *testing.T) {
 				if after, _ := os.ReadFile(filepath.Join(dir, "base.qcow2")); !bytes.Equal(after, baseBefore) {
 					t.Fatal("the backing file changed")
 				}
+			}
+		})
+	}
+}
+
+// An image cut short (a copy that stopped, a disk that filled) still
+// references clusters past its end. Written, the next allocation at the
+// end of the file landed on them: two guest offsets shared a cluster
+// (qemu-img check: "cluster 32 refcount=1 reference=2"). It is refused
+// for writing, naming qemu-img check, and still opens read-only.
+func TestTruncatedImageRefusedForWriting(t *testing.T) {
+	testenv.Need(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "big.qcow2")
+	qemu(t, dir, "qemu-img", "create", "-q", "-f", "qcow2", img, "256M")
+	qemu(t, dir, "qemu-io", "-c", "write -P 0x11 0 32M", "-c", "write -P 0x22 100M 8M", img)
+	if err := os.Truncate(img, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	_, err := qcow2.Open(img, qcow2.Options{Writable: true})
+	if err == nil {
+		t.Fatal("a truncated image was opened for writing")
+	}
+	for _, want := range []string{"the image is damaged", "lies past the end of the 2097152-byte file", "qemu-img check -r all " + img, "read-only"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	ro, err := qcow2.Open(img, qcow2.Options{})
+	if err != nil {
+		t.Fatalf("read-only open: %v", err)
+	}
+	defer ro.Close()
+	r, err := ro.Check()
+	if err != nil || r.Corruptions == 0 {
+		t.Fatalf("Check: %+v, %v: want corruptions", r, err)
+	}
+}
+
+// The check counts what qemu-img check counts: a clean image written by
+// qemu has no corruption and no leak, and each kind of damage is found.
+func TestCheck(t *testing.T) {
+	testenv.Need(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	clean := filepath.Join(dir, "clean.qcow2")
+	qemu(t, dir, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", clean, "8M")
+	qemu(t, dir, "qemu-io", "-c", "write -P 1 0 64k", "-c", "write -c -P 2 1M 4k", "-c", "write -z 2M 8k", clean)
+	data, err := os.ReadFile(clean)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, err := qcow2.ParseHeader(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2 := int64(binary.BigEndian.Uint64(data[hdr.L1Offset:]) & 0x00fffffffffffe00)
+	tests := []struct {
+		name   string
+		damage func(b []byte) []byte
+		want   string // "" for clean
+	}{
+		{"clean", func(b []byte) []byte { return b }, ""},
+		{"data cluster shared with the L1 table", func(b []byte) []byte {
+			binary.BigEndian.PutUint64(b[l2:], 1<<63|hdr.L1Offset)
+			return b
+		}, "has refcount 1 but 2 references"},
+		{"data cluster counted free", func(b []byte) []byte {
+			end := (len(b) + 4095) &^ 4095
+			b = append(b, make([]byte, end+4096-len(b))...)
+			binary.BigEndian.PutUint64(b[l2+8*100:], 1<<63|uint64(end))
+			return b
+		}, "has 1 references but refcount 0"},
+		{"copied flag on a shared cluster", func(b []byte) []byte {
+			e := binary.BigEndian.Uint64(b[l2:])
+			binary.BigEndian.PutUint64(b[l2:], e&^(1<<63))
+			return b
+		}, "copied flag clear"},
+		{"reserved bits", func(b []byte) []byte {
+			b[l2+7] |= 0x10
+			return b
+		}, "reserved bits set"},
+		{"cut short", func(b []byte) []byte { return b[:len(b)-8192] }, "past the end"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "img.qcow2")
+			if err := os.WriteFile(p, tt.damage(append([]byte(nil), data...)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			img, err := qcow2.Open(p, qcow2.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			r, err := img.Check()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := r.Err(p)
+			switch {
+			case tt.want == "" && (got != nil || r.Leaks != 0):
+				t.Fatalf("a clean image: %v, %d leaks", got, r.Leaks)
+			case tt.want != "" && (got == nil || !strings.Contains(got.Error(), tt.want)):
+				t.Fatalf("got %v, want an error saying %q", got, tt.want)
+			}
+			code, out := checkCode(p)
+			if (code == 0) != (tt.want == "") {
+				t.Errorf("qemu-img check disagrees (exit %d):\n%s", code, out)
 			}
 		})
 	}
