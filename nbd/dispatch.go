@@ -244,12 +244,10 @@ func (t *transmission) handle(r request, payload []byte) answer {
 }
 
 // failed returns the errno that answers a request the backend failed,
-// and logs an I/O error.
+// and counts and logs it (errlog.go).
 func (t *transmission) failed(r request, err error) Errno {
 	errno := errnoOf(err)
-	if errno == EIO {
-		t.log.Error("backend error", "cmd", r.cmd.String(), "offset", r.off, "length", r.length, "err", err)
-	}
+	t.errs.record(t.log, t.export.Name, r, errno, err)
 	return errno
 }
 

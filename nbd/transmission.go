@@ -77,6 +77,7 @@ type transmission struct {
 	dirty  atomic.Bool         // written since the last Sync
 
 	requests, bytesIn, bytesOut atomic.Int64
+	errs                        errorLog // the backend's errors, counted and logged
 	id                          uint64 // for Server.Record
 }
 
@@ -139,11 +140,15 @@ func (t *transmission) run() error {
 	}
 	attrs := []any{"export", e.Name, "requests", t.requests.Load(), "read_bytes", t.bytesOut.Load(),
 		"written_bytes", t.bytesIn.Load(), "duration", time.Since(t.start).Round(time.Millisecond)}
+	level := slog.LevelInfo
+	if s := t.errs.summary(); s != "" {
+		attrs, level = append(attrs, "errors", s), slog.LevelWarn
+	}
 	if err != nil {
 		t.log.Warn("session ended with an error", append(attrs, "err", err)...)
 		return err
 	}
-	t.log.Info("client disconnected", attrs...)
+	t.log.Log(context.Background(), level, "client disconnected", attrs...)
 	return nil
 }
 
