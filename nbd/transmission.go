@@ -78,7 +78,7 @@ type transmission struct {
 
 	requests, bytesIn, bytesOut atomic.Int64
 	errs                        errorLog // the backend's errors, counted and logged
-	id                          uint64 // for Server.Record
+	id                          uint64   // for Server.Record
 }
 
 func newTransmission(s *session, log *slog.Logger) *transmission {
