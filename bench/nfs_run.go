@@ -110,7 +110,7 @@ func prepareVM(ctx context.Context, kernel string, out io.Writer, name string) (
 	if err != nil {
 		return k, "", err
 	}
-	if _, err := kmod.Build(ctx, kmod.Options{Kernel: k.Release, Out: out}); err != nil {
+	if _, err := kmod.Build(ctx, kmod.Options{Kernel: k.Release, OverDistro: true, Out: out}); err != nil {
 		return k, "", fmt.Errorf("bench: nbd.ko for %s: %w", k.Release, err)
 	}
 	work, err := os.MkdirTemp("", "nbdlab-bench-"+name+"-")

@@ -63,7 +63,7 @@ func Kernels(ctx context.Context, w io.Writer, specs []string) ([]kernels.Kernel
 	}
 	for _, k := range ks {
 		if err := s.Do("build nbd.ko for "+k.Release, func() error {
-			_, err := kmod.Build(ctx, kmod.Options{Kernel: k.Release, Out: step.Indented(w)})
+			_, err := kmod.Build(ctx, kmod.Options{Kernel: k.Release, OverDistro: true, Out: step.Indented(w)})
 			return err
 		}); err != nil {
 			return nil, fmt.Errorf("%s (%s %s): %w", k.Release, k.Origin, k.Version, err)

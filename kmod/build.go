@@ -25,19 +25,24 @@ import (
 
 // Options configure Build. The zero value builds for the running kernel.
 type Options struct {
-	Kernel   string // KVER; default the running kernel
-	Source   string // a local source tree instead of fetching one
-	Force    bool   // rebuild over an installed nbd.ko; accept a near source version
-	DryRun   bool   // print every step without doing it
-	Prefix   string // install under this root instead of /
-	SignKey  string // private key to sign with, where signatures are enforced
-	SignCert string // its certificate
-	Jobs     int    // make -j; default the number of CPUs
-	CacheDir string // default the user cache directory's nbdlab/kmod
-	Root     string // where to inspect the system; default /
-	Out      io.Writer
-	Run      command.Runner
-	Env      *Env // provider environment; built from the above when nil
+	Kernel string // KVER; default the running kernel
+	Source string // a local source tree instead of fetching one
+	Force  bool   // rebuild over an installed nbd.ko; build beside the distribution's; accept a near source version
+	// OverDistro builds and installs nbd.ko even where the distribution
+	// ships its own, which it then shadows (from updates/); without it, or
+	// Force, such a kernel is left alone. The lab sets it: it tests the
+	// build itself.
+	OverDistro bool
+	DryRun     bool   // print every step without doing it
+	Prefix     string // install under this root instead of /
+	SignKey    string // private key to sign with, where signatures are enforced
+	SignCert   string // its certificate
+	Jobs       int    // make -j; default the number of CPUs
+	CacheDir   string // default the user cache directory's nbdlab/kmod
+	Root       string // where to inspect the system; default /
+	Out        io.Writer
+	Run        command.Runner
+	Env        *Env // provider environment; built from the above when nil
 }
 
 // Result says what Build did.
@@ -161,6 +166,13 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		b.res.Skipped = fmt.Sprintf("nbd.ko is already installed for %s at %s", t.Release, t.Installed)
 		b.printf("%s; nothing to do (force to rebuild)", b.res.Skipped)
 		b.res.Module = t.Installed
+		return b.res, nil
+	}
+	if t.DistroNBD != "" && !o.Force && !o.OverDistro {
+		b.res.Skipped = fmt.Sprintf("the distribution ships nbd.ko for %s at %s", t.Release, t.DistroNBD)
+		b.printf("%s, which modprobe nbd loads: nothing to build. Force builds nbdlab's own anyway (nbdlab kmod build --force, FORCE=1 go run mage.go buildNbd), "+
+			"installed into updates/ where it shadows the distribution's module, and taints the kernel unless signed (--sign-key, --sign-cert)", b.res.Skipped)
+		b.res.Module = t.DistroNBD
 		return b.res, nil
 	}
 	if t.DistroNBD != "" {

@@ -70,7 +70,7 @@ func Lab(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	if err := s.Do("build nbd.ko for "+k.Release+" (buildNbd)", func() error {
-		_, err := kmod.Build(ctx, kmod.Options{Kernel: k.Release, Out: step.Indented(o.Out)})
+		_, err := kmod.Build(ctx, kmod.Options{Kernel: k.Release, OverDistro: true, Out: step.Indented(o.Out)})
 		return err
 	}); err != nil {
 		return err

@@ -18,7 +18,7 @@ func runKmod(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var o kmod.Options
 	fs.StringVar(&o.Kernel, "kernel", "", "kernel to build for: an installed or fetched release, or debian:SUITE[/RELEASE] (default: the running kernel)")
 	fs.StringVar(&o.Source, "source", "", "use this kernel source `DIR` instead of fetching one")
-	fs.BoolVar(&o.Force, "force", false, "rebuild over an installed nbd.ko; accept a source version that does not match exactly")
+	fs.BoolVar(&o.Force, "force", false, "rebuild over an installed nbd.ko; build even where the distribution ships nbd.ko (nbdlab's then shadows it from updates/); accept a source version that does not match exactly")
 	fs.BoolVar(&o.DryRun, "dry-run", false, "print every step without doing it")
 	fs.StringVar(&o.Prefix, "prefix", "", "install under this root `DIR` instead of /")
 	fs.StringVar(&o.SignKey, "sign-key", "", "private key `FILE` to sign with, where the kernel enforces signatures")
