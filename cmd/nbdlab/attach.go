@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"text/tabwriter"
+	"time"
 
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/kernel"
@@ -31,17 +32,31 @@ type attachFlags struct {
 func (f *attachFlags) register(fs *flag.FlagSet) {
 	f.Interface = kernel.InterfaceAuto
 	fs.IntVar(&f.Connections, "connections", 1, "connections to the server (more than 1 needs NBD_FLAG_CAN_MULTI_CONN)")
-	fs.DurationVar(&f.Timeout, "timeout", 0, "per-request timeout (default: the kernel's, 30s)")
-	fs.DurationVar(&f.DeadTimeout, "dead-timeout", 0, "how long I/O waits for a dead connection to be replaced before failing with EIO")
+	fs.DurationVar(&f.Timeout, "timeout", 0, "fail a request the server has not answered in this long with EIO (default none: a request to a stalled server waits for ever, the kernel logging \"Possible stuck request\" every 30s, as with nbd-client and qemu-nbd)")
+	fs.DurationVar(&f.DeadTimeout, "dead-timeout", 0, "how long I/O waits for a dead connection to be replaced before failing with EIO (default: at once; 2m with --persist)")
 	fs.BoolVar(&f.ReadOnly, "read-only", false, "attach read-only")
 	fs.Uint64Var(&f.BlockSize, "block-size", 0, "logical block size, 512 to 4096 (default: 512, or the export's minimum)")
 	fs.Var(&f.Interface, "interface", "kernel interface: netlink, ioctl, or auto (netlink, else ioctl)")
 }
 
+// persistDeadTimeout is how long --persist keeps I/O waiting for the
+// server to come back, unless --dead-timeout says otherwise: without one
+// the kernel fails every request the moment the connection dies, before
+// anything can reconnect.
+const persistDeadTimeout = 2 * time.Minute
+
 // attach runs a hold request and prints the device, as connect and
 // attach do in the foreground.
 func attach(ctx context.Context, stdout, stderr io.Writer, f attachFlags, r hold.Request) error {
 	f.Logf = func(format string, a ...any) { fmt.Fprintf(stderr, "nbdlab: "+format+"\n", a...) }
+	if f.persist {
+		if f.Interface == kernel.InterfaceIoctl {
+			return usagef("--persist reconnects through netlink (NBD_CMD_RECONFIGURE): drop --interface ioctl")
+		}
+		if f.DeadTimeout == 0 {
+			f.DeadTimeout = persistDeadTimeout
+		}
+	}
 	r.Options, r.Persist = f.AttachOptions, f.persist
 	dev, err := hold.Attach(ctx, r)
 	if dev != "" {
@@ -54,7 +69,7 @@ func runConnect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := newFlagSet("connect", connectUsage, stderr)
 	var f attachFlags
 	f.register(fs)
-	fs.BoolVar(&f.persist, "persist", false, "reconnect when the server goes away, so I/O resumes after a restart")
+	fs.BoolVar(&f.persist, "persist", false, "reconnect when the server goes away, so I/O resumes after a restart; I/O waits up to --dead-timeout (default 2m) for it, then fails with EIO")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -242,7 +257,18 @@ func runList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", r.Device, state, r.Size, conns, pid, backend)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range rows {
+		switch {
+		case r.Dead != "" && r.Persist:
+			fmt.Fprintf(stdout, "%s is dead: %s; its I/O waits for the reconnection up to its dead-connection timeout\n", r.Device, r.Dead)
+		case r.Dead != "":
+			fmt.Fprintf(stdout, "%s is dead: %s; its I/O fails or waits until it is detached (nbdlab detach %s)\n", r.Device, r.Dead, r.Device)
+		}
+	}
+	return nil
 }
 
 // listedDevice is a row of nbdlab list.
@@ -259,6 +285,9 @@ type listedDevice struct {
 	Persist bool   `json:"persist,omitempty"`
 	Backend string `json:"backend,omitempty"`
 	Log     string `json:"log,omitempty"` // the holder's log
+	// Dead says why a device the kernel still calls connected has no
+	// server: its holder is gone, or its TCP connection is.
+	Dead string `json:"dead,omitempty"`
 }
 
 func listed(d kernel.Device) listedDevice {
@@ -266,11 +295,15 @@ func listed(d kernel.Device) listedDevice {
 	if d.Connected {
 		r.State = "connected"
 	}
-	if st, ok := hold.Load(d.Index); ok {
+	st, known := hold.Load(d.Index)
+	if known {
 		r.Connections, r.Interface, r.PID, r.Persist, r.Log = st.Connections, string(st.Interface), st.PID, st.Persist, st.Log
 		if r.Backend == "" {
 			r.Backend = st.Source
 		}
+	}
+	if why := hold.Dead(d, st, known); why != "" {
+		r.State, r.Dead = "dead", why
 	}
 	return r
 }

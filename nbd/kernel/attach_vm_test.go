@@ -133,11 +133,13 @@ done`,
 		wantMarkers: []string{"OK read-only nbd://127.0.0.1/d --read-only", "OK read-only nbd://127.0.0.1/ro"},
 	},
 	{
+		// --persist alone: it implies a dead-connection timeout, without
+		// which the kernel failed every request the moment the server died.
 		name: "persist: server killed and restarted during dd",
 		script: `truncate -s 256M /tmp/p.img
 head -c 67108864 /dev/urandom > /tmp/big
 serve /tmp/s1.log p=file:/tmp/p.img
-dev=$($N connect any nbd://127.0.0.1/p --persist --dead-timeout 120s --timeout 60s)
+dev=$($N connect any nbd://127.0.0.1/p --persist)
 (dd if=/tmp/big of=$dev bs=64k oflag=direct conv=fsync status=none; echo "dd exit $?" > /tmp/dd.status) &
 ddpid=$!
 sleep 1
@@ -170,6 +172,54 @@ grep -q "Input/output error" /tmp/err
 echo "OK eio after $((end-start))s"
 $N disconnect $dev || true`,
 		wantMarkers: []string{"OK eio after"},
+	},
+	{
+		name: "list tells a device whose server or holder is gone",
+		script: `serve /tmp/s.log d=mem:64M
+dev=$($N connect any nbd://127.0.0.1/d)
+$N list | grep -E "^$dev +connected "
+kill -9 $(cat /tmp/serve.pid)
+sleep 1
+$N list > /tmp/l; cat /tmp/l
+grep -qE "^$dev +dead " /tmp/l && grep -q "$dev is dead: no connection to 127.0.0.1:10809 is open" /tmp/l && echo OK dead server
+$N disconnect $dev
+truncate -s 64M /tmp/x.img
+dev=$($N attach /tmp/x.img)
+pid=$($N list --json $dev | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
+kill -9 $pid
+sleep 1
+$N list > /tmp/l; cat /tmp/l
+grep -qE "^$dev +dead " /tmp/l && grep -q "its holder, pid $pid, is gone" /tmp/l && echo OK dead holder
+$N detach $dev || true`,
+		wantMarkers: []string{"OK dead server", "OK dead holder"},
+	},
+	{
+		name: "detach refuses a device md holds at once, naming it",
+		script: `truncate -s 64M /tmp/r1.img /tmp/r2.img
+d1=$($N attach /tmp/r1.img)
+d2=$($N attach /tmp/r2.img)
+mdadm --create /dev/md/lab --run --level=1 --raid-devices=2 --metadata=1.2 --assume-clean --homehost=any $d1 $d2
+md=$(basename $(readlink -f /dev/md/lab))
+start=$(date +%s)
+if $N detach $d1 2>/tmp/err; then echo "detach of an md member succeeded"; exit 1; fi
+end=$(date +%s)
+cat /tmp/err
+grep -q "$md holds $d1" /tmp/err && grep -q "mdadm /dev/$md --fail $d1 --remove $d1" /tmp/err && [ $((end-start)) -lt 5 ] && echo OK md named at once
+mdadm --stop /dev/md/lab
+$N detach $d1 && $N detach $d2 && echo OK detached after stop`,
+		wantMarkers: []string{"OK md named at once", "OK detached after stop"},
+	},
+	{
+		name: "attach refuses an image another device writes",
+		script: `qemu-img create -q -f qcow2 /tmp/l.qcow2 64M
+dev=$($N attach /tmp/l.qcow2)
+if $N attach /tmp/l.qcow2 2>/tmp/err; then echo "a second writer attached"; exit 1; fi
+cat /tmp/err
+grep -q "/tmp/l.qcow2 is in use" /tmp/err && echo OK second attach refused
+if qemu-nbd -c /dev/nbd9 /tmp/l.qcow2 2>/tmp/err; then echo "qemu-nbd attached it too"; exit 1; fi
+grep -q '"write" lock' /tmp/err && echo OK qemu-nbd refused
+$N detach $dev`,
+		wantMarkers: []string{"OK second attach refused", "OK qemu-nbd refused"},
 	},
 	{
 		name: "attach an image with a partition table, list, detach",
@@ -235,7 +285,7 @@ qemu-nbd -d /dev/nbd5`,
 // nbd.ko that "go run mage.go buildNbd" installs (or the distribution's).
 func TestIntegrationKernelAttach(t *testing.T) {
 	ks := vmtest.Kernels(t)
-	testenv.Need(t, "sfdisk", "fdisk", "mkfs.ext4", "qemu-img", "qemu-nbd")
+	testenv.Need(t, "sfdisk", "fdisk", "mkfs.ext4", "qemu-img", "qemu-nbd", "mdadm")
 	bin := testenv.Nbdlab(t)
 	for _, sc := range scenarios {
 		kernels := ks[:1]

@@ -5,6 +5,7 @@ package kernel
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -104,4 +105,46 @@ func mountedParts(r io.Reader, n int) []string {
 func unescapeMount(s string) string {
 	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
 	return r.Replace(s)
+}
+
+// Holder is a block device stacked on an nbd device or its partition (md,
+// device-mapper: LVM, dm-crypt, multipath), as /sys/block/*/holders tells.
+type Holder struct {
+	Of   string // the nbd device or partition held: /dev/nbd0p1
+	Name string // the holder's kernel name: md0, dm-3
+	DM   string // a device-mapper holder's name (dm/name): vg-lv
+}
+
+func (h Holder) String() string {
+	switch {
+	case strings.HasPrefix(h.Name, "md"):
+		return fmt.Sprintf("%s holds %s (take it out: mdadm /dev/%s --fail %s --remove %s, or stop the array: mdadm --stop /dev/%s)",
+			h.Name, h.Of, h.Name, h.Of, h.Of, h.Name)
+	case h.DM != "":
+		return fmt.Sprintf("%s (/dev/mapper/%s) holds %s (remove it: umount, then vgchange -an for LVM, cryptsetup close for dm-crypt, or dmsetup remove %s)",
+			h.Name, h.DM, h.Of, h.DM)
+	}
+	return fmt.Sprintf("%s holds %s", h.Name, h.Of)
+}
+
+// Holders returns what holds device n or one of its partitions.
+func Holders(n int) []Holder { return holders("/sys", n) }
+
+func holders(sys string, n int) []Holder {
+	dev := fmt.Sprintf("nbd%d", n)
+	dirs := []string{filepath.Join(sys, "block", dev)}
+	parts, _ := filepath.Glob(filepath.Join(sys, "block", dev, dev+"p*"))
+	dirs = append(dirs, parts...)
+	var out []Holder
+	for _, d := range dirs {
+		ents, _ := os.ReadDir(filepath.Join(d, "holders"))
+		for _, e := range ents {
+			h := Holder{Of: "/dev/" + filepath.Base(d), Name: e.Name()}
+			if b, err := os.ReadFile(filepath.Join(sys, "block", e.Name(), "dm", "name")); err == nil {
+				h.DM = strings.TrimSpace(string(b))
+			}
+			out = append(out, h)
+		}
+	}
+	return out
 }

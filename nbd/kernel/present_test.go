@@ -4,7 +4,10 @@ package kernel
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -60,5 +63,32 @@ nbd0 /weird tmpfs rw 0 0
 		if got := mountedParts(strings.NewReader(mounts), tc.n); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("nbd%d: %q, want %q", tc.n, got, tc.want)
 		}
+	}
+}
+
+func TestHolders(t *testing.T) {
+	sys := t.TempDir()
+	mk := func(p string) {
+		if err := os.MkdirAll(filepath.Join(sys, p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("block/nbd0/holders/md0")
+	mk("block/nbd0/nbd0p1/holders/dm-3")
+	mk("block/dm-3/dm")
+	os.WriteFile(filepath.Join(sys, "block/dm-3/dm/name"), []byte("vg-lv\n"), 0o644)
+	mk("block/nbd1/holders")
+	got := holders(sys, 0)
+	want := []Holder{{Of: "/dev/nbd0", Name: "md0"}, {Of: "/dev/nbd0p1", Name: "dm-3", DM: "vg-lv"}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("holders %+v, want %+v", got, want)
+	}
+	for i, w := range []string{"mdadm /dev/md0 --fail /dev/nbd0 --remove /dev/nbd0", "dmsetup remove vg-lv"} {
+		if !strings.Contains(got[i].String(), w) {
+			t.Errorf("%q does not say %q", got[i], w)
+		}
+	}
+	if h := holders(sys, 1); len(h) != 0 {
+		t.Errorf("an unheld device: %v", h)
 	}
 }

@@ -91,7 +91,7 @@ func Attach(ctx context.Context, r Request) (string, error) {
 		return fail(err)
 	}
 	st := State{Device: a.Path, Source: r.Source, Connections: a.Connections, Interface: a.Interface,
-		Persist: r.Persist, ReadOnly: r.Options.ReadOnly, Started: time.Now()}
+		Persist: r.Persist, ReadOnly: r.Options.ReadOnly, Started: time.Now(), NetNS: netNS()}
 	if sig != nil {
 		st.PID, st.Log = os.Getpid(), os.Getenv(logEnv)
 	}
@@ -177,6 +177,15 @@ func Detach(ctx context.Context, n int) error {
 	// and the disconnect would not finish: say so at once instead.
 	if mounted, err := kernel.MountedParts(n); err == nil && len(mounted) > 0 {
 		return fmt.Errorf("%s: unmount it first", strings.Join(mounted, ", "))
+	}
+	// So would one that md or device-mapper holds, for as long as they
+	// send it I/O: name them instead.
+	if hs := kernel.Holders(n); len(hs) > 0 {
+		why := make([]string, len(hs))
+		for i, h := range hs {
+			why[i] = h.String()
+		}
+		return fmt.Errorf("/dev/nbd%d is in use: %s", n, strings.Join(why, "; "))
 	}
 	if d.Connected {
 		if err := kernel.Disconnect(n); err != nil {

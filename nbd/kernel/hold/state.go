@@ -28,6 +28,7 @@ type State struct {
 	ReadOnly    bool
 	Log         string
 	Started     time.Time
+	NetNS       string // the network namespace of the connecting process, whose socket table Dead reads
 }
 
 func statePath(n int) string { return filepath.Join(StateDir, "nbd"+strconv.Itoa(n)+".json") }
