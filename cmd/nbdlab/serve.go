@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nbdlab/nbdlab/internal/procfs"
 	"github.com/nbdlab/nbdlab/internal/ready"
 	"github.com/nbdlab/nbdlab/internal/service"
 	"github.com/nbdlab/nbdlab/nbd"
@@ -446,10 +447,6 @@ func detachOutput(logf *os.File) {
 // own, and returns once it says every listener is up, or with why it
 // could not start.
 func forkServe(ctx context.Context, args []string, stderr io.Writer, logLost bool) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("--fork: %w", err)
-	}
 	var rest []string
 	for _, a := range args {
 		if a != "--fork" && a != "-fork" && a != "--fork=true" && a != "-fork=true" {
@@ -461,7 +458,8 @@ func forkServe(ctx context.Context, args []string, stderr io.Writer, logLost boo
 		return fmt.Errorf("--fork: %w", err)
 	}
 	defer rp.Close()
-	cmd := exec.Command(exe, append([]string{"serve", "--ready-fd", "3"}, rest...)...)
+	cmd := exec.Command(procfs.Exe, append([]string{"serve", "--ready-fd", "3"}, rest...)...)
+	cmd.Args[0] = os.Args[0]
 	cmd.ExtraFiles = []*os.File{rp.Child()}
 	cmd.Stderr = stderr
 	cmd.Env = append(os.Environ(), forkedEnv+"=1")

@@ -12,6 +12,14 @@ import (
 	"time"
 )
 
+// Exe is the path by which this program runs itself again (a background
+// holder, serve --fork): the kernel resolves /proc/self/exe to the running
+// binary even where the binary's own path cannot be reached, as for
+// nbdlab running as a lab VM's init, whose /init lies in the initramfs the
+// guest has switched away from (os.Executable says "/init" there), or was
+// replaced since it started.
+const Exe = "/proc/self/exe"
+
 // clockTick is USER_HZ, 100 on every Linux architecture Go supports.
 const clockTick = 100
 

@@ -174,6 +174,17 @@ $N disconnect $dev || true`,
 		wantMarkers: []string{"OK eio after"},
 	},
 	{
+		// The README's way: the guest's own nbdlab, its init, run again
+		// by /proc/1/exe; attach and serve --fork run themselves once more.
+		name: "nbdlab as the guest has it, /proc/1/exe",
+		script: `truncate -s 64M /tmp/self.img
+dev=$(/proc/1/exe attach /tmp/self.img)
+dd if=/tmp/data of=$dev bs=1M oflag=direct status=none
+/proc/1/exe detach $dev && echo OK self attach
+/proc/1/exe serve --fork --listen 127.0.0.1:10811 d=mem:1M && echo OK self fork`,
+		wantMarkers: []string{"OK self attach", "OK self fork"},
+	},
+	{
 		name: "list tells a device whose server or holder is gone",
 		script: `serve /tmp/s.log d=mem:64M
 dev=$($N connect any nbd://127.0.0.1/d)

@@ -125,10 +125,6 @@ func Attach(ctx context.Context, r Request) (string, error) {
 // spawn starts this command again, detached, with its output in a log
 // under StateDir, and waits for it to report the device ready.
 func spawn(ctx context.Context) (string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return "", err
-	}
 	if err := os.MkdirAll(StateDir, 0o755); err != nil {
 		return "", fmt.Errorf("hold: %w", err)
 	}
@@ -142,7 +138,8 @@ func spawn(ctx context.Context) (string, error) {
 		return "", err
 	}
 	defer rp.Close()
-	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd := exec.Command(procfs.Exe, os.Args[1:]...)
+	cmd.Args[0] = os.Args[0]
 	cmd.Env = append(os.Environ(), readyEnv+"=3", logEnv+"="+logf.Name())
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{rp.Child()}
