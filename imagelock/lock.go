@@ -119,37 +119,32 @@ func Lock(f *os.File, m Mode) error {
 	if len(use) == 0 && len(unshare) == 0 {
 		return nil
 	}
+	// Each right a mode uses is locked at useBase and tested at
+	// unshareBase (does anyone refuse to share it?); each it does not
+	// share, the other way round (does anyone use it?).
+	sides := []struct {
+		rights     []Right
+		take, test int64
+		held       bool // a conflict found here: another holder uses the right
+	}{{use, useBase, unshareBase, false}, {unshare, unshareBase, useBase, true}}
 	// Take first, then test, as QEMU does: two processes that start at
 	// once then see each other's locks, and at least one of them fails.
-	for _, r := range use {
-		if err := setlk(f, useBase+int64(r), rdlck); err != nil {
-			return unlockAfter(f, err)
+	for _, side := range sides {
+		for _, r := range side.rights {
+			if err := setlk(f, side.take+int64(r), rdlck); err != nil {
+				return unlockAfter(f, err)
+			}
 		}
 	}
-	for _, r := range unshare {
-		if err := setlk(f, unshareBase+int64(r), rdlck); err != nil {
-			return unlockAfter(f, err)
-		}
-	}
-	conflict := func(r Right, held bool) error {
-		return unlockAfter(f, &ConflictError{Path: f.Name(), Mode: m, Right: r, Held: held, Holders: Holders(f)})
-	}
-	for _, r := range use {
-		busy, err := locked(f, unshareBase+int64(r))
-		if err != nil {
-			return unlockAfter(f, err)
-		}
-		if busy {
-			return conflict(r, false)
-		}
-	}
-	for _, r := range unshare {
-		busy, err := locked(f, useBase+int64(r))
-		if err != nil {
-			return unlockAfter(f, err)
-		}
-		if busy {
-			return conflict(r, true)
+	for _, side := range sides {
+		for _, r := range side.rights {
+			busy, err := locked(f, side.test+int64(r))
+			if err != nil {
+				return unlockAfter(f, err)
+			}
+			if busy {
+				return unlockAfter(f, &ConflictError{Path: f.Name(), Mode: m, Right: r, Held: side.held, Holders: Holders(f)})
+			}
 		}
 	}
 	return nil

@@ -2,14 +2,12 @@ package nbd_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"log/slog"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/nbdtest"
@@ -40,26 +38,17 @@ func TestServerLogsBackendErrors(t *testing.T) {
 		Exports: []*nbd.Export{{Name: "full", Backend: full{nbd.NewMem(1 << 20)}}},
 		Logger:  slog.New(slog.NewTextHandler(&logs, nil)),
 	}
-	a, b := nbdtest.SocketPair(t)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.ServeConn(context.Background(), a)
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := nbd.NewClient(ctx, b, &nbd.ClientConfig{Export: "full"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	const writes = 40
-	for i := range writes {
-		if _, err := c.WriteAt(make([]byte, 4096), int64(i)*4096); !errors.Is(err, nbd.ENOSPC) {
-			t.Fatalf("write %d: %v, want ENOSPC", i, err)
+	// Pair's cleanup, at the subtest's end, waits for the session to end
+	// and log its disconnect line.
+	t.Run("writes", func(t *testing.T) {
+		c := nbdtest.Pair(t, srv, &nbd.ClientConfig{Export: "full"})
+		for i := range writes {
+			if _, err := c.WriteAt(make([]byte, 4096), int64(i)*4096); !errors.Is(err, nbd.ENOSPC) {
+				t.Fatalf("write %d: %v, want ENOSPC", i, err)
+			}
 		}
-	}
-	c.Close()
-	<-done
+	})
 	out := logs.b.String()
 	lines := strings.Count(out, "backend error")
 	if lines < 1 || lines > 11 {
