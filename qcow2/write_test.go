@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,9 +17,8 @@ import (
 // check runs qemu-img check and fails on any error or leak.
 func check(t *testing.T, img string) {
 	t.Helper()
-	out, err := exec.Command("qemu-img", "check", img).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "No errors were found") || strings.Contains(string(out), "leaked") {
-		t.Fatalf("qemu-img check %s: %v\n%s", img, err, out)
+	if code, out := checkCode(img); code != 0 || !strings.Contains(out, "No errors were found") || strings.Contains(out, "leaked") {
+		t.Fatalf("qemu-img check %s: exit %d\n%s", img, code, out)
 	}
 }
 
