@@ -126,6 +126,9 @@ func (t *transmission) reserve(r request) bool {
 			return false
 		}
 	}
+	if t.shared != nil {
+		t.sharedHeld.Add(w)
+	}
 	return true
 }
 
@@ -136,7 +139,19 @@ func (t *transmission) unreserve(r request) {
 	}
 	t.budget.Release(w)
 	if t.shared != nil {
+		t.sharedHeld.Add(-w)
 		t.shared.Release(w)
+	}
+}
+
+// releaseShared gives the server's budget back what the session still
+// holds of it when it ends: nothing, unless a panic cut a request short
+// between reserve and unreserve (a crash in a user's slog.Handler while
+// tracing it, say). The connection's own budget dies with the session;
+// the server's would have shrunk for good, until every session waited.
+func (t *transmission) releaseShared() {
+	if n := t.sharedHeld.Swap(0); n > 0 && t.shared != nil {
+		t.shared.Release(n)
 	}
 }
 

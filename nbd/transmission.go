@@ -73,6 +73,9 @@ type transmission struct {
 	active atomic.Int32        // requests read and not yet answered
 	budget *semaphore.Weighted // bounds the connection's bytes in flight
 	shared *semaphore.Weighted // the server's budget; nil for none
+	// sharedHeld is what this session holds of shared: given back by
+	// unreserve, and whatever a crash left held, at the session's end.
+	sharedHeld atomic.Int64
 	share  int64               // the connection's budget, and the heaviest weight
 	dirty  atomic.Bool         // written since the last Sync
 
@@ -121,6 +124,7 @@ func (t *transmission) run() error {
 	t.log.Info("client connected", "export", e.Name, "size", e.Backend.Size(),
 		"flags", e.flags(t.structured).String(), "structured_replies", t.structured,
 		"base_allocation", t.metaAlloc, "tls", t.tls)
+	defer t.releaseShared()
 	t.spawn()
 	t.workers.Wait()
 	// Every worker has ended: reading has, and every request read has

@@ -1,0 +1,77 @@
+package nbd_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nbdlab/nbdlab/imagelock"
+	"github.com/nbdlab/nbdlab/nbd"
+	"github.com/nbdlab/nbdlab/nbd/nbdtest"
+)
+
+// panickyHandler is a user's slog.Handler that panics on the requests it traces
+// while armed.
+type panickyHandler struct {
+	slog.Handler
+	armed *atomic.Bool
+}
+
+func (h panickyHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h panickyHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h panickyHandler) WithGroup(string) slog.Handler            { return h }
+func (h panickyHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "request" && h.armed.Load() {
+		panic("handler bug")
+	}
+	return nil
+}
+
+// A session that crashes while it holds part of the server's in-flight
+// budget gives it back: after more crashed sessions than the budget has
+// shares, another client's read still runs. It hung for ever before.
+func TestCrashedSessionsGiveBackTheBudget(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(path, make([]byte, 4<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := nbd.OpenFile(path, imagelock.Writer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var armed atomic.Bool
+	armed.Store(true)
+	srv := &nbd.Server{
+		Exports:     []*nbd.Export{{Name: "f", Backend: f}},
+		MaxInflight: 1 << 20, // four shares of 256 KiB
+		Logger:      slog.New(panickyHandler{slog.DiscardHandler, &armed}),
+	}
+	for i := range 6 {
+		t.Run("crash", func(t *testing.T) {
+			c := nbdtest.Pair(t, srv, &nbd.ClientConfig{Export: "f"})
+			if _, err := c.ReadAt(make([]byte, 256<<10), 0); err == nil {
+				t.Fatalf("session %d: a read through a panicking handler succeeded", i)
+			}
+		})
+	}
+	armed.Store(false)
+	c := nbdtest.Pair(t, srv, &nbd.ClientConfig{Export: "f"})
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.ReadAt(make([]byte, 256<<10), 0)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("read after the crashes: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a read waits for budget that crashed sessions never gave back")
+	}
+}
