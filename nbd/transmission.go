@@ -76,8 +76,8 @@ type transmission struct {
 	// sharedHeld is what this session holds of shared: given back by
 	// unreserve, and whatever a crash left held, at the session's end.
 	sharedHeld atomic.Int64
-	share  int64               // the connection's budget, and the heaviest weight
-	dirty  atomic.Bool         // written since the last Sync
+	share      int64       // the connection's budget, and the heaviest weight
+	dirty      atomic.Bool // written since the last Sync
 
 	requests, bytesIn, bytesOut atomic.Int64
 	errs                        errorLog // the backend's errors, counted and logged
