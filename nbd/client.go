@@ -30,12 +30,19 @@ type Client struct {
 }
 
 type call struct {
-	cmd  Cmd
-	off  uint64
-	n    int // bytes a read asked for
+	cmd Cmd
+	off uint64
+	n   int // bytes a read asked for
+	// ext and err are the answer, set under Client.mu by whichever of
+	// finish and fail removes the call from pending, before done closes;
+	// the caller reads them once done is closed.
 	ext  []Extent
 	err  error
 	done chan struct{}
+	// rext and rerr are the reply as the reader collects it, chunk by
+	// chunk: the reader's alone until finish hands them over.
+	rext []Extent
+	rerr error
 
 	// bufMu guards buf: the reader holds it while it copies a reply in,
 	// and a caller that gives up (its context ended) takes it to set buf
@@ -173,11 +180,18 @@ func (c *Client) take(cookie uint64) (*call, error) {
 	return cl, nil
 }
 
+// finish answers the call of cookie with the reply the reader collected,
+// unless fail answered it meanwhile (a send that failed, a Close): a call
+// leaves pending, and its done closes, exactly once.
 func (c *Client) finish(cookie uint64) {
 	c.mu.Lock()
-	cl := c.pending[cookie]
+	defer c.mu.Unlock()
+	cl, ok := c.pending[cookie]
+	if !ok {
+		return
+	}
 	delete(c.pending, cookie)
-	c.mu.Unlock()
+	cl.err, cl.ext = cl.rerr, cl.rext
 	close(cl.done)
 }
 
@@ -207,7 +221,7 @@ func (c *Client) readReplies() error {
 			return err
 		}
 		if sr.errno != 0 {
-			cl.err = &RequestError{Cmd: cl.cmd, Errno: sr.errno}
+			cl.rerr = &RequestError{Cmd: cl.cmd, Errno: sr.errno}
 		} else if cl.cmd == CmdRead {
 			if err := c.fillBuf(cl, 0, cl.n); err != nil {
 				return err
@@ -262,7 +276,7 @@ func (c *Client) chunk(h chunkHeader) error {
 			cl.bufMu.Unlock()
 		case typ == ReplyTypeBlockStatus && n >= 4:
 			for p := payload[4:]; len(p) >= 8; p = p[8:] {
-				cl.ext = append(cl.ext, Extent{Length: int64(binary.BigEndian.Uint32(p)), Flags: binary.BigEndian.Uint32(p[4:])})
+				cl.rext = append(cl.rext, Extent{Length: int64(binary.BigEndian.Uint32(p)), Flags: binary.BigEndian.Uint32(p[4:])})
 			}
 		case typ.IsError() && n >= 6:
 			ml := int(binary.BigEndian.Uint16(payload[4:]))
@@ -270,8 +284,8 @@ func (c *Client) chunk(h chunkHeader) error {
 			if 6+ml <= len(payload) {
 				msg = string(payload[6 : 6+ml])
 			}
-			if cl.err == nil {
-				cl.err = &RequestError{Cmd: cl.cmd, Errno: Errno(binary.BigEndian.Uint32(payload)), Msg: msg}
+			if cl.rerr == nil {
+				cl.rerr = &RequestError{Cmd: cl.cmd, Errno: Errno(binary.BigEndian.Uint32(payload)), Msg: msg}
 			}
 		}
 	}
