@@ -75,3 +75,41 @@ func TestCrashedSessionsGiveBackTheBudget(t *testing.T) {
 		t.Fatal("a read waits for budget that crashed sessions never gave back")
 	}
 }
+
+// stuck is a backend whose reads never return until released: a hung
+// disk.
+type stuck struct {
+	*nbd.Mem
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s stuck) ReadAt(p []byte, off int64) (int, error) {
+	s.entered <- struct{}{}
+	<-s.release
+	return len(p), nil
+}
+
+// Shutdown keeps to its ctx when a backend call never returns: it closes
+// the connections and returns ctx's error, where it waited for the call
+// for ever.
+func TestShutdownKeepsToItsContext(t *testing.T) {
+	b := stuck{nbd.NewMem(1 << 20), make(chan struct{}, 1), make(chan struct{})}
+	defer close(b.release)
+	srv := &nbd.Server{Exports: []*nbd.Export{{Name: "s", Backend: b}}, Logger: slog.New(slog.DiscardHandler)}
+	c := nbdtest.Pair(t, srv, &nbd.ClientConfig{Export: "s"})
+	go c.ReadAt(make([]byte, 4096), 0)
+	<-b.entered
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the grace period is over before it starts
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(ctx) }()
+	select {
+	case err := <-done:
+		if err != context.Canceled {
+			t.Fatalf("Shutdown: %v, want context.Canceled", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Shutdown waits for a backend call that never returns, whatever its ctx")
+	}
+}

@@ -303,19 +303,22 @@ func isTemporary(err error) bool {
 // reading new requests, lets the requests in flight complete and be
 // answered, flushes every export and closes the connections. If ctx ends
 // first, the remaining connections are closed at once and ctx's error is
-// returned.
+// returned then, without waiting for backend calls still running or
+// flushing the exports: a backend call that never returns (a hung disk, a
+// stalled network filesystem) would otherwise hold Shutdown, and the
+// process that called it, for ever. Those calls end on their own; their
+// sessions send nothing more.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stop((*serverConn).drain)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
-	var err error
 	select {
 	case <-done:
 	case <-ctx.Done():
 		s.Close()
-		<-done
-		err = ctx.Err()
+		return ctx.Err()
 	}
+	var err error
 	s.pipes.closeAll()
 	s.exportsMu.RLock()
 	all := append(slices.Clone(s.retired), s.exportsLocked()...)

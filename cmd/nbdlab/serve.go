@@ -115,7 +115,15 @@ export also answers the empty export name.
 		defer pprof.StopCPUProfile()
 	}
 	set := &exportSet{readOnly: *allRO, forceShare: *forceShare, open: map[string]openExport{}, retired: map[*nbd.Export]io.Closer{}}
-	defer set.close()
+	// Closing an export waits for its backend calls (a qcow2 image's
+	// metadata goes out under its lock): not after a shutdown that gave
+	// up on a backend that does not answer.
+	abandoned := false
+	defer func() {
+		if !abandoned {
+			set.close()
+		}
+	}()
 	exports, err := set.load(specs, *config)
 	if err != nil {
 		return err
@@ -256,7 +264,11 @@ export also answers the empty export name.
 	log.Info("shutting down: finishing requests in flight")
 	sctx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	if err := srv.Shutdown(sctx); errors.Is(err, context.DeadlineExceeded) {
+		abandoned = true
+		log.Warn("stopped with requests still running after the grace period: a backend that does not answer? Their exports are not flushed", "grace", *grace)
+		return nil
+	} else if err != nil {
 		return err
 	}
 	log.Info("stopped")
