@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -112,4 +113,27 @@ func TestShutdownKeepsToItsContext(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("Shutdown waits for a backend call that never returns, whatever its ctx")
 	}
+}
+
+// An export a reload took out is let go of once unused: the server keeps
+// no reference to it, so its backend's memory can be collected. A set of
+// released exports kept every one for the server's life.
+func TestRetiredExportsAreFreed(t *testing.T) {
+	srv := &nbd.Server{Logger: slog.New(slog.DiscardHandler)}
+	freed := make(chan struct{}, 8)
+	for range 4 {
+		m := nbd.NewMem(1 << 20)
+		runtime.AddCleanup(m, func(ch chan struct{}) { ch <- struct{}{} }, freed)
+		srv.SetExports([]*nbd.Export{{Name: "d", Backend: m}})
+	}
+	srv.SetExports(nil)
+	defer runtime.KeepAlive(srv) // the server lives on; only what it let go of may go
+	for range 50 {
+		runtime.GC()
+		if len(freed) == 4 {
+			return
+		}
+		runtime.Gosched()
+	}
+	t.Fatalf("%d of 4 retired exports freed after 50 collections", len(freed))
 }

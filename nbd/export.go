@@ -18,6 +18,11 @@ type Export struct {
 	Description string
 	Backend     Backend
 	ReadOnly    bool
+
+	// released is set, under the Server's exportsMu, once SetExports took
+	// the export out and its last connection let go of it: no connection
+	// may take it up again.
+	released bool
 }
 
 // flags returns the transmission flags advertised for the export.

@@ -82,7 +82,6 @@ type Server struct {
 	current   []*Export // set by SetExports; nil means Exports
 	retired   []*Export // taken out by SetExports, still in use: flushed at Shutdown
 	users     map[*Export]int
-	released  map[*Export]bool // retired and let go of: no connection may take it up again
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -193,7 +192,7 @@ func (s *Server) SetExports(exports []*Export) {
 func (s *Server) use(e *Export) bool {
 	s.exportsMu.Lock()
 	defer s.exportsMu.Unlock()
-	if s.released[e] {
+	if e.released {
 		return false
 	}
 	if s.users == nil {
@@ -222,12 +221,10 @@ func (s *Server) done(e *Export) {
 	s.release(e)
 }
 
-func (s *Server) markReleased(e *Export) {
-	if s.released == nil {
-		s.released = map[*Export]bool{}
-	}
-	s.released[e] = true
-}
+// markReleased marks e let go of, on e itself: a set of released
+// exports kept by the server held every export a reload ever took out,
+// and its backend (a mem: export's memory), for the server's life.
+func (s *Server) markReleased(e *Export) { e.released = true }
 
 // release flushes a retired export that no connection uses and hands it
 // to Retired.
