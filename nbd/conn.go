@@ -18,6 +18,7 @@ type serverConn struct {
 	mu           sync.Mutex
 	conn         net.Conn
 	transmitting bool
+	t            *transmission // once transmitting
 }
 
 // ServeConn serves one client connection until it disconnects, and closes
@@ -85,9 +86,10 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
 		return ErrServerClosed
 	}
 	sess.conn.SetDeadline(time.Time{})
-	sc.conn, sc.transmitting = sess.conn, true
+	t := newTransmission(sess, log)
+	sc.conn, sc.transmitting, sc.t = sess.conn, true, t
 	sc.mu.Unlock()
-	return newTransmission(sess, log).run()
+	return t.run()
 }
 
 // close ends the connection at once.
@@ -107,7 +109,7 @@ func (sc *serverConn) drain() {
 	} else if cr, ok := sc.conn.(interface{ CloseRead() error }); ok {
 		cr.CloseRead()
 	} else {
-		sc.conn.SetReadDeadline(time.Now())
+		sc.t.stopReading() // TLS: no CloseRead
 	}
 }
 

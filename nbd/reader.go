@@ -244,6 +244,28 @@ func (t *transmission) receive(r request) error {
 // requests in flight and move the deadline when the count leaves or
 // reaches zero.
 
+// The drain of a connection without CloseRead (TLS) stops reading with a
+// read deadline in the past. The idle timeout's deadlines are set under
+// the same lock and keep to it once it is set: one moved after the drain
+// had the reader wait out the whole idle timeout, past Shutdown's ctx.
+
+// stopReading makes the read of the next request fail at once, for good.
+func (t *transmission) stopReading() {
+	t.idleMu.Lock()
+	defer t.idleMu.Unlock()
+	t.draining = true
+	if t.conn != nil {
+		t.conn.SetReadDeadline(time.Now())
+	}
+}
+
+// readDeadline sets the read deadline, under idleMu, unless draining.
+func (t *transmission) readDeadline(d time.Time) {
+	if !t.draining {
+		t.conn.SetReadDeadline(d)
+	}
+}
+
 // armIdle sets the deadline for the read about to start.
 func (t *transmission) armIdle() {
 	if t.idle <= 0 || t.conn == nil {
@@ -251,9 +273,9 @@ func (t *transmission) armIdle() {
 	}
 	t.idleMu.Lock()
 	if t.active.Load() == 0 {
-		t.conn.SetReadDeadline(time.Now().Add(t.idle))
+		t.readDeadline(time.Now().Add(t.idle))
 	} else {
-		t.conn.SetReadDeadline(time.Time{})
+		t.readDeadline(time.Time{})
 	}
 	t.idleMu.Unlock()
 }
@@ -266,7 +288,7 @@ func (t *transmission) begin() {
 	}
 	t.idleMu.Lock()
 	if t.active.Add(1) == 1 {
-		t.conn.SetReadDeadline(time.Time{})
+		t.readDeadline(time.Time{})
 	}
 	t.idleMu.Unlock()
 }
@@ -281,7 +303,7 @@ func (t *transmission) finish(r request) {
 	}
 	t.idleMu.Lock()
 	if t.active.Add(-1) == 0 {
-		t.conn.SetReadDeadline(time.Now().Add(t.idle))
+		t.readDeadline(time.Now().Add(t.idle))
 	}
 	t.idleMu.Unlock()
 }

@@ -49,6 +49,7 @@ type transmission struct {
 	readDone bool          // under rmu: no more requests will be read
 	readErr  error         // under rmu: why reading ended
 	idleMu   sync.Mutex    // orders the idle deadline's settings
+	draining bool          // under idleMu: stopReading was called
 
 	// The workers.
 	workers    sync.WaitGroup
