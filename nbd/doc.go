@@ -24,16 +24,22 @@
 //   - bufpool.go: request and reply buffers reused by size;
 //   - client.go: the client's transmission phase;
 //   - backend.go, export.go and the backends mem.go, file_linux.go (file_other.go elsewhere), cow.go,
-//     qcow2.go (package qcow2 read-only), faulty.go.
+//     qcow2.go (package qcow2: read and written), faulty.go;
+//   - errlog.go: the backend's errors, counted and logged at a bounded rate.
 //
 // # Server
 //
-// A Server serves a fixed set of Exports. Serve runs an accept loop on a
-// listener and always returns a non-nil error: ErrServerClosed after Shutdown
-// or Close. Shutdown stops accepting, stops reading new requests, lets the
-// requests in flight complete and be answered, flushes every backend and
-// closes the connections; a session still in its handshake is told
-// NBD_REP_ERR_SHUTDOWN or closed. Close drops everything at once. A panic while serving one
+// A Server serves its Exports, which SetExports replaces while it serves
+// (an export taken out is flushed and handed to Retired once its last
+// connection ends). Serve runs an accept loop on a listener and always
+// returns a non-nil error: ErrServerClosed after Shutdown or Close.
+// Shutdown stops accepting, stops reading new requests, lets the requests
+// in flight complete and be answered, flushes every backend and closes the
+// connections; a session still in its handshake is told
+// NBD_REP_ERR_SHUTDOWN or closed; if its ctx ends first it closes what is
+// left and returns at once, without waiting for backend calls that may
+// never return. Close drops everything at once. A session's backend errors
+// are logged (errlog.go) and counted on its disconnect line. A panic while serving one
 // connection is logged and ends only that connection.
 //
 // Requests on one connection are answered as they complete. A session is
