@@ -20,7 +20,7 @@ import (
 
 const (
 	connectUsage = "DEVICE|any URI [--connections N] [--timeout D] [--dead-timeout D] [--persist] [--read-only] [--block-size B] [--interface auto|netlink|ioctl]"
-	attachUsage  = "[--device DEVICE|any] [--read-only] [--snapshot] [--format raw|qcow2] [--offset N] [--size N] [--connections N] [DEVICE] IMAGE"
+	attachUsage  = "[--device DEVICE|any] [--read-only] [--snapshot] [--force-share] [--format raw|qcow2] [--offset N] [--size N] [--connections N] [DEVICE] IMAGE"
 )
 
 // attachFlags are the flags connect and attach share.
@@ -114,9 +114,17 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(offset, "o", "0", internalFlag+"qemu-nbd's spelling of --offset")
 	size := fs.String("size", "0", "serve `N` bytes from --offset (default: to the end)")
 	fs.Bool("fork", false, "accepted for qemu-nbd's sake: attach always returns once the device is ready, holding it in the background where it must")
+	disconnect := fs.String("disconnect", "", "detach `DEVICE` instead, as qemu-nbd -d does: the same as nbdlab detach DEVICE (also -d)")
+	fs.StringVar(disconnect, "d", "", internalFlag+"qemu-nbd's spelling of --disconnect")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
+	}
+	if *disconnect != "" {
+		if len(pos) != 0 {
+			return usagef("-d DEVICE detaches: it takes no IMAGE")
+		}
+		return runDisconnect(ctx, []string{*disconnect}, stdout, stderr)
 	}
 	switch {
 	case len(pos) == 2 && f.Device == "any":

@@ -54,7 +54,19 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rer
 	config := fs.String("config", "", "read more exports from `FILE`, one NAME=SPEC a line (# comments); SIGHUP reads it again: new exports appear, removed ones refuse new clients")
 	pidFile := fs.String("pid-file", "", "write the server's pid to `FILE` once it listens, and remove it on exit")
 	grace := fs.Duration("shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long to wait for requests in flight")
-	maxConns := fs.Int("max-connections", nbd.DefaultMaxConnections, "connections served at once; more are closed at once (-1: no limit)")
+	maxConns := fs.Int("max-connections", nbd.DefaultMaxConnections, "connections served at once; more are closed at once (-1: no limit; also -e, --shared)")
+	fs.IntVar(maxConns, "e", nbd.DefaultMaxConnections, internalFlag+"qemu-nbd's spelling of --max-connections")
+	fs.IntVar(maxConns, "shared", nbd.DefaultMaxConnections, internalFlag+"qemu-nbd's spelling of --max-connections")
+	socket := fs.String("socket", "", "listen on the unix socket `PATH`: qemu-nbd's spelling, the same as --listen unix:PATH (also -k)")
+	fs.StringVar(socket, "k", "", internalFlag+"qemu-nbd's spelling of --socket")
+	snapshot := fs.Bool("snapshot", false, "serve every image copy-on-write, as if each had ,cow: writes are kept in memory and the image is never modified (also -s)")
+	fs.BoolVar(snapshot, "s", false, internalFlag+"qemu-nbd's spelling of --snapshot")
+	exportName := fs.String("export-name", "", "the `NAME` of the one bare IMAGE argument, instead of its file name (qemu-nbd's -x; also -x)")
+	fs.StringVar(exportName, "x", "", internalFlag+"qemu-nbd's spelling of --export-name")
+	format := fs.String("format", "auto", "the `FORMAT` of the one bare IMAGE argument: raw, qcow2, or auto (by its header; also -f)")
+	fs.StringVar(format, "f", "auto", internalFlag+"qemu-nbd's spelling of --format")
+	persistent := fs.Bool("persistent", false, "accepted for qemu-nbd's sake: serve always serves client after client until stopped (also -t)")
+	fs.BoolVar(persistent, "t", false, internalFlag+"qemu-nbd's spelling of --persistent")
 	hsTimeout := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "drop a client that has not chosen an export in this time, TLS included (-1s: never)")
 	idleTimeout := fs.Duration("idle-timeout", 0, "drop a client that sends no request for this long (0: never; the kernel's client may idle for days)")
 	writeTimeout := fs.Duration("write-timeout", nbd.DefaultWriteTimeout, "drop a client that takes none of its replies for this long (-1s: never)")
@@ -91,6 +103,21 @@ export also answers the empty export name.
 		}
 		listen = append(listen, net.JoinHostPort(*bind, strconv.Itoa(*port)))
 	}
+	if *socket != "" {
+		listen = append(listen, "unix:"+*socket)
+	}
+	bare := 0
+	for _, a := range specs {
+		if !strings.Contains(a, "=") {
+			bare++
+		}
+	}
+	if (*exportName != "" || *format != "auto") && bare != 1 {
+		return usagef("--export-name (-x) and --format (-f) are for one bare IMAGE argument, as qemu-nbd takes it; got %d: give NAME=file:PATH or NAME=qcow2:PATH for each instead", bare)
+	}
+	if *format != "auto" && *format != "raw" && *format != "qcow2" {
+		return usagef("--format %q: want raw, qcow2 or auto", *format)
+	}
 	if *verbose && *quiet {
 		return usagef("-v and -q contradict each other")
 	}
@@ -114,7 +141,7 @@ export also answers the empty export name.
 		defer f.Close()
 		defer pprof.StopCPUProfile()
 	}
-	set := &exportSet{readOnly: *allRO, forceShare: *forceShare, open: map[string]openExport{}, retired: map[*nbd.Export]io.Closer{}}
+	set := &exportSet{readOnly: *allRO, forceShare: *forceShare, snapshot: *snapshot, bareName: *exportName, bareFormat: *format, open: map[string]openExport{}, retired: map[*nbd.Export]io.Closer{}}
 	// Closing an export waits for its backend calls (a qcow2 image's
 	// metadata goes out under its lock): not after a shutdown that gave
 	// up on a backend that does not answer.
@@ -285,9 +312,9 @@ type openExport struct {
 // exportSet is what the command line and --config export, kept open by
 // name so that a reload opens only what changed.
 type exportSet struct {
-	readOnly   bool
-	forceShare bool
-	open       map[string]openExport
+	readOnly, forceShare, snapshot bool
+	bareName, bareFormat           string // -x and -f: for a bare IMAGE argument
+	open                           map[string]openExport
 
 	mu      sync.Mutex
 	retired map[*nbd.Export]io.Closer // taken out by a reload: closed once unused (nbd.Server.Retired), or at exit
@@ -307,11 +334,12 @@ func (s *exportSet) load(args []string, config string) ([]*nbd.Export, error) {
 	var exports []*nbd.Export
 	next := map[string]openExport{}
 	for _, a := range all {
-		spec, err := parseServeArg(a)
+		spec, err := parseServeArg(a, s.bareName, s.bareFormat)
 		if err != nil {
 			return nil, usageError{err.Error()}
 		}
 		spec.ReadOnly = spec.ReadOnly || s.readOnly
+		spec.COW = spec.COW || (s.snapshot && spec.Kind != "mem")
 		if s.forceShare && spec.Kind != "mem" {
 			if !spec.ReadOnly && !spec.COW {
 				return nil, usagef("--force-share: export %q is read-write, and a writer always takes QEMU's locks: give it ,ro or ,cow, or add --read-only", spec.Name)
@@ -418,18 +446,28 @@ func readConfig(path string) ([]string, error) {
 // parseServeArg parses NAME=SPEC; a bare path to an existing file, as
 // qemu-nbd takes one, is an export named after the file (answering the
 // empty name too when it comes first), qcow2 by its header, else raw.
-func parseServeArg(a string) (nbd.ExportSpec, error) {
+func parseServeArg(a, name, format string) (nbd.ExportSpec, error) {
 	if !strings.Contains(a, "=") {
 		fi, err := os.Stat(a)
 		if err != nil {
 			return nbd.ExportSpec{}, fmt.Errorf("export %q: %w: give the path of an image, or NAME=file:PATH, NAME=qcow2:PATH or NAME=mem:SIZE", a, err)
 		}
 		if !fi.IsDir() {
-			kind := "file"
-			if ok, _ := qcow2.IsImage(a); ok {
+			qcow, _ := qcow2.IsImage(a)
+			kind := map[bool]string{true: "qcow2", false: "file"}[qcow]
+			switch format {
+			case "raw":
+				if qcow {
+					return nbd.ExportSpec{}, fmt.Errorf("%s is a qcow2 image: --format raw would serve its raw bytes; drop --format, or say --format qcow2", a)
+				}
+				kind = "file"
+			case "qcow2":
 				kind = "qcow2"
 			}
-			return nbd.ExportSpec{Name: filepath.Base(a), Kind: kind, Path: a}, nil
+			if name == "" {
+				name = filepath.Base(a)
+			}
+			return nbd.ExportSpec{Name: name, Kind: kind, Path: a}, nil
 		}
 	}
 	return nbd.ParseExportSpec(a)
