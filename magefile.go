@@ -228,7 +228,9 @@ func BuildNbd(ctx context.Context) error {
 	return err
 }
 
-// Build builds a static nbdlab binary into ./bin.
+// Build builds a static nbdlab binary into ./bin, stamped with its revision (nbdlab --version).
 func Build() error {
-	return sh.RunWithV(map[string]string{"CGO_ENABLED": "0"}, "go", "build", "-o", binary, "./cmd/nbdlab")
+	// -buildvcs=auto over a GOFLAGS that turns the stamp off (some
+	// machines set -buildvcs=false): a bug report names its build.
+	return sh.RunWithV(map[string]string{"CGO_ENABLED": "0"}, "go", "build", "-buildvcs=auto", "-o", binary, "./cmd/nbdlab")
 }
