@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -222,7 +223,7 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 				usage()
 				return nil, err
 			}
-			return nil, usageError{err.Error()}
+			return nil, usageError{asTyped(err.Error(), args)}
 		}
 		rest := fs.Args()
 		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
@@ -254,3 +255,21 @@ type stringList []string
 
 func (l *stringList) String() string     { return fmt.Sprint(*l) }
 func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
+
+// flagInError finds the flag Go's flag package names in its errors, which
+// it always spells with one dash ("flag provided but not defined: -x").
+var flagInError = regexp.MustCompile(`(: | flag )-([^\s:=]+)`)
+
+// asTyped spells the flag an error names as the user typed it: --persistent,
+// not -persistent.
+func asTyped(msg string, args []string) string {
+	return flagInError.ReplaceAllStringFunc(msg, func(m string) string {
+		sub := flagInError.FindStringSubmatch(m)
+		for _, a := range args {
+			if a == "--"+sub[2] || strings.HasPrefix(a, "--"+sub[2]+"=") {
+				return sub[1] + "--" + sub[2]
+			}
+		}
+		return m
+	})
+}
