@@ -2,6 +2,8 @@ package harness_test
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/nbdlab/nbdlab/harness"
 	"github.com/nbdlab/nbdlab/internal/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // nbdlab serve takes qemu-nbd's spellings and means by them what qemu-nbd
@@ -52,5 +55,70 @@ func TestServeSpeaksQemuNbd(t *testing.T) {
 				t.Fatal("-s modified the image")
 			}
 		})
+	}
+}
+
+// --run is nbdkit's captive mode: the command runs once the server
+// listens, with $uri set, and serve ends with the command's status.
+func TestServeRunCaptive(t *testing.T) {
+	testenv.Need(t, "nbdinfo")
+	bin := testenv.Nbdlab(t)
+	for _, tt := range []struct {
+		status string
+		code   int
+	}{{"0", 0}, {"3", 3}} {
+		cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--run", `nbdinfo --size "$uri"; echo "port=$port"; exit `+tt.status, "d=mem:1M")
+		out, err := cmd.Output()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != tt.code || !strings.Contains(string(out), "1048576\n") || !strings.Contains(string(out), "port=") || strings.Contains(string(out), "port=\n") {
+			t.Errorf("--run exiting %s: serve exited %d, printed %q; want %d, the export's size and the port", tt.status, code, out, tt.code)
+		}
+	}
+}
+
+// --exit-with-parent: serve stops when the process that started it dies,
+// even by SIGKILL.
+func TestServeExitWithParent(t *testing.T) {
+	bin := testenv.Nbdlab(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	sock := filepath.Join(t.TempDir(), "s")
+	parent := exec.Command("sh", "-c", bin+` serve --exit-with-parent --ready-fd 3 --listen unix:`+sock+` d=mem:1M 2>/dev/null & echo $!; wait`)
+	parent.ExtraFiles = []*os.File{w}
+	out, err := parent.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := parent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	var pid int
+	if _, err := fmt.Fscan(out, &pid); err != nil {
+		t.Fatal(err)
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatalf("serve (pid %d) is already gone: %v", pid, err)
+	}
+	defer unix.Close(pidfd)
+	ready := make([]byte, 2)
+	if _, err := io.ReadFull(r, ready); err != nil || string(ready) != "ok" {
+		t.Fatalf("serve did not get ready (%q, %v)", ready, err)
+	}
+	parent.Process.Kill()
+	parent.Wait()
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(fds, 20000); n != 1 {
+		unix.Kill(pid, unix.SIGKILL)
+		t.Fatal("serve still runs 20 s after its parent was killed")
 	}
 }

@@ -75,6 +75,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) (rer
 	maxInflight := fs.String("max-inflight", "256M", "bytes of requests all clients together may have in flight; one client a quarter of it")
 	record := fs.String("record", "", "append every request as it is read (connection, command, flags, offset, length) to `FILE` as JSON lines")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to `FILE` until the server stops")
+	runCmd := fs.String("run", "", "captive mode, as nbdkit's: once listening, run `CMD` (sh -c) with $uri (and $nbd) set to the first export's URI, $unixsocket or $port, and stop when it exits, with its exit status")
+	exitWithParent := fs.Bool("exit-with-parent", false, "stop when the process that started serve exits (as nbdkit's; Linux PR_SET_PDEATHSIG)")
 	readyFD := fs.Int("ready-fd", -1, "once every listener is up, write \"ok ADDR...\" (the addresses listened on) to descriptor `FD` and close it")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `usage: nbdlab serve %s
@@ -126,6 +128,17 @@ export also answers the empty export name.
 			return usagef("--fork goes with neither --inetd nor --ready-fd")
 		}
 		return forkServe(ctx, args, stderr, *logFile == "" && !*quiet)
+	}
+	if *runCmd != "" && (*fork || *inetd) {
+		return usagef("--run waits for its command here: it goes with neither --fork nor --inetd")
+	}
+	if *exitWithParent {
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGTERM), 0, 0, 0); err != nil {
+			return fmt.Errorf("--exit-with-parent: %w", err)
+		}
+		if os.Getppid() == 1 {
+			return errors.New("--exit-with-parent: the parent has already exited")
+		}
 	}
 	if *inetd && len(listen) > 0 {
 		return usagef("--inetd serves standard input: it takes no --listen")
@@ -259,6 +272,14 @@ export also answers the empty export name.
 	for _, e := range exports {
 		log.Info("export", "name", e.Name, "size", e.Backend.Size(), "read_only", e.ReadOnly)
 	}
+	var captive <-chan error
+	if *runCmd != "" {
+		if captive, err = runCaptive(*runCmd, lns, exports, log); err != nil {
+			srv.Close()
+			return err
+		}
+	}
+	var captiveErr error
 	hup := make(chan os.Signal, 1)
 	if *config != "" {
 		signal.Notify(hup, syscall.SIGHUP)
@@ -285,6 +306,8 @@ export also answers the empty export name.
 			return err
 		case <-ctx.Done():
 			stopping = true
+		case captiveErr = <-captive:
+			stopping = true
 		}
 	}
 	service.Notify("STOPPING=1")
@@ -294,12 +317,50 @@ export also answers the empty export name.
 	if err := srv.Shutdown(sctx); errors.Is(err, context.DeadlineExceeded) {
 		abandoned = true
 		log.Warn("stopped with requests still running after the grace period: a backend that does not answer? Their exports are not flushed", "grace", *grace)
-		return nil
+		return captiveErr
 	} else if err != nil {
 		return err
 	}
 	log.Info("stopped")
-	return nil
+	return captiveErr
+}
+
+// runCaptive runs --run's command with the address of the first export in
+// its environment, as nbdkit's captive mode does, and reports on the
+// channel how it ended: nil, or an exitError with its status.
+func runCaptive(command string, lns []net.Listener, exports []*nbd.Export, log *slog.Logger) (<-chan error, error) {
+	if len(lns) == 0 || len(exports) == 0 {
+		return nil, usagef("--run needs a listener and an export")
+	}
+	a := nbd.AddrOf(lns[0])
+	uri := a.URI(exports[0].Name)
+	env := append(os.Environ(), "uri="+uri, "nbd="+uri)
+	if a.Network == "unix" {
+		env = append(env, "unixsocket="+a.Address)
+	} else if _, port, err := net.SplitHostPort(a.Address); err == nil {
+		env = append(env, "port="+port)
+	}
+	cmd := exec.Command("/bin/sh", "-c", command)
+	cmd.Env, cmd.Stdin, cmd.Stdout, cmd.Stderr = env, os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("--run: %w", err)
+	}
+	log.Info("running the captive command", "cmd", command, "uri", uri, "pid", cmd.Process.Pid)
+	done := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		switch {
+		case errors.As(err, &ee) && ee.ExitCode() > 0:
+			log.Info("the captive command exited", "status", ee.ExitCode())
+			done <- exitError{code: ee.ExitCode()}
+		case err != nil:
+			done <- fmt.Errorf("--run: %w", err)
+		default:
+			done <- nil
+		}
+	}()
+	return done, nil
 }
 
 // openExport is an export opened from its argument.
