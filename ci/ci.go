@@ -34,6 +34,9 @@ func Packages() []string {
 		"debian-archive-keyring", "gpgv", "gnupg",
 		// Namespaces and the tools used inside the guests.
 		"iproute2", "kmod", "fdisk", "e2fsprogs", "util-linux", "mdadm",
+		// The guests run systemd-udevd from the host's root, as a booted
+		// system does (vm.Config.NoUdev to go without).
+		"udev",
 		// The NFS side of the NBD-against-NFS benchmark.
 		"nfs-kernel-server", "rpcbind", "nfs-common", "tar",
 		// Service integration: socket activation and unit checks.

@@ -91,6 +91,9 @@ type guestConfig struct {
 	// gets one pipe for both and its output keeps the order it was written
 	// in, as on a terminal. Two pipes, read apart, cannot keep that order.
 	Merged bool
+	// Udev starts systemd-udevd and settles the devices there are before
+	// the command runs.
+	Udev bool
 }
 
 type guestShare struct {

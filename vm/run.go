@@ -53,10 +53,15 @@ type Config struct {
 	// the guest then measures the work done, not the host's speed at the
 	// time, and repeats to a percent or two. Ignored under KVM.
 	InstructionClock bool
-	Env              []string // guest command's environment; default os.Environ()
-	Dir              string   // guest command's directory; default the current one
-	Stdout           io.Writer
-	Stderr           io.Writer
+	// NoUdev boots the guest without systemd-udevd: device nodes come
+	// from devtmpfs alone, partitions appear only when something rereads
+	// the table, and nothing opens a device behind the command's back.
+	// By default udevd runs with the host's rules, as on a booted system.
+	NoUdev bool
+	Env    []string // guest command's environment; default os.Environ()
+	Dir    string   // guest command's directory; default the current one
+	Stdout io.Writer
+	Stderr io.Writer
 	// KernelLog keeps the guest kernel's console in this file; by default
 	// it goes to a temporary file that is removed.
 	KernelLog string
@@ -291,7 +296,7 @@ func boot(ctx context.Context, cfg Config, k kernels.Kernel, initrd, accel strin
 	}
 	defer conn.Close()
 
-	cfgJSON, _ := json.Marshal(guestConfig{Args: argv, Env: cfg.Env, Dir: cfg.Dir, Shares: guestShares(cfg.Shares), Release: k.Release, Modules: k.Modules, Merged: sameOutput(cfg.Stdout, cfg.Stderr)})
+	cfgJSON, _ := json.Marshal(guestConfig{Args: argv, Env: cfg.Env, Dir: cfg.Dir, Shares: guestShares(cfg.Shares), Release: k.Release, Modules: k.Modules, Merged: sameOutput(cfg.Stdout, cfg.Stderr), Udev: !cfg.NoUdev})
 	fw := &frameWriter{w: conn}
 	type outcome struct {
 		code    int

@@ -213,3 +213,54 @@ func TestIntegrationDynamicInit(t *testing.T) {
 		t.Fatalf("the dynamic init ran nothing: exit %d, stdout %q", res.ExitCode, out.Stdout.String())
 	}
 }
+
+// The guest is a normal Linux: bash's process substitution works (it
+// opens /dev/fd/N), debugfs and tracefs are mounted, and systemd-udevd
+// runs, its devices settled; with NoUdev it does not. A block device's
+// partitions appear as udev sees them: nbd-client issues no BLKRRPART,
+// and only udev's probe makes /dev/nbd0p1 appear after it connects.
+func TestIntegrationGuestIsANormalSystem(t *testing.T) {
+	testenv.Need(t, "bash", "nbd-server", "nbd-client", "sfdisk")
+	const script = `set -e
+diff <(echo same) <(echo same) && echo OK procsub
+test -e /dev/stdin && test -e /dev/stderr && echo OK std
+test -d /sys/kernel/debug/block && test -e /sys/kernel/tracing/trace && echo OK debugfs
+if pgrep -x systemd-udevd >/dev/null; then echo UDEVD; else echo NO-UDEVD; fi
+truncate -s 64M /tmp/p.img
+printf 'label: dos\n,,L\n' | sfdisk -q /tmp/p.img
+modprobe nbd nbds_max=4 max_part=8
+printf '[generic]\n[d]\nexportname = /tmp/p.img\n' > /tmp/nbd.conf
+nbd-server -C /tmp/nbd.conf 10809
+nbd-client -N d 127.0.0.1 10809 /dev/nbd0 >/dev/null
+udevadm settle --timeout=30 || true
+for i in $(seq 100); do test -b /dev/nbd0p1 && break; sleep 0.1; done
+if test -b /dev/nbd0p1; then echo PART; else echo NO-PART; fi
+nbd-client -d /dev/nbd0 >/dev/null`
+	first := true
+	forEachKernel(t, func(t *testing.T, k kernels.Kernel) {
+		// Without udev on one kernel: what it shows is the same on all.
+		modes := []bool{false}
+		if first {
+			modes, first = []bool{false, true}, false
+		}
+		for _, noUdev := range modes {
+			res, out, err := vmtest.Run(t, vm.Config{Kernel: k.Release, NoUdev: noUdev}, "bash", "-c", script)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := out.Stdout.String()
+			want := []string{"OK procsub", "OK std", "OK debugfs", "UDEVD", "PART"}
+			if noUdev {
+				want = []string{"OK procsub", "OK std", "OK debugfs", "NO-UDEVD", "NO-PART"}
+			}
+			if res.ExitCode != 0 {
+				t.Fatalf("NoUdev=%v: guest script exited %d:\n%s", noUdev, res.ExitCode, got)
+			}
+			for _, w := range want {
+				if !strings.Contains(got, w+"\n") {
+					t.Errorf("NoUdev=%v: guest output lacks %q:\n%s", noUdev, w, got)
+				}
+			}
+		}
+	})
+}

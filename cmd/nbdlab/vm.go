@@ -11,7 +11,7 @@ import (
 	"github.com/nbdlab/nbdlab/vm"
 )
 
-const vmRunUsage = "run [--kernel KVER|debian:SUITE|PATH [--modules DIR]] [--mem SIZE] [--cpus N] [--timeout D] [--share HOSTDIR[:GUESTDIR]]... [-v] -- COMMAND..."
+const vmRunUsage = "run [--kernel KVER|debian:SUITE|PATH [--modules DIR]] [--mem SIZE] [--cpus N] [--timeout D] [--share HOSTDIR[:GUESTDIR]]... [--no-udev] [-v] -- COMMAND..."
 
 func runVM(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	args, err := verb(args, "vm", "run")
@@ -27,6 +27,7 @@ func runVM(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	accel := fs.String("accel", "", "kvm or tcg (default: kvm only where a probe showed it works)")
 	klog := fs.String("kernel-log", "", "keep the guest kernel's console in this `FILE`")
 	verbose := fs.Bool("v", false, "print the QEMU command line and boot time")
+	noUdev := fs.Bool("no-udev", false, "boot without systemd-udevd: device nodes from devtmpfs alone, partitions only where something rereads the table (the guest otherwise runs udevd with the host's rules)")
 	var shares stringList
 	fs.Var(&shares, "share", "`HOSTDIR[:GUESTDIR]` to make writable in the guest; repeatable")
 	argv, err := parseFlags(fs, args)
@@ -37,7 +38,7 @@ func runVM(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usagef("no command given; put it after --")
 	}
 	cfg := vm.Config{Kernel: *kernel, Modules: *modules, Memory: *mem, CPUs: *cpus, Timeout: *timeout,
-		Accel: *accel, KernelLog: *klog, Stdout: stdout, Stderr: stderr}
+		Accel: *accel, KernelLog: *klog, NoUdev: *noUdev, Stdout: stdout, Stderr: stderr}
 	if *verbose {
 		cfg.Logf = func(format string, a ...any) { fmt.Fprintf(stderr, "nbdlab vm: "+format+"\n", a...) }
 	}
