@@ -21,8 +21,10 @@ type serverConn struct {
 	t            *transmission // once transmitting
 }
 
-// ServeConn serves one client connection until it disconnects, and closes
-// it. It returns why the session ended: nil for a clean disconnect.
+// ServeConn serves one client connection until it disconnects, or ctx
+// ends (the connection is then closed at once, as Close would), and
+// closes it. It returns why the session ended: nil for a clean
+// disconnect.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
 	sc := &serverConn{conn: c}
 	s.mu.Lock()
@@ -49,6 +51,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) (err error) {
 		sc.close()
 		s.wg.Done()
 	}()
+	defer context.AfterFunc(ctx, sc.close)()
 	log := s.logger().With("peer", peerName(c))
 	defer func() {
 		if p := recover(); p != nil {

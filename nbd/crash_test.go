@@ -137,3 +137,26 @@ func TestRetiredExportsAreFreed(t *testing.T) {
 	}
 	t.Fatalf("%d of 4 retired exports freed after 50 collections", len(freed))
 }
+
+// ServeConn keeps to its ctx for the whole session, not only the
+// handshake: a client that sends nothing more is let go of once ctx ends.
+func TestServeConnKeepsToItsContext(t *testing.T) {
+	srv := &nbd.Server{Exports: []*nbd.Export{{Name: "m", Backend: nbd.NewMem(1 << 20)}}, Logger: slog.New(slog.DiscardHandler)}
+	a, b := nbdtest.SocketPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeConn(ctx, a) }()
+	hctx, hcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer hcancel()
+	c, err := nbd.NewClient(hctx, b, &nbd.ClientConfig{Export: "m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cancel() // the client is in transmission and idle
+	select {
+	case <-served:
+	case <-time.After(20 * time.Second):
+		t.Fatal("ServeConn goes on serving after its ctx ended")
+	}
+}

@@ -243,7 +243,9 @@ export also answers the empty export name.
 			return fail(err)
 		}
 		addrs = append(addrs, "inetd")
-		go func() { errc <- srv.ServeConn(ctx, c) }()
+		// Not ctx: on SIGTERM, Shutdown below drains the session
+		// gracefully; ServeConn's ctx would cut it off at once.
+		go func() { errc <- srv.ServeConn(context.Background(), c) }()
 	}
 	if *pidFile != "" {
 		remove, err := service.PIDFile(*pidFile)
