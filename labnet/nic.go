@@ -18,6 +18,10 @@ func VMAddr(i int) net.IP { return net.ParseIP(fmt.Sprintf("%s.%d", Networks[0],
 // Ethernet interface and gives it ip. It returns the interface's name.
 func UpNIC(ctx context.Context, ip net.IP) (string, error) {
 	exec.CommandContext(ctx, "modprobe", "virtio_net").Run()
+	// Where udevd runs, let it finish with the new interface before it
+	// is named and set up here (it keeps eth0: the guest boots with
+	// net.ifnames=0); without udevd this returns at once.
+	exec.CommandContext(ctx, "udevadm", "settle", "--timeout=10").Run()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		links, err := netlink.LinkList()

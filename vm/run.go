@@ -212,8 +212,10 @@ func qemuArgs(cfg Config, k kernels.Kernel, initrd, accel, sock, klog string) []
 		"-machine", "pc", "-accel", accelOpt(accel), "-cpu", cpu,
 		"-smp", strconv.Itoa(cfg.CPUs), "-m", cfg.Memory,
 		"-kernel", k.Image, "-initrd", initrd,
+		// net.ifnames=0: udev in the guest keeps the kernel's eth0 rather
+		// than rename a lab NIC to enp0s*, which the lab's shaping names.
 		"-append", "console=ttyS0 loglevel=4 panic=-1 oops=panic rdinit=/init " +
-			"i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd tsc=reliable no_timer_check",
+			"i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd tsc=reliable no_timer_check net.ifnames=0",
 		"-chardev", "file,id=klog,path=" + qemuOpt(klog), "-serial", "chardev:klog",
 		"-device", "virtio-serial-pci",
 		"-chardev", "socket,id=ctl,path=" + qemuOpt(sock),
