@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nbdlab/nbdlab/internal/unixpair"
@@ -250,7 +251,7 @@ func (a *Attachment) connect(ctx context.Context, index int) error {
 		switch {
 		case err == nil:
 			defer nl.Close()
-			idx, err := nl.Connect(cfg)
+			idx, err := connectWhenFree(ctx, nl, cfg, o.Logf)
 			if err != nil {
 				return err
 			}
@@ -266,4 +267,37 @@ func (a *Attachment) connect(ctx context.Context, index int) error {
 		return a.attachIoctl(cfg)
 	}
 	return nil
+}
+
+// busyWait bounds how long connectWhenFree waits for a device's last
+// opener to let go.
+const busyWait = 15 * time.Second
+
+// connectWhenFree sends NBD_CMD_CONNECT for cfg, and where the kernel
+// answers EBUSY for a given device, tries again until busyWait has
+// passed. Right after a disconnect the device may still be open: udev
+// probes it as it changes (blkid), and the kernel keeps the old
+// configuration, refusing a new one with EBUSY, until the last opener
+// closes it. On a system with udev a disconnect followed at once by a
+// connect to the same device met it every time on 7.x kernels.
+func connectWhenFree(ctx context.Context, nl *Netlink, cfg Config, logf func(string, ...any)) (int, error) {
+	deadline := time.Now().Add(busyWait)
+	for waited := false; ; {
+		idx, err := nl.Connect(cfg)
+		if err == nil || !errors.Is(err, syscall.EBUSY) || cfg.Index < 0 {
+			return idx, err
+		}
+		if time.Now().After(deadline) {
+			return idx, fmt.Errorf("%w: /dev/nbd%d is still configured or open %s after the kernel first refused it (nbdlab list, and fuser -v /dev/nbd%d, say who has it)", err, cfg.Index, busyWait, cfg.Index)
+		}
+		if !waited && logf != nil {
+			logf("/dev/nbd%d is busy (still open after a disconnect, by udev or another process?); waiting up to %s", cfg.Index, busyWait)
+			waited = true
+		}
+		select {
+		case <-ctx.Done():
+			return idx, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
