@@ -125,6 +125,7 @@ func runConformKernel(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs.BoolVar(&o.UntilFail, "until-fail", false, "stop repeating after the first round in which a case fails (with no --repeat, up to 100 rounds)")
 	fs.IntVar(&o.StressCPU, "stress-cpu", 0, "run stress-ng with `N` CPU workers on this machine while the suite runs (bounded in time): the cases under a loaded host")
 	fs.BoolVar(&o.Strict, "strict", false, "fail on a peer server's failure too, not only nbdlab's")
+	fs.BoolVar(&o.NoUdev, "no-udev", false, "boot the VMs without systemd-udevd, as a bare system (by default udevd runs, and the cases meet its probing as users' systems do)")
 	fs.BoolVar(&o.EveryServer, "every-server", false, "run the cases of the kernel's own behaviour (partitions, module races, link faults) with every server, not once per kernel")
 	list := fs.Bool("list", false, "list the cases and servers and exit")
 	jsonOut := fs.String("json", "", "write the report as JSON to `FILE`")

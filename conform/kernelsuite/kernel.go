@@ -42,9 +42,12 @@ type Options struct {
 	// EveryServer runs the cases of the kernel's own behaviour with every
 	// server, not only with the reference (nbdlab-file where selected).
 	EveryServer bool
-	Nbdlab      string // the nbdlab binary the servers run; default this executable
-	Out         io.Writer
-	Timeout     time.Duration // per kernel in a VM; default 20m
+	// NoUdev boots the suite's VMs without systemd-udevd (vm.Config):
+	// the cases then meet a bare system, not the udev races users do.
+	NoUdev  bool
+	Nbdlab  string // the nbdlab binary the servers run; default this executable
+	Out     io.Writer
+	Timeout time.Duration // per kernel in a VM; default 20m
 }
 
 // Result is a run of the kernel suite: the report, and whether it
@@ -260,7 +263,7 @@ func runVMs(ctx context.Context, o Options) (*report.Report, error) {
 		fmt.Fprintf(o.Out, "== %s (%s): booting a VM for the suite\n", k.Release, k.Origin)
 		start := time.Now()
 		res, err := vm.Run(ctx, vm.Config{Kernel: k.Release, Init: o.Nbdlab, Memory: "1536M", Timeout: o.Timeout,
-			Shares: []vm.Share{{Host: share}}, Stdout: o.Out, Stderr: o.Out}, argv...)
+			NoUdev: o.NoUdev, Shares: []vm.Share{{Host: share}}, Stdout: o.Out, Stderr: o.Out}, argv...)
 		if err != nil {
 			return nil, fmt.Errorf("conform: kernel %s: %w", k.Release, err)
 		}
