@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -206,6 +207,7 @@ func kernelCases() []kernelCase {
 		)
 	}
 	cs = append(cs,
+		kernelCase{id: "udev/probe-race", what: "8 rounds on one device, with udevd running: connect, I/O, disconnect, while blkid opens the device over and over as udev's probe does; every reconnect works and every write reads back", run: caseUdevProbeRace, timeout: 4 * time.Minute, once: ofKernel},
 		kernelCase{id: "attach/ioctl-signals", what: "the task inside NBD_DO_IT is sent SIGURG (the Go runtime's preemption signal) 50 times: the device stays connected and sized, and I/O works", run: caseIoctlSignals, once: ofKernel},
 		kernelCase{id: "nbd003-mount-clear-sock", what: "blktests nbd/003: umount racing NBD_CLEAR_SOCK on a mounted ext4, 5 rounds: no hang, no oops", run: caseClearSock, timeout: 4 * time.Minute, once: ofKernel},
 		kernelCase{id: "data/verify-1conn-direct", what: "fio crc32c verify through /dev/nbdN, 1 connection, O_DIRECT", run: func(e *kenv) error { return caseFio(e, 1, true) }, timeout: 5 * time.Minute},
@@ -596,4 +598,63 @@ func Cases() []report.CheckInfo {
 		out = append(out, report.CheckInfo{ID: c.id, Level: report.Must, What: what})
 	}
 	return out
+}
+
+// caseUdevProbeRace attaches, uses and detaches one device eight times
+// while blkid opens it in a loop throughout, detach and reconnect
+// included, as udev's probe does whenever a device changes: users of
+// nbd-client and qemu-nbd report the races this makes (a reconnect
+// refused with EBUSY while the device is still open, partitions left
+// behind). It needs udevd running; with --no-udev it is n/a.
+func caseUdevProbeRace(e *kenv) error {
+	if !exists("/run/udev/control") {
+		return notApplicable("no systemd-udevd here (the VM was booted --no-udev)")
+	}
+	a, err := e.attach(kernel.AttachOptions{Interface: kernel.InterfaceNetlink})
+	if err != nil {
+		return err
+	}
+	dev := a.Path
+	stop := make(chan struct{})
+	probed := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { probed <- n }()
+		for ; n < 5000; n++ { // bounded; stopped after the last round
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			exec.CommandContext(e.ctx, "blkid", "-p", dev).Run()
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-probed
+	}()
+	if _, err := run(e.ctx, "dd", "if=/dev/urandom", "of=/tmp/udev-race", "bs=64k", "count=1", "status=none"); err != nil {
+		return err
+	}
+	for round := 1; round <= 8; round++ {
+		if round > 1 {
+			if a, err = e.attach(kernel.AttachOptions{Interface: kernel.InterfaceNetlink, Device: dev}); err != nil {
+				return fmt.Errorf("round %d: reconnect %s while blkid probes it: %w", round, dev, err)
+			}
+		}
+		off := strconv.Itoa(round * 16)
+		if _, err := run(e.ctx, "dd", "if=/tmp/udev-race", "of="+dev, "bs=64k", "seek="+off, "oflag=direct", "status=none"); err != nil {
+			return fmt.Errorf("round %d: write: %w", round, err)
+		}
+		if _, err := run(e.ctx, "dd", "if="+dev, "of=/tmp/udev-race.back", "bs=64k", "skip="+off, "count=1", "iflag=direct", "status=none"); err != nil {
+			return fmt.Errorf("round %d: read: %w", round, err)
+		}
+		if _, err := run(e.ctx, "cmp", "/tmp/udev-race", "/tmp/udev-race.back"); err != nil {
+			return fmt.Errorf("round %d: what was written does not read back: %w", round, err)
+		}
+		if err := e.detach(a); err != nil {
+			return fmt.Errorf("round %d: detach while blkid probes: %w", round, err)
+		}
+	}
+	return nil
 }
