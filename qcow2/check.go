@@ -71,6 +71,25 @@ func (img *Image) Check() (*Report, error) {
 	return w.check()
 }
 
+// use names what references a cluster, formatted only for a problem: a
+// writable open walks every L2 entry, and a string for each would cost
+// more than the walk.
+type use struct {
+	what string
+	at   int64 // an index (hex false) or a guest offset (hex true); -1 for none
+	hex  bool
+}
+
+func (u use) String() string {
+	switch {
+	case u.at < 0:
+		return u.what
+	case u.hex:
+		return fmt.Sprintf("%s %#x", u.what, u.at)
+	}
+	return fmt.Sprintf("%s %d", u.what, u.at)
+}
+
 func (w *writer) check() (*Report, error) {
 	img := w.img
 	h := img.hdr
@@ -78,31 +97,23 @@ func (w *writer) check() (*Report, error) {
 	fileClusters := (img.fileSize + cs - 1) / cs
 	r := &Report{end: fileClusters}
 	refs := make([]uint16, fileClusters)
-	// copied are the entries that must carry the copied flag exactly
-	// when their cluster's refcount is 1, checked once refcounts are read.
-	type copiedEntry struct {
-		cluster int64
-		set     bool
-		what    string
-	}
-	var copied []copiedEntry
-	// ref counts n clusters from byte off, referenced as what; tail
-	// allows the last cluster past the end of the file (the rounded-up
-	// length of compressed data).
-	ref := func(off, n int64, what string, tail bool) {
+	// ref counts n clusters from byte off, referenced by u; tail allows
+	// the last cluster past the end of the file (the rounded-up length of
+	// compressed data).
+	ref := func(off, n int64, u use, tail bool) {
 		if off < 0 {
-			r.corrupt("%s at byte %#x lies past the end of the %d-byte file", what, uint64(off), img.fileSize)
+			r.corrupt("%s at byte %#x lies past the end of the %d-byte file", u, uint64(off), img.fileSize)
 			return
 		}
 		if off%cs != 0 && !tail {
-			r.corrupt("%s at byte %#x is not cluster-aligned", what, off)
+			r.corrupt("%s at byte %#x is not cluster-aligned", u, off)
 			return
 		}
 		first := off / cs
 		for c := first; c < first+n; c++ {
 			if c >= fileClusters {
 				if !(tail && c > first) {
-					r.corrupt("%s at byte %#x lies past the end of the %d-byte file", what, c*cs, img.fileSize)
+					r.corrupt("%s at byte %#x lies past the end of the %d-byte file", u, c*cs, img.fileSize)
 				}
 				r.end = max(r.end, c+1)
 				continue
@@ -112,18 +123,29 @@ func (w *writer) check() (*Report, error) {
 			}
 		}
 	}
+	// copied checks that an entry pointing at cluster off/cs carries the
+	// copied flag exactly when the cluster's refcount is 1 (a refcount
+	// that cannot be read is told elsewhere).
+	copied := func(off int64, set bool, u use) {
+		if off%cs != 0 || off >= img.fileSize {
+			return
+		}
+		if rc, err := w.refcount(off / cs); err == nil && rc > 0 && (rc == 1) != set {
+			r.corrupt("%s (cluster %d, refcount %d) has the copied flag %s", u, off/cs, rc, map[bool]string{true: "set", false: "clear"}[set])
+		}
+	}
 	if h.SnapshotsOffset%uint64(cs) != 0 {
 		r.corrupt("the snapshot table offset %#x is not cluster-aligned", h.SnapshotsOffset)
 	}
-	ref(0, 1, "the header", false)
-	ref(int64(h.L1Offset), (int64(h.L1Size)*8+cs-1)/cs, "the L1 table", false)
-	ref(int64(h.RefcountOffset), int64(h.RefcountCluster), "the refcount table", false)
+	ref(0, 1, use{"the header", -1, false}, false)
+	ref(int64(h.L1Offset), (int64(h.L1Size)*8+cs-1)/cs, use{"the L1 table", -1, false}, false)
+	ref(int64(h.RefcountOffset), int64(h.RefcountCluster), use{"the refcount table", -1, false}, false)
 	for ti, e := range w.rtable {
 		if e&refBlockReserved != 0 {
 			r.corrupt("refcount table entry %d (%#x) has reserved bits set", ti, e)
 		}
 		if off := int64(e &^ refBlockReserved); off != 0 {
-			ref(off, 1, fmt.Sprintf("refcount block %d", ti), false)
+			ref(off, 1, use{"refcount block", int64(ti), false}, false)
 			if off%cs == 0 && off < img.fileSize && off+cs > img.fileSize {
 				r.corrupt("refcount block %d at byte %#x is cut short by the end of the %d-byte file", ti, off, img.fileSize)
 			}
@@ -141,22 +163,25 @@ func (w *writer) check() (*Report, error) {
 			}
 			continue
 		}
-		what := fmt.Sprintf("the L2 table of L1 entry %d", l1i)
-		ref(off, 1, what, false)
+		table := use{"the L2 table of L1 entry", int64(l1i), false}
+		ref(off, 1, table, false)
 		if off%cs != 0 || off+cs > img.fileSize {
 			if off%cs == 0 && off < img.fileSize {
-				r.corrupt("%s at byte %#x is cut short by the end of the %d-byte file", what, off, img.fileSize)
+				r.corrupt("%s at byte %#x is cut short by the end of the %d-byte file", table, off, img.fileSize)
 			}
 			continue
 		}
-		copied = append(copied, copiedEntry{off / cs, e&flagCopied != 0, what})
-		t, err := img.readTable(uint64(off), h.l2Entries(), what)
+		copied(off, e&flagCopied != 0, table)
+		t, err := img.readTable(uint64(off), h.l2Entries(), table.String())
 		if err != nil {
 			return nil, err
 		}
 		for l2i, e := range t {
+			if e == 0 {
+				continue
+			}
 			guest := (int64(l1i)*h.l2Entries() + int64(l2i)) * cs
-			what := fmt.Sprintf("the data of guest offset %#x", guest)
+			data := use{"the data of guest offset", guest, true}
 			reserved := e &^ (offsetMask | flagCopied | flagZero)
 			if h.Version < 3 {
 				reserved = e &^ (offsetMask | flagCopied)
@@ -166,22 +191,16 @@ func (w *writer) check() (*Report, error) {
 				r.corrupt("the L2 entry of guest offset %#x (%#x) has reserved bits set", guest, e)
 			case e&flagComp != 0:
 				if e&flagCopied != 0 {
-					r.corrupt("the compressed %s has the copied flag", what)
+					r.corrupt("the compressed %s has the copied flag", data)
 				}
-				w.refCompressed(e, what, ref)
+				w.refCompressed(e, use{"the compressed data of guest offset", guest, true}, ref)
 			case host != 0:
-				ref(host, 1, what, false)
-				if host%cs == 0 && host < img.fileSize {
-					copied = append(copied, copiedEntry{host / cs, e&flagCopied != 0, what})
-				}
+				ref(host, 1, data, false)
+				copied(host, e&flagCopied != 0, data)
 			}
 		}
 	}
 	// Refcounts against references.
-	rcs := make(map[int64]uint64, len(copied))
-	for _, e := range copied {
-		rcs[e.cluster] = 0
-	}
 	for ti := range w.rtable {
 		off := int64(w.rtable[ti] &^ refBlockReserved)
 		if off == 0 {
@@ -201,9 +220,6 @@ func (w *writer) check() (*Report, error) {
 				continue
 			}
 			r.end = max(r.end, c+1)
-			if _, ok := rcs[c]; ok {
-				rcs[c] = rc
-			}
 			if c >= fileClusters {
 				continue // counted but gone: a leak, nothing points there
 			}
@@ -221,16 +237,11 @@ func (w *writer) check() (*Report, error) {
 			r.corrupt("cluster %d (byte %#x) has %d references but refcount 0", c, int64(c)*cs, n)
 		}
 	}
-	for _, e := range copied {
-		if rc := rcs[e.cluster]; rc > 0 && (rc == 1) != e.set {
-			r.corrupt("%s (cluster %d, refcount %d) has the copied flag %s", e.what, e.cluster, rc, map[bool]string{true: "set", false: "clear"}[e.set])
-		}
-	}
 	return r, nil
 }
 
 // refCompressed counts the clusters compressed L2 entry e's data touches.
-func (w *writer) refCompressed(e uint64, what string, ref func(off, n int64, what string, tail bool)) {
+func (w *writer) refCompressed(e uint64, u use, ref func(off, n int64, u use, tail bool)) {
 	h := w.img.hdr
 	cs := h.ClusterSize()
 	x := 62 - (h.ClusterBits - 8)
@@ -238,5 +249,5 @@ func (w *writer) refCompressed(e uint64, what string, ref func(off, n int64, wha
 	sectors := int64(e>>x) & (1<<(62-x) - 1)
 	span := (sectors+1)*512 - host%512
 	first := host / cs
-	ref(first*cs, (host+span-1)/cs-first+1, "the compressed "+what, true)
+	ref(first*cs, (host+span-1)/cs-first+1, u, true)
 }

@@ -72,7 +72,6 @@ func newWriter(img *Image) (*writer, error) {
 	// Allocation goes by refcounts: nothing counted or referenced lies
 	// at or past end, whatever the file's size.
 	w.end = max(w.end, r.end)
-	w.blocks = map[int64][]byte{} // read again as needed: check read them all
 	if h.Autoclear != 0 {
 		// Autoclear features (persistent bitmaps) are not kept up to
 		// date here: their bits must be cleared before the first write.
