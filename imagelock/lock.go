@@ -164,3 +164,24 @@ func unlockAfter(f *os.File, err error) error {
 	Unlock(f) // only gives back; an error here adds nothing to err
 	return err
 }
+
+// Open opens the file at path for mode (read-write for Writer, else
+// read-only) and takes mode's locks, which go when the file is closed. A
+// file whose filesystem has no OFD locks is opened without them, as QEMU's
+// locking=auto does; a conflict closes the file and returns the
+// *ConflictError.
+func Open(path string, m Mode) (*os.File, error) {
+	flag := os.O_RDONLY
+	if m == Writer {
+		flag = os.O_RDWR
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := Lock(f, m); err != nil && !errors.Is(err, ErrUnsupported) {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}

@@ -118,20 +118,13 @@ func writeZeroes(w io.WriterAt, off, n int64) error {
 // maxExtents bounds one Extents answer; the client asks again for the rest.
 const maxExtents = 1024
 
-// openLocked opens an image file for access and takes QEMU's locks for it;
-// a filesystem without OFD locks is served without them.
+// openLocked opens an image file for access with QEMU's locks for it
+// (imagelock.Open).
 func openLocked(path string, access imagelock.Mode) (*os.File, error) {
-	flag := os.O_RDONLY
-	if access == imagelock.Writer {
-		flag = os.O_RDWR
-	}
-	f, err := os.OpenFile(path, flag, 0)
-	if err != nil {
+	f, err := imagelock.Open(path, access)
+	var ce *imagelock.ConflictError
+	if err != nil && !errors.As(err, &ce) {
 		return nil, fmt.Errorf("open export file: %w", err)
 	}
-	if err := imagelock.Lock(f, access); err != nil && !errors.Is(err, imagelock.ErrUnsupported) {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	return f, err
 }

@@ -64,10 +64,6 @@ func open(path string, o Options, depth int) (*Image, error) {
 	if o.Writable && o.ForceShare {
 		return nil, fmt.Errorf("%s: force-share is for readers: open it read-only", path)
 	}
-	f, err := openFile(path, o.Writable)
-	if err != nil {
-		return nil, err
-	}
 	mode := imagelock.Reader
 	switch {
 	case o.ForceShare:
@@ -75,8 +71,8 @@ func open(path string, o Options, depth int) (*Image, error) {
 	case o.Writable:
 		mode = imagelock.Writer
 	}
-	if err := imagelock.Lock(f, mode); err != nil && !errors.Is(err, imagelock.ErrUnsupported) {
-		f.Close()
+	f, err := openFile(path, mode)
+	if err != nil {
 		return nil, err
 	}
 	img, err := newImage(f, path, o, depth)
@@ -196,7 +192,7 @@ func probe(path string) string {
 // IsImage reports whether the file at path starts with the qcow2 magic;
 // the error is the open's.
 func IsImage(path string) (bool, error) {
-	f, err := openFile(path, false)
+	f, err := openFile(path, imagelock.ForceShare) // a look at the magic takes no lock
 	if err != nil {
 		return false, err
 	}
@@ -223,10 +219,11 @@ func sizeOf(f *os.File) (int64, error) {
 	return n, nil
 }
 
-// openFile opens a regular file or a block device read-only: an image
-// that names a FIFO or a character device as its backing file gets an
-// error, not a read that never returns.
-func openFile(path string, writable bool) (*os.File, error) {
+// openFile opens a regular file or a block device for mode, with its
+// locks (imagelock.Open): an image that names a FIFO or a character
+// device as its backing file gets an error, not a read that never
+// returns.
+func openFile(path string, mode imagelock.Mode) (*os.File, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, err
@@ -234,22 +231,17 @@ func openFile(path string, writable bool) (*os.File, error) {
 	if !st.Mode().IsRegular() && st.Mode().Type() != os.ModeDevice {
 		return nil, fmt.Errorf("%s is not a regular file or a block device (%s)", path, st.Mode().Type())
 	}
-	if writable {
-		return os.OpenFile(path, os.O_RDWR, 0)
-	}
-	return os.Open(path)
+	return imagelock.Open(path, mode)
 }
 
 func openRaw(path string, forceShare bool) (*rawFile, error) {
-	f, err := openFile(path, false)
+	mode := imagelock.Reader
+	if forceShare {
+		mode = imagelock.ForceShare
+	}
+	f, err := openFile(path, mode)
 	if err != nil {
 		return nil, err
-	}
-	if !forceShare {
-		if err := imagelock.Lock(f, imagelock.Reader); err != nil && !errors.Is(err, imagelock.ErrUnsupported) {
-			f.Close()
-			return nil, err
-		}
 	}
 	size, err := sizeOf(f)
 	if err != nil {
