@@ -213,6 +213,35 @@ func (spec ExportSpec) Open() (*Export, io.Closer, error) {
 	return &Export{Name: spec.Name, Backend: b, ReadOnly: spec.ReadOnly}, closer, nil
 }
 
+// ErrFormat is wrapped by KindOf's error for a format it does not know.
+var ErrFormat = errors.New("want raw, qcow2 or auto")
+
+// KindOf is the export kind ("file" or "qcow2") of the image at path for
+// a format as qemu-nbd's -f takes it: raw, qcow2, or auto (qcow2 by its
+// header, else raw). raw is refused for a qcow2 image rather than export
+// its raw bytes.
+func KindOf(path, format string) (string, error) {
+	qcow, err := qcow2.IsImage(path)
+	if err != nil {
+		return "", fmt.Errorf("open image: %w", err)
+	}
+	switch format {
+	case "auto", "":
+		if qcow {
+			return "qcow2", nil
+		}
+		return "file", nil
+	case "raw":
+		if qcow {
+			return "", fmt.Errorf("%s is a qcow2 image: --format raw would export its raw bytes; drop --format, or say --format qcow2", path)
+		}
+		return "file", nil
+	case "qcow2":
+		return "qcow2", nil
+	}
+	return "", fmt.Errorf("--format %q: %w", format, ErrFormat)
+}
+
 // ParseSize parses a byte count with an optional binary suffix: 4096, 64K,
 // 512M, 1G, 2T (also KiB, MiB, GiB, TiB).
 func ParseSize(s string) (int64, error) {

@@ -15,7 +15,6 @@ import (
 	"github.com/nbdlab/nbdlab/nbd"
 	"github.com/nbdlab/nbdlab/nbd/kernel"
 	"github.com/nbdlab/nbdlab/nbd/kernel/hold"
-	"github.com/nbdlab/nbdlab/qcow2"
 )
 
 const (
@@ -150,22 +149,10 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if spec.Length, err = nbd.ParseSize(*size); err != nil {
 		return usagef("--size: %v", err)
 	}
-	qcow, err := qcow2.IsImage(image)
-	if err != nil {
-		return fmt.Errorf("open image: %w", err)
-	}
-	switch *format {
-	case "auto":
-		spec.Kind = map[bool]string{true: "qcow2", false: "file"}[qcow]
-	case "raw":
-		spec.Kind = "file"
-		if qcow {
-			return fmt.Errorf("%s is a qcow2 image: --format raw would attach its raw bytes; drop --format, or say --format qcow2", image)
-		}
-	case "qcow2":
-		spec.Kind = "qcow2"
-	default:
-		return usagef("--format %q: want raw, qcow2 or auto", *format)
+	if spec.Kind, err = nbd.KindOf(image, *format); errors.Is(err, nbd.ErrFormat) {
+		return usageError{err.Error()}
+	} else if err != nil {
+		return err
 	}
 	// Open it here first, so that a bad image, offset or size is told
 	// before the kernel is asked for anything.

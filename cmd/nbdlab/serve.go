@@ -24,7 +24,6 @@ import (
 	"github.com/nbdlab/nbdlab/internal/ready"
 	"github.com/nbdlab/nbdlab/internal/service"
 	"github.com/nbdlab/nbdlab/nbd"
-	"github.com/nbdlab/nbdlab/qcow2"
 	"golang.org/x/sys/unix"
 )
 
@@ -118,7 +117,7 @@ export also answers the empty export name.
 		return usagef("--export-name (-x) and --format (-f) are for one bare IMAGE argument, as qemu-nbd takes it; got %d: give NAME=file:PATH or NAME=qcow2:PATH for each instead", bare)
 	}
 	if *format != "auto" && *format != "raw" && *format != "qcow2" {
-		return usagef("--format %q: want raw, qcow2 or auto", *format)
+		return usagef("--format %q: %v", *format, nbd.ErrFormat)
 	}
 	if *verbose && *quiet {
 		return usagef("-v and -q contradict each other")
@@ -516,16 +515,9 @@ func parseServeArg(a, name, format string) (nbd.ExportSpec, error) {
 			return nbd.ExportSpec{}, fmt.Errorf("export %q: %w: give the path of an image, or NAME=file:PATH, NAME=qcow2:PATH or NAME=mem:SIZE", a, err)
 		}
 		if !fi.IsDir() {
-			qcow, _ := qcow2.IsImage(a)
-			kind := map[bool]string{true: "qcow2", false: "file"}[qcow]
-			switch format {
-			case "raw":
-				if qcow {
-					return nbd.ExportSpec{}, fmt.Errorf("%s is a qcow2 image: --format raw would serve its raw bytes; drop --format, or say --format qcow2", a)
-				}
-				kind = "file"
-			case "qcow2":
-				kind = "qcow2"
+			kind, err := nbd.KindOf(a, format)
+			if err != nil {
+				return nbd.ExportSpec{}, err
 			}
 			if name == "" {
 				name = filepath.Base(a)
